@@ -1,0 +1,34 @@
+# Two commands do all the set-up on a fresh machine:  `make run`  and  `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLI := $(VENV)/bin/gp-activations
+# The torch wheels to install first (local wheels on our machines; override elsewhere,
+# e.g. `make test TORCH_SPEC="torch torchvision"`).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+PIP_QUIET ?= -q
+export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
+
+.PHONY: install run test bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(PIP_QUIET) $(TORCH_SPEC)
+	$(PY) -m pip install $(PIP_QUIET) -e ".[ray,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(CLI) zoo --torch
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) benchmarks/activation_overhead.py
+
+clean:
+	rm -rf $(VENV) .cache build *.egg-info

@@ -1,0 +1,161 @@
+"""The activation compiler: an expression tree becomes straight-line Python source.
+
+One statement per node (children first), so a tree's depth is never limited by Python's parser
+or recursion -- unlike ``deap.gp.compile``, which nests the whole tree into one expression.
+The same source is executed in-process (:mod:`gp_activations.activation`) and written into the
+standalone torch export, so the two cannot disagree.
+
+Two small optimisations keep the compiled function as cheap as hand-written torch:
+
+* **magnitude analysis** -- each node gets a bound on |value| (x itself: the float32 maximum);
+  an operator's unprotected ``fast`` form is emitted when the bound proves it cannot overflow
+  (``x * sigmoid(x)`` needs no clamp; ``exp(x)`` does).  Learnable scalars are taken at their
+  initial magnitude for this analysis;
+* **common subexpressions** -- identical parameter-free subtrees are computed once.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from deap import gp
+
+from .expression import children, is_literal
+from .operators import FLOAT32_MAX
+
+
+@dataclass(frozen=True)
+class ParamSlot:
+    """One learnable scalar of an activation (per site, or per channel of a site)."""
+
+    name: str  # argument / attribute name, e.g. "p0" or "beta2"
+    node: int  # index of the node in prefix order
+    kind: str  # "edge": multiplies the node's output; "operator": the operator's own β
+    init: float
+    label: str  # human-readable placement
+
+    def to_dict(self):
+        return {"name": self.name, "node": self.node, "kind": self.kind, "init": self.init,
+                "label": self.label}
+
+
+@dataclass
+class Program:
+    """Generated source of ``def <name>(x, *params)`` plus what executing it needs."""
+
+    source: str
+    function_name: str
+    arg_names: list
+    helpers: dict = field(default_factory=dict)  # user operators: name -> python function
+    kernel_count: int = 0  # operator statements (a rough count of eager kernels)
+    depends_on_x: bool = True
+
+    @property
+    def worth_fusing(self) -> bool:
+        """torch.compile pays off from two fused operations on; one built-in op stays eager."""
+        return self.kernel_count >= 2 or bool(self.arg_names[1:])
+
+
+def node_label(node) -> str:
+    if isinstance(node, gp.Primitive):
+        return node.name
+    return node.format()
+
+
+def param_slots(tree, pset, edges) -> list[ParamSlot]:
+    """Slots in prefix order: for each node its edge multiplier, then its operator's own β's."""
+    edges = set(edges)
+    slots: list[ParamSlot] = []
+    for idx, node in enumerate(tree):
+        label = node_label(node)
+        if idx in edges:
+            where = "output" if idx == 0 else f"edge above {label} (node {idx})"
+            slots.append(ParamSlot(f"p{len(slots)}", idx, "edge", 1.0,
+                                   f"multiplier on the {where}"))
+        if isinstance(node, gp.Primitive):
+            op = pset.operators[node.name]
+            for pname, init in op.params:
+                slots.append(ParamSlot(f"{pname}{len(slots)}", idx, "operator", float(init),
+                                       f"{pname} of {label} (node {idx})"))
+    return slots
+
+
+def leaf_value(node, pset):
+    """The float value of a constant terminal or literal, or None for x."""
+    if is_literal(node):
+        return float(node.value)
+    if node.value == "x":  # DEAP renames the argument's value, not its name ("ARG0")
+        return None
+    return float(pset.constants[node.value])
+
+
+def generate(tree, pset, edges=(), function_name: str = "activation") -> Program:
+    """Straight-line source for the tree with learnable multipliers on ``edges``."""
+    slots = param_slots(tree, pset, edges)
+    edge_param = {s.node: s.name for s in slots if s.kind == "edge"}
+    op_params: dict[int, list[str]] = {}
+    for s in slots:
+        if s.kind == "operator":
+            op_params.setdefault(s.node, []).append(s.name)
+
+    kids = children(tree)
+    n = len(tree)
+    var = [""] * n
+    bound = [0.0] * n
+    depends = [False] * n
+    has_param = [False] * n
+    text = [""] * n  # canonical text of parameter-free subtrees, for CSE
+    computed: dict[str, str] = {}
+    lines: list[str] = []
+    helpers: dict = {}
+    kernels = 0
+
+    for idx in range(n - 1, -1, -1):
+        node = tree[idx]
+        ks = kids[idx]
+        has_param[idx] = idx in edge_param or idx in op_params or any(has_param[k] for k in ks)
+        if isinstance(node, gp.Primitive):
+            op = pset.operators[node.name]
+            text[idx] = f"{node.name}({', '.join(text[k] for k in ks)})"
+            depends[idx] = any(depends[k] for k in ks)
+            operand_bounds = [bound[k] for k in ks]
+            fast = op.can_use_fast(operand_bounds)
+            b = op.output_bound(operand_bounds)
+            bound[idx] = b if fast else min(b, FLOAT32_MAX)
+            expr = op.render([var[k] for k in ks], op_params.get(idx, ()), fast=fast)
+            helpers.update(op.helpers)
+        else:
+            value = leaf_value(node, pset)
+            text[idx] = node.format()
+            if value is None:
+                depends[idx], bound[idx], expr = True, FLOAT32_MAX, "x"
+            else:
+                bound[idx], expr = abs(value), f"x.new_full((), {value!r})"
+        if not has_param[idx] and text[idx] in computed:
+            var[idx] = computed[text[idx]]
+            continue
+        if idx in edge_param:
+            expr = f"{expr} * {edge_param[idx]}" if expr == "x" else f"({expr}) * {edge_param[idx]}"
+        if expr == "x":
+            var[idx] = "x"
+        else:
+            var[idx] = f"v{idx}"
+            lines.append(f"    {var[idx]} = {expr}")
+            kernels += isinstance(node, gp.Primitive)
+        if not has_param[idx]:
+            computed[text[idx]] = var[idx]
+
+    result = var[0]
+    if not depends[0]:
+        # A tree without x (e.g. a constant) must still return x's shape.
+        result = f"torch.zeros_like(x) + {result}"
+        kernels += 1
+    args = ["x", *[s.name for s in slots]]
+    source = f"def {function_name}({', '.join(args)}):\n" + "\n".join(lines)
+    source += ("\n" if lines else "") + f"    return {result}\n"
+    return Program(source, function_name, args, helpers, kernels, depends[0])
+
+
+def _finite(value: float) -> bool:
+    return math.isfinite(value)

@@ -1,0 +1,203 @@
+"""The search's configuration: one dataclass, read from TOML and overridden by flags.
+
+A TOML file holds :class:`SearchConfig` fields at the top level, the training budget in a
+``[train]`` table (any :class:`~gp_activations.train.TrainConfig` field) and mutation weights
+in ``[mutation_weights]``::
+
+    dataset = "mnist1d"
+    population = 16
+    generations = 8
+    executor = "process"
+    workers = 2
+
+    [train]
+    epochs = 8
+
+Unknown keys and values of the wrong type are reported as one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from ..errors import UserError
+from ..train import TrainConfig
+from .evolution import MUTATIONS, SHAPES
+
+
+@dataclass
+class SearchConfig:
+    """Every knob of a search.  Defaults are the embedded default run (mnist1d / cnn1d)."""
+
+    # task
+    dataset: str = "mnist1d"
+    model: Optional[str] = None  # registered name or "module:function" / "file.py:function"
+    data: Optional[str] = None  # "module:function" returning a Dataset or tensors
+    fitness: Optional[str] = None  # "module:function(activation, seed) -> float | dict"
+    data_dir: Optional[str] = None
+    verify: bool = True
+    download: bool = False
+    primitives: str = "pangaea"
+    # evolution
+    strategy: str = "evolution"  # or "random": the same space and budget, no selection
+    population: int = 16
+    offspring: Optional[int] = None  # new functions per generation (default: population)
+    generations: int = 8
+    budget: Optional[int] = None  # maximum number of trainings
+    selection: str = "softmax"  # or "tournament"
+    temperature: float = 0.02  # softmax temperature, in units of accuracy
+    tournament_size: int = 3
+    elitism: int = 2  # the best parents always survive
+    crossover: float = 0.0  # probability that an offspring comes from cxOnePoint
+    mutation_weights: dict = field(default_factory=dict)
+    max_height: int = 6
+    max_size: int = 24
+    init_zoo: bool = True  # seed generation 0 with the zoo
+    init_expressions: list = field(default_factory=list)  # extra seeds (pangaea-style text)
+    # learnable parameters
+    param_variants: int = 3  # parametric variants per new function, besides the plain one
+    max_params: int = 3  # learnable scalars per variant (1..max_params, random)
+    variant_fitness: str = "best"  # "best" variant or the "plain" function's fitness
+    per_channel: bool = False
+    # screening
+    max_forward_ratio: float = 100.0  # reject forward passes slower than this many ReLUs (0: off)
+    # evaluation
+    epochs: Optional[float] = None  # fitness epochs (shortcut for train.epochs)
+    train: dict = field(default_factory=dict)
+    fitness_seed: int = 0  # every candidate trains with the same seed and data order
+    executor: str = "serial"  # serial, process or ray
+    workers: int = 1
+    threads: int = 1  # CPU threads per evaluation (fixed so that executors agree exactly)
+    device: str = "auto"
+    fused: bool = False
+    task_timeout: Optional[float] = None  # seconds before a worker is killed (None: auto)
+    ray_address: Optional[str] = None
+    seed: int = 0
+
+    def __post_init__(self):
+        self.validate()
+
+    # -- validation ------------------------------------------------------------------------
+    def validate(self) -> None:
+        choices = {"strategy": ("evolution", "random"), "selection": ("softmax", "tournament"),
+                   "variant_fitness": ("best", "plain"), "executor": ("serial", "process", "ray")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"config: {key!r} must be one of {', '.join(allowed)}, "
+                                f"got {getattr(self, key)!r}")
+        positive = ("population", "generations", "workers", "threads", "max_height", "max_size",
+                    "tournament_size")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise UserError(f"config: {key!r} must be >= 1, got {getattr(self, key)!r}")
+        for key in ("offspring", "budget"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"config: {key!r} must be >= 1, got {value!r}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise UserError(f"config: 'epochs' must be positive, got {self.epochs!r}")
+        if not self.temperature > 0:
+            raise UserError(f"config: 'temperature' must be positive, got {self.temperature!r}")
+        if not 0 <= self.crossover <= 1:
+            raise UserError(f"config: 'crossover' must be in [0, 1], got {self.crossover!r}")
+        if self.elitism < 0 or self.param_variants < 0 or self.max_params < 1:
+            raise UserError("config: 'elitism' and 'param_variants' must be >= 0, 'max_params' >= 1")
+        for name, weight in self.mutation_weights.items():
+            if name not in MUTATIONS:
+                raise UserError(f"config: unknown mutation {name!r} in 'mutation_weights' "
+                                f"(known: {', '.join(MUTATIONS)})")
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise UserError(f"config: mutation_weights.{name} must be a number >= 0")
+        if self.mutation_weights and not any(
+                self.mutation_weights.get(m, 1.0 if m != "subtree" else 0.0) > 0 for m in MUTATIONS):
+            raise UserError("config: every mutation weight is 0; at least one must be positive")
+        self.train_config()  # validates the [train] table
+
+    @property
+    def n_offspring(self) -> int:
+        return self.offspring or self.population
+
+    def train_config(self) -> TrainConfig:
+        """The fitness budget: the dataset's "fitness" preset, then [train], then epochs."""
+        from ..train import default_config
+
+        overrides = dict(self.train)
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise UserError(f"config: unknown key {sorted(unknown)[0]!r} in [train] "
+                            f"(known: {', '.join(sorted(known))})")
+        if self.epochs is not None:
+            overrides["epochs"] = self.epochs
+        overrides.setdefault("per_channel", self.per_channel)
+        overrides.setdefault("fused", self.fused)
+        overrides.setdefault("threads", self.threads)
+        try:
+            return default_config(self.dataset, "fitness", **overrides)
+        except TypeError as exc:
+            raise UserError(f"config: bad value in [train]: {exc}") from None
+
+    # -- (de)serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict, where: str = "config") -> "SearchConfig":
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls)}
+        clean = {}
+        for key, value in values.items():
+            if key not in known:
+                raise UserError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+            clean[key] = _coerce(key, value, hints[key], where)
+        return cls(**clean)
+
+    @classmethod
+    def from_toml(cls, path, overrides: Optional[dict] = None) -> "SearchConfig":
+        path = Path(path)
+        try:
+            with open(path, "rb") as fh:
+                values = tomllib.load(fh)
+        except FileNotFoundError:
+            raise UserError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{path}: invalid TOML: {exc}") from None
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls.from_dict(values, where=str(path))
+
+    def replace(self, **changes) -> "SearchConfig":
+        return SearchConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _coerce(key: str, value, hint, where: str):
+    """Check ``value`` against the field's type hint; ints are accepted for floats."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union and type(None) in args:
+        if value is None:
+            return None
+        hint = next(a for a in args if a is not type(None))
+    expected = hint if isinstance(hint, type) else typing.get_origin(hint) or hint
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is int and isinstance(value, bool):
+        raise UserError(f"{where}: {key!r} must be an integer, got {value!r}")
+    if isinstance(expected, type) and not isinstance(value, expected):
+        names = {int: "an integer", float: "a number", str: "a string", bool: "true or false",
+                 dict: "a table", list: "a list"}
+        raise UserError(f"{where}: {key!r} must be {names.get(expected, expected.__name__)}, "
+                        f"got {value!r}")
+    return value
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+__all__ = ["SearchConfig", "SHAPES"]

@@ -1,0 +1,486 @@
+"""The search loop: create a generation, evaluate it, keep the survivors -- resumably.
+
+Each generation goes through two committed states:
+
+1. ``created`` -- every new candidate (plain function + parametric variants) is screened and
+   written as ``pending``/``rejected``/``failed`` (or as a duplicate of an earlier one) in one
+   transaction, together with the evolution RNG state after creating them;
+2. ``done`` -- after every pending candidate has a result (each committed as it arrives), the
+   survivors are written to ``population``.
+
+Resuming therefore never redoes finished work: ``running`` candidates go back to ``pending``, a
+``created`` generation is evaluated to completion, and the next generation is created from the
+saved RNG state exactly as the uninterrupted run would have.  Evolution decisions depend only
+on completed generations, so the evaluation order (and the executor) cannot change them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+from .. import zoo
+from ..activation import Activation
+from ..errors import UserError
+from ..primitive_sets import load_primitive_set
+from .config import SearchConfig
+from .evolution import (choose_param_edges, crossover, make_toolbox, mutate,
+                        select_softmax, select_tournament)
+from .executors import make_executor
+from .screening import screen
+from .store import RunStore, is_run_dir
+from .worker import resolve_reference
+
+log = logging.getLogger("gp_activations.search")
+
+#: Config keys that may change when a run is resumed (everything else defines the run).
+RESUME_OVERRIDABLE = {"generations", "budget", "executor", "workers", "ray_address", "task_timeout"}
+
+
+@dataclass
+class SearchResult:
+    run_dir: Path
+    top: list = field(default_factory=list)  # dicts: rank, fitness, expression, params, latex...
+    relu_fitness: Optional[float] = None
+    counts: dict = field(default_factory=dict)
+    dedup_hits: int = 0
+    interrupted: bool = False
+    wall_time: float = 0.0
+
+    def table(self) -> str:
+        lines = [f"{'rank':>4s}  {'fitness':>7s}  function", ]
+        for row in self.top:
+            lines.append(f"{row['rank']:4d}  {row['fitness']:7.4f}  {row['label']}")
+            lines.append(f"{'':15s}{row['latex']}")
+        relu = "n/a" if self.relu_fitness is None else f"{self.relu_fitness:.4f}"
+        lines.append(f"{'':4s}  {relu:>7s}  relu(x)  (ReLU under the same budget)")
+        return "\n".join(lines)
+
+
+def _label(expression: str, params) -> str:
+    params = json.loads(params) if isinstance(params, str) else list(params)
+    return f"{expression} @ params {params}" if params else expression
+
+
+class Search:
+    """A resumable search in a run directory.  ``model``/``data``/``fitness`` may be Python
+    objects (API use) or ``module:function`` references (TOML and worker processes)."""
+
+    def __init__(self, config: SearchConfig, out, *, resume: bool = False, model=None, data=None,
+                 fitness=None, progress: bool = True, overrides: Optional[dict] = None):
+        self.run_dir = Path(out)
+        self.progress = progress
+        if resume:
+            if not is_run_dir(self.run_dir):
+                raise UserError(f"--resume: {self.run_dir} is not a search run "
+                                f"(no run.sqlite); start one with --out {self.run_dir}")
+            self.store = RunStore.open(self.run_dir)
+            stored = self.store.config()
+            changed = {k: v for k, v in (overrides or {}).items()
+                       if v is not None and stored.get(k) != v}
+            fixed = sorted(set(changed) - RESUME_OVERRIDABLE)
+            if fixed:
+                raise UserError(f"--resume: {fixed[0]!r} defines the run and cannot change "
+                                f"(only {', '.join(sorted(RESUME_OVERRIDABLE))} can)")
+            self.config = SearchConfig.from_dict({**stored, **changed}, where="stored config")
+            if changed:
+                self.store.set_meta("config", self.config.to_dict())
+        else:
+            self.config = config
+        # On resume the task comes from the stored config (a reference the run was started
+        # with), not from the default config that a resuming caller passes.
+        self.model = model if model is not None else self.config.model
+        self.data = data if data is not None else self.config.data
+        self.fitness = fitness if fitness is not None else self.config.fitness
+        for key in ("model", "data", "fitness"):
+            value = getattr(self, key)
+            if isinstance(value, str) and value.startswith("<python object"):
+                raise UserError(f"this run was started from Python with a {key} object; resume "
+                                f"it from Python passing the same {key}=")
+            if isinstance(value, str) and ":" in value:
+                resolve_reference(value)  # a typo fails now, not in every task
+        cfg = self.config
+        # Everything that can reject the config runs before the run directory is created.
+        self.pset = load_primitive_set(cfg.primitives)
+        self.toolbox = make_toolbox(self.pset, max_height=cfg.max_height, max_size=cfg.max_size,
+                                    weights=cfg.mutation_weights)
+        self.train_config = cfg.train_config()
+        if not resume:
+            self.store = RunStore.create(self.run_dir, self._storable_config(config))
+        self.executor = None
+        self.bar = None
+        self._log_handler = None
+        self._dedup: dict[str, int] = {}
+        self._function_keys: set[str] = set()
+        for row in self.store.candidates("duplicate_of IS NULL"):
+            if row["dedup_key"]:
+                self._dedup.setdefault(row["dedup_key"], row["id"])
+            if row["function_key"]:
+                self._function_keys.add(row["function_key"])
+        self.best = max((r["fitness"] for r in self.store.candidates("status = 'done'")
+                         if r["fitness"] is not None), default=None)
+
+    # -- configuration -------------------------------------------------------------------------
+    def _storable_config(self, config: SearchConfig) -> dict:
+        values = config.to_dict()
+        for key, obj in (("model", self.model), ("data", self.data), ("fitness", self.fitness)):
+            if obj is not None and not isinstance(obj, str):
+                values[key] = f"<python object {getattr(obj, '__qualname__', type(obj).__name__)}>"
+        return values
+
+    def _device(self) -> tuple[str, int]:
+        from ..train import resolve_device
+
+        dev = resolve_device(self.config.device)
+        if dev.type == "cuda":
+            import torch
+
+            return "cuda", torch.cuda.device_count()
+        return "cpu", 0
+
+    def _base_task(self) -> dict:
+        device, _ = self._device()
+        model = self.model
+        return {"primitives": self.pset.spec, "dataset": self.config.dataset, "model": model,
+                "data": self.data, "fitness": self.fitness, "data_dir": self.config.data_dir,
+                "verify": self.config.verify, "download": self.config.download,
+                "train": self.train_config.to_dict(), "seed": self.config.fitness_seed,
+                "device": device, "threads": self.config.threads}
+
+    # -- main loop ---------------------------------------------------------------------------------
+    def run(self) -> SearchResult:
+        started = time.time()
+        self._start_logging()
+        interrupted = False
+        try:
+            redo = self.store.reset_in_flight()
+            if redo:
+                log.info("resuming: %d interrupted evaluations will be redone", redo)
+            self._open_progress()
+            while True:
+                last = self.store.last_generation()
+                if last is None:
+                    random.seed(self.config.seed)
+                    self._create_generation(0)
+                elif last["state"] == "created":
+                    self._evaluate(last["generation"])
+                    self._finish_generation(last["generation"])
+                else:
+                    nxt = last["generation"] + 1
+                    if nxt >= self.config.generations or self._budget_left() <= 0:
+                        break
+                    random.setstate(_rng_from_json(last["rng_state"]))
+                    if not self._create_generation(nxt):
+                        log.info("generation %d: no new functions could be created; stopping", nxt)
+                        break
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted; finished evaluations are saved")
+        finally:
+            if self.executor is not None:
+                self.executor.close()
+                self.executor = None
+            if self.bar is not None:
+                self.bar.close()
+        result = self.result(interrupted, time.time() - started)
+        log.info("search %s after %.1f s: %s", "interrupted" if interrupted else "finished",
+                 result.wall_time, result.counts)
+        self._stop_logging()
+        return result
+
+    def _budget_left(self) -> float:
+        if self.config.budget is None:
+            return math.inf
+        return self.config.budget - self.store.count_trainings()
+
+    # -- creating a generation ----------------------------------------------------------------------
+    def _create_generation(self, generation: int) -> int:
+        """Screen and store the new functions of ``generation``; returns how many are new."""
+        cfg = self.config
+        budget = self._budget_left()
+        proposals = self._initial_proposals() if generation == 0 else self._offspring_proposals(generation)
+        dedup_hits = 0
+        new_functions = 0
+        self._made = 0  # trainable new functions so far; the proposal generators read it
+        with self.store.db:
+            for tree, origin, mutation, parents, record_duplicates in proposals:
+                if budget <= 0:
+                    break
+                act = Activation(tree, self.pset)
+                result = screen(act, max_forward_ratio=cfg.max_forward_ratio)
+                if result.function_key and result.function_key in self._function_keys and not record_duplicates:
+                    dedup_hits += 1
+                    continue
+                fid = self._insert(act, result, generation, parents, mutation, origin)
+                new_functions += 1
+                row = self.store.candidate(fid)
+                if row["status"] != "pending" or row["duplicate_of"] is not None:
+                    continue
+                budget -= 1
+                self._made += 1
+                placements: set = set()
+                for _ in range(cfg.param_variants * 3):
+                    if len(placements) >= cfg.param_variants or budget <= 0:
+                        break
+                    edges = choose_param_edges(tree, cfg.max_params)
+                    if edges in placements:
+                        continue
+                    placements.add(edges)
+                    variant = act.with_params(edges)
+                    vres = screen(variant, max_forward_ratio=cfg.max_forward_ratio)
+                    if vres.dedup_key in self._dedup:
+                        dedup_hits += 1
+                        continue
+                    vid = self._insert(variant, vres, generation, parents, mutation, "variant", fid)
+                    if self.store.candidate(vid)["status"] == "pending":
+                        budget -= 1
+            self.store.db.execute(
+                "INSERT INTO generations(generation, state, rng_state, created_at) VALUES (?, 'created', ?, ?)",
+                (generation, json.dumps(random.getstate()), time.time()))
+            hits = self.store.get_meta("dedup_hits", 0) + dedup_hits
+            self.store._set_meta("dedup_hits", hits)
+        log.info("generation %d created: %d new functions, %d duplicates skipped", generation,
+                 new_functions, dedup_hits)
+        if self.bar is not None:
+            self.bar.total = self._progress_total()
+            self.bar.refresh()
+        return new_functions
+
+    def _insert(self, act: Activation, result, generation: int, parents, mutation, origin,
+                function_id: Optional[int] = None) -> int:
+        fields = dict(expression=act.expression, primitives=self.pset.spec, params=list(act.params),
+                      dedup_key=result.dedup_key or None, function_key=result.function_key or None,
+                      generation=generation, parent_ids=list(parents), mutation=mutation, origin=origin)
+        original = self._dedup.get(result.dedup_key) if result.dedup_key else None
+        if original is not None:
+            orig = self.store.candidate(original)
+            status = orig["status"] if orig["status"] in ("done", "failed", "rejected") else "pending"
+            cid = self.store.add_candidate(status=status, fitness=orig["fitness"], error=orig["error"],
+                                           duplicate_of=original, **fields)
+            log.info("candidate %d %s duplicates candidate %d: not trained again", cid,
+                     _label(act.expression, act.params), original)
+        elif not result.ok:
+            cid = self.store.add_candidate(status="failed" if result.failed else "rejected",
+                                           error=result.reason, **fields)
+            log.info("candidate %d %s %s: %s", cid, _label(act.expression, act.params),
+                     "failed" if result.failed else "rejected", result.reason)
+        else:
+            cid = self.store.add_candidate(status="pending", **fields)
+        self.store.update_candidate(cid, function_id=function_id or cid)
+        if original is None and result.dedup_key:
+            self._dedup[result.dedup_key] = cid
+        if result.function_key:
+            self._function_keys.add(result.function_key)
+        return cid
+
+    def _initial_proposals(self):
+        cfg = self.config
+        seeds = []
+        names = zoo.names() if cfg.init_zoo else ["relu"]  # ReLU is always the reference
+        for name in names:
+            entry = zoo.entry(name)
+            if entry.params:  # parametric zoo entries are variants of plain ones
+                continue
+            seeds.append((entry.expression, f"zoo:{name}"))
+        for text in cfg.init_expressions:
+            seeds.append((text, "seed"))
+        for text, origin in seeds:
+            if self.pset.name != "pangaea" and origin.startswith("zoo:"):
+                try:
+                    tree = Activation.from_string(text, self.pset).tree
+                except UserError:
+                    continue  # the zoo is written over pangaea; skip what this space can't express
+            else:
+                tree = Activation.from_string(text, self.pset).tree
+            yield tree, origin, None, [], True
+        attempts = 0
+        while self._made < cfg.population and attempts < 50 * cfg.population:
+            attempts += 1
+            yield self.toolbox.init_tree(), "random", None, [], False
+
+    def _offspring_proposals(self, generation: int):
+        cfg = self.config
+        pop = self.store.population(generation - 1)
+        trees = {r["function_id"]: Activation.from_string(self.store.candidate(r["function_id"])["expression"],
+                                                          self.pset).tree for r in pop}
+        ids = [r["function_id"] for r in pop]
+        fits = [r["fitness"] for r in pop]
+        attempts = 0
+        while self._made < cfg.n_offspring and attempts < 50 * cfg.n_offspring:
+            attempts += 1
+            if cfg.strategy == "random" or not ids:
+                tree = self.toolbox.init_tree()
+                for _ in range(random.randint(0, 3)):  # the sizes evolution reaches, unselected
+                    tree, _name = mutate(self.toolbox, tree)
+                yield tree, "random", None, [], False
+            elif cfg.crossover and len(ids) > 1 and random.random() < cfg.crossover:
+                i, j = self._select(fits, 2)
+                yield crossover(self.toolbox, trees[ids[i]], trees[ids[j]]), "crossover", "crossover", \
+                    [ids[i], ids[j]], False
+            else:
+                (i,) = self._select(fits, 1)
+                child, name = mutate(self.toolbox, trees[ids[i]])
+                yield child, "mutation", name, [ids[i]], False
+
+    def _select(self, fits, k: int) -> list[int]:
+        if self.config.selection == "tournament":
+            return select_tournament(fits, k, self.config.tournament_size)
+        return select_softmax(fits, k, self.config.temperature)
+
+    # -- evaluating ------------------------------------------------------------------------------
+    def _task(self, row, base: dict) -> dict:
+        return {**base, "id": row["id"], "expression": row["expression"],
+                "params": json.loads(row["params"])}
+
+    def _evaluate(self, generation: int) -> None:
+        rows = self.store.pending(generation)
+        if not rows:
+            return
+        if self.executor is None:
+            _, gpus = self._device()
+            cfg = self.config
+            timeout = cfg.task_timeout
+            if timeout is None and cfg.executor != "serial":
+                limit = self.train_config.time_limit
+                timeout = 2 * limit + 120 if limit else 3600.0
+            self.executor = make_executor(cfg.executor, workers=cfg.workers, threads=cfg.threads,
+                                          timeout=timeout, gpus=gpus, ray_address=cfg.ray_address,
+                                          run_dir=self.run_dir)
+            log.info("executor: %s with %d worker(s), %d thread(s) each", cfg.executor,
+                     getattr(self.executor, "workers", 1), cfg.threads)
+        base = self._base_task()
+        tasks = [self._task(r, base) for r in rows]
+        self.executor.run(tasks, self._on_start, self._on_result)
+
+    def _on_start(self, task: dict) -> None:
+        self.store.mark_running(task["id"])
+
+    def _on_result(self, result: dict) -> None:
+        metrics = result.get("metrics")
+        self.store.record_result(result["id"], result["status"], result.get("fitness"), metrics,
+                                 result.get("error", ""), result.get("started_at"),
+                                 result.get("finished_at"))
+        row = self.store.candidate(result["id"])
+        fitness = result.get("fitness")
+        if fitness is not None and (self.best is None or fitness > self.best):
+            self.best = fitness
+        seconds = (result.get("finished_at") or 0) - (result.get("started_at") or 0)
+        log.info("candidate %d %s: %s fitness=%s (%.1f s)%s", row["id"],
+                 _label(row["expression"], row["params"]), result["status"],
+                 "n/a" if fitness is None else f"{fitness:.4f}", seconds,
+                 f" error: {result['error']}" if result.get("error") else "")
+        if self.bar is not None:
+            self.bar.update(1)
+            if self.best is not None:
+                self.bar.set_postfix(best=f"{self.best:.4f}", gen=row["generation"], refresh=False)
+
+    # -- survivors -------------------------------------------------------------------------------
+    def _finish_generation(self, generation: int) -> None:
+        cfg = self.config
+        new = [r["id"] for r in self.store.candidates(
+            "generation = ? AND id = function_id AND duplicate_of IS NULL", (generation,))]
+        old = [r["function_id"] for r in self.store.population(generation - 1)] if generation else []
+        scored = {}
+        for fid in dict.fromkeys(old + new):
+            fitness, _ = self.store.function_fitness(fid, cfg.variant_fitness)
+            if fitness is not None:
+                scored[fid] = fitness
+        ranked = sorted(scored, key=lambda f: (-scored[f], f))
+        if cfg.strategy == "evolution" and generation and cfg.elitism < cfg.population:
+            # generational replacement with elitism: the best parents plus the best offspring
+            elite = sorted((f for f in old if f in scored), key=lambda f: (-scored[f], f))[:cfg.elitism]
+            rest = [f for f in ranked if f not in elite and f in new]
+            rest += [f for f in ranked if f not in elite and f not in rest]
+            survivors = elite + rest[:cfg.population - len(elite)]
+            survivors.sort(key=lambda f: (-scored[f], f))
+        else:
+            survivors = ranked[:cfg.population]
+        self.store.finish_generation(generation, [(f, scored[f]) for f in survivors])
+        best = scored[survivors[0]] if survivors else None
+        log.info("generation %d done: %d functions scored, population %d, best %s", generation,
+                 len(scored), len(survivors), "n/a" if best is None else f"{best:.4f}")
+
+    # -- reporting ---------------------------------------------------------------------------------
+    def _progress_total(self) -> int:
+        if self.config.budget:
+            return self.config.budget
+        done = self.store.count_trainings()
+        generations_left = self.config.generations - len(self.store.generation_rows())
+        per_generation = self.config.n_offspring * (1 + self.config.param_variants)
+        return done + max(0, generations_left) * per_generation
+
+    def _open_progress(self) -> None:
+        if not self.progress:
+            return
+        from tqdm import tqdm
+
+        finished = self.store.db.execute(
+            "SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL AND started_at IS NOT NULL "
+            "AND status IN ('done', 'failed')").fetchone()[0]
+        self.bar = tqdm(total=self._progress_total(), initial=finished, unit="eval",
+                        desc="search", dynamic_ncols=True, file=sys.stderr)
+        if self.best is not None:
+            self.bar.set_postfix(best=f"{self.best:.4f}")
+
+    def _start_logging(self) -> None:
+        handler = logging.FileHandler(self.run_dir / "search.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self._saved_logger = (log.level, log.propagate)
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        self._log_handler = handler
+
+    def _stop_logging(self) -> None:
+        if self._log_handler is not None:
+            log.removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
+            level, log.propagate = self._saved_logger  # the caller's logging, untouched
+            log.setLevel(level)
+
+    def result(self, interrupted: bool = False, wall_time: float = 0.0, k: int = 5) -> SearchResult:
+        top = []
+        for rank, item in enumerate(self.store.top_functions(k, self.config.variant_fitness), 1):
+            cand = item["candidate"]
+            act = Activation.from_string(cand["expression"], self.pset, json.loads(cand["params"]))
+            top.append({"rank": rank, "fitness": item["fitness"], "expression": cand["expression"],
+                        "params": json.loads(cand["params"]), "candidate_id": cand["id"],
+                        "function_id": item["function_id"], "label": _label(cand["expression"], cand["params"]),
+                        "latex": act.latex()})
+        return SearchResult(self.run_dir, top, relu_fitness(self.store), self.store.status_counts(),
+                            self.store.get_meta("dedup_hits", 0), interrupted, wall_time)
+
+
+def relu_fitness(store: RunStore) -> Optional[float]:
+    row = store.db.execute("SELECT fitness FROM candidates WHERE expression = 'relu(x)' AND "
+                           "params = '[]' AND status = 'done' ORDER BY id LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def _rng_from_json(text: str):
+    version, internal, gauss = json.loads(text)
+    return version, tuple(internal), gauss
+
+
+def run_search(config: Optional[SearchConfig] = None, out="runs/search", *, resume: bool = False,
+               model=None, data=None, fitness: Optional[Callable] = None, progress: bool = True,
+               **overrides) -> SearchResult:
+    """Run (or resume) a search and return its :class:`SearchResult`.
+
+    ``config`` defaults to :class:`SearchConfig()`; keyword ``overrides`` replace fields.  Bring
+    your own task with ``model`` (a callable taking an activation factory), ``data`` (tensors,
+    a Dataset, torch datasets or a loader) or a whole ``fitness(activation, seed)`` callable.
+    """
+    config = config or SearchConfig()
+    if overrides and not resume:
+        config = config.replace(**overrides)
+    return Search(config, out, resume=resume, model=model, data=data, fitness=fitness,
+                  progress=progress, overrides=overrides if resume else None).run()

@@ -1,0 +1,303 @@
+"""Where evaluations run: in-process, in a pool of spawned processes, or on Ray.
+
+All three executors run :func:`~gp_activations.search.worker.evaluate_task` on plain-dict
+tasks and hand plain-dict results back through ``on_result`` as each one finishes, so the
+driver can commit it at once.  A worker that crashes (segfault, ``kill -9``, out of memory) or
+runs past ``timeout`` yields a ``failed`` result for that task; the worker is replaced and
+the search goes on.  With the same seed and thread count every executor produces the same
+results: a result depends on its task only, never on which worker ran it or when.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import tempfile
+import time
+from collections import deque
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..errors import UserError
+from .worker import evaluate_task
+
+log = logging.getLogger("gp_activations.search")
+
+OnStart = Callable[[dict], None]
+OnResult = Callable[[dict], None]
+
+
+def _failure(task: dict, message: str, started: float) -> dict:
+    return {"id": task["id"], "status": "failed", "fitness": None, "metrics": None,
+            "error": message, "started_at": started, "finished_at": time.time()}
+
+
+class SerialExecutor:
+    """Evaluations one after another in this process (timeouts are the trainer's soft limit)."""
+
+    name = "serial"
+
+    def __init__(self, threads: int = 1, **_):
+        self.threads = threads
+        self.workers = 1
+        self._saved_threads = None
+
+    def run(self, tasks: list, on_start: OnStart, on_result: OnResult) -> None:
+        if self._saved_threads is None:
+            import torch
+
+            self._saved_threads = torch.get_num_threads()  # tasks set their own; restored in close
+        for task in tasks:
+            on_start(task)
+            on_result(evaluate_task(task))
+
+    def close(self) -> None:
+        if self._saved_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
+
+
+# ---------------------------------------------------------------------------------------------
+#: What a worker sends once its imports are done: task timeouts count from then, so that a
+#: slow start (importing torch takes seconds) never counts against the first task.
+_READY = "ready"
+#: How long a starting worker may take before its task's timeout starts counting anyway.
+_STARTUP_GRACE = 300.0
+
+
+def _worker_main(conn, env: dict) -> None:  # pragma: no cover - runs in the child process
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops us
+    os.environ.update(env)
+    import torch  # noqa: F401 -- the slow imports of every task, before the clock starts
+
+    from .. import activation, train  # noqa: F401
+    conn.send(_READY)
+    while True:
+        try:
+            task = conn.recv()
+        except (EOFError, KeyboardInterrupt):
+            return
+        if task is None:
+            return
+        conn.send(evaluate_task(task))
+
+
+class _Slot:
+    def __init__(self, index: int, env: dict):
+        self.index, self.env = index, env
+        self.process = self.conn = self.task = None
+        self.started = 0.0
+        self.ready = False
+
+
+class ProcessExecutor:
+    """A pool of spawned worker processes, one per device slot, each with its own pipe.
+
+    Spawned (not forked) so that torch, CUDA and threads start clean.  On CUDA each worker sees
+    one GPU (``CUDA_VISIBLE_DEVICES``); on the CPU each gets ``threads`` threads.
+    """
+
+    name = "process"
+
+    def __init__(self, workers: int = 2, threads: int = 1, timeout: Optional[float] = None,
+                 gpus: int = 0, **_):
+        self.workers, self.threads, self.timeout = workers, threads, timeout
+        self.ctx = multiprocessing.get_context("spawn")
+        self.deaths_in_a_row = 0  # workers that died before returning anything
+        self.slots = []
+        for i in range(workers):
+            env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+            if gpus:
+                env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+            self.slots.append(_Slot(i, env))
+        for slot in self.slots:
+            self._start(slot)
+
+    def _start(self, slot: _Slot) -> None:
+        parent, child = self.ctx.Pipe()
+        saved = {k: os.environ.get(k) for k in slot.env}
+        os.environ.update(slot.env)  # inherited by the child before it imports torch
+        try:
+            slot.process = self.ctx.Process(target=_worker_main, args=(child, slot.env),
+                                            name=f"gp-activations-worker-{slot.index}", daemon=True)
+            slot.process.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        child.close()
+        slot.conn, slot.task, slot.ready = parent, None, False
+
+    def _restart(self, slot: _Slot) -> None:
+        if slot.process.is_alive():
+            slot.process.kill()
+        slot.process.join(timeout=10)
+        slot.conn.close()
+        self._start(slot)
+
+    def run(self, tasks: list, on_start: OnStart, on_result: OnResult) -> None:
+        queue = deque(tasks)
+        while queue or any(s.task for s in self.slots):
+            for slot in self.slots:
+                if slot.task is None and queue:
+                    task = queue.popleft()
+                    on_start(task)
+                    slot.task, slot.started = task, time.time()
+                    try:
+                        slot.conn.send(task)
+                    except (BrokenPipeError, OSError):
+                        pass  # found dead below
+            busy = [s for s in self.slots if s.task]
+            wait([s.conn for s in busy] + [s.process.sentinel for s in busy], timeout=1.0)
+            for slot in busy:
+                self._check(slot, on_result)
+
+    def _check(self, slot: _Slot, on_result: OnResult) -> None:
+        task = slot.task
+        while slot.conn.poll():
+            try:
+                result = slot.conn.recv()
+            except (EOFError, OSError):
+                break
+            if result == _READY:
+                slot.ready = True
+                slot.started = max(slot.started, time.time())  # the task starts only now
+                continue
+            if result is not None:
+                slot.task = None
+                self.deaths_in_a_row = 0
+                on_result(result)
+                return
+        if not slot.process.is_alive():
+            code = slot.process.exitcode
+            log.warning("worker %d died (exit code %s) running candidate %s", slot.index, code, task["id"])
+            slot.task = None
+            on_result(_failure(task, f"worker process died (exit code {code})", slot.started))
+            self.deaths_in_a_row += 1
+            if self.deaths_in_a_row >= 3 * len(self.slots):
+                raise UserError(
+                    f"worker processes keep dying (last exit code {code}); see their messages "
+                    "above. A script that starts a search must guard it with "
+                    "`if __name__ == \"__main__\":` (spawned workers import it)")
+            self._restart(slot)
+        elif self.timeout and time.time() - slot.started > self.timeout + (
+                0 if slot.ready else _STARTUP_GRACE):
+            log.warning("candidate %s timed out after %.0f s; restarting worker %d",
+                        task["id"], self.timeout, slot.index)
+            slot.task = None
+            on_result(_failure(task, f"timed out after {self.timeout:g} s", slot.started))
+            self._restart(slot)
+
+    def close(self) -> None:
+        for slot in self.slots:
+            try:
+                if slot.task is None:
+                    slot.conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        deadline = time.time() + 5
+        for slot in self.slots:
+            slot.process.join(timeout=max(0.1, deadline - time.time()))
+            if slot.process.is_alive():
+                slot.process.kill()
+                slot.process.join(timeout=5)
+            slot.conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+def _ray_temp_dir(run_dir: Path) -> str:
+    """Ray's session files inside the run directory -- unless that path is too long for the
+    Unix sockets Ray creates below it (~107 bytes), then a short /tmp path linked from it."""
+    preferred = (Path(run_dir) / "ray").resolve()
+    if len(str(preferred)) <= 40:
+        preferred.mkdir(parents=True, exist_ok=True)
+        return str(preferred)
+    short = tempfile.mkdtemp(prefix="gpa-ray-")
+    try:
+        if not preferred.exists():
+            preferred.symlink_to(short)
+    except OSError:
+        pass
+    return short
+
+
+class RayExecutor:
+    """One Ray task per evaluation (``num_gpus=1`` on CUDA), at most ``workers`` in flight.
+
+    Joins ``address`` when given; otherwise starts a local Ray with auth disabled and its
+    temporary files under the run directory, and shuts it down at the end.
+    """
+
+    name = "ray"
+
+    def __init__(self, workers: int = 2, threads: int = 1, timeout: Optional[float] = None,
+                 gpus: int = 0, address: Optional[str] = None, run_dir: Optional[Path] = None, **_):
+        try:
+            import ray
+        except ImportError:
+            raise UserError("the ray executor needs Ray: pip install 'gp-activations[ray]'") from None
+        self.ray = ray
+        self.workers, self.threads, self.timeout = workers, threads, timeout
+        self._started_ray = False
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                          runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
+            if address:
+                ray.init(address=address, **kwargs)
+            else:
+                ray.init(num_cpus=workers * threads, num_gpus=gpus,
+                         _temp_dir=_ray_temp_dir(run_dir or Path(tempfile.gettempdir())), **kwargs)
+            self._started_ray = True
+        self.remote = ray.remote(evaluate_task).options(
+            num_cpus=threads, num_gpus=1 if gpus else 0, max_retries=0)
+
+    def run(self, tasks: list, on_start: OnStart, on_result: OnResult) -> None:
+        ray = self.ray
+        queue = deque(tasks)
+        inflight: dict = {}  # ref -> (task, started)
+        while queue or inflight:
+            while queue and len(inflight) < self.workers:
+                task = queue.popleft()
+                on_start(task)
+                inflight[self.remote.remote(task)] = (task, time.time())
+            done, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0)
+            for ref in done:
+                task, started = inflight.pop(ref)
+                try:
+                    on_result(ray.get(ref))
+                except ray.exceptions.RayError as exc:
+                    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    log.warning("Ray task for candidate %s failed: %s", task["id"], first)
+                    on_result(_failure(task, f"Ray worker failed: {type(exc).__name__}: {first}", started))
+            if self.timeout:
+                now = time.time()
+                for ref, (task, started) in list(inflight.items()):
+                    if now - started > self.timeout:
+                        ray.cancel(ref, force=True)
+                        inflight.pop(ref)
+                        on_result(_failure(task, f"timed out after {self.timeout:g} s", started))
+
+    def close(self) -> None:
+        if self._started_ray:
+            self.ray.shutdown()
+
+
+def make_executor(kind: str, *, workers: int, threads: int, timeout: Optional[float], gpus: int,
+                  ray_address: Optional[str] = None, run_dir: Optional[Path] = None):
+    if kind == "serial":
+        return SerialExecutor(threads=threads)
+    if kind == "process":
+        return ProcessExecutor(workers=workers, threads=threads, timeout=timeout, gpus=gpus)
+    if kind == "ray":
+        return RayExecutor(workers=workers, threads=threads, timeout=timeout, gpus=gpus,
+                           address=ray_address, run_dir=run_dir)
+    raise UserError(f"unknown executor {kind!r}; use serial, process or ray")

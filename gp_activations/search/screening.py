@@ -1,0 +1,132 @@
+"""Cheap checks before any training: rejection reasons and the functional fingerprint.
+
+A candidate is rejected -- stored with its reason, never trained -- when on a probe grid its
+output or gradient is not finite, when its output is (nearly) constant on [-5, 5], or when a
+forward pass is much slower than ReLU's on the same tensor (timed interleaved with ReLU; the
+only check that depends on the machine, so keep its limit generous or set it to 0 to skip it).
+
+The **dedup key** is a functional fingerprint: the function's values on fixed probe points
+(float64, rounded to 6 significant digits), once with every learnable scalar at 1 and once
+with them moved off 1.  Equal keys mean the same parametric family, so
+``mul(x, sigmoid(x))`` and ``mul(sigmoid(x), x)`` -- or ``x·σ(p·x)`` written either way --
+train once.  The parameter placement enters through the second evaluation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..activation import Activation
+
+# Probe points: a dense grid on [-5, 5], a few far points, and fixed normal samples.
+_GRID = torch.linspace(-5.0, 5.0, 101, dtype=torch.float64)
+_FAR = torch.tensor([-1e4, -100.0, -20.0, 20.0, 100.0, 1e4], dtype=torch.float64)
+_NORMAL = torch.from_numpy(np.random.default_rng(0).normal(size=64)).clamp(-5, 5)
+PROBE = torch.cat([_GRID, _FAR, _NORMAL])
+#: factor applied to every learnable scalar for the second half of the fingerprint
+_PARAM_FACTOR = 1.37
+
+
+@dataclass
+class Screening:
+    ok: bool
+    reason: str = ""  # why it was rejected, or the exception of a failing operator
+    failed: bool = False  # True when evaluating it raised (a user operator's bug)
+    dedup_key: str = ""
+    function_key: str = ""  # fingerprint of the plain function (params at 1)
+
+
+def _round_signif(values: np.ndarray, digits: int = 6) -> list[str]:
+    return [f"{v:.{digits}g}" for v in values.tolist()]
+
+
+def _fingerprint(act: Activation, x: torch.Tensor, values: Optional[dict]) -> str:
+    with torch.no_grad():
+        y = act(x, values=values).to(torch.float64).numpy()
+    y = np.where(y == 0, 0.0, y)  # -0.0 and 0.0 are the same value
+    return hashlib.sha1(",".join(_round_signif(y)).encode()).hexdigest()[:20]
+
+
+def function_key(act: Activation) -> str:
+    """Fingerprint of the plain function (every learnable scalar at its initial value)."""
+    return _fingerprint(act, PROBE, None)
+
+
+def dedup_key(act: Activation) -> str:
+    """Fingerprint of the parametric family: values with scalars at init and moved off it."""
+    plain = function_key(act)
+    if not act.slots:
+        return plain
+    # Equivalent placements may number their scalars differently, so every scalar moves by
+    # the same factor: x·σ(p0·x) and σ(p0·x)·x agree whatever the order of the p's.
+    moved = {s.name: s.init * _PARAM_FACTOR if s.init else _PARAM_FACTOR - 1.0 for s in act.slots}
+    return f"{plain}-{_fingerprint(act, PROBE, moved)}-{len(act.slots)}"
+
+
+def forward_ratio(fn, x: torch.Tensor, reps: int = 5) -> float:
+    """Best-of-``reps`` forward time of ``fn`` over ReLU's, measured interleaved on ``x`` so
+    that both see the same machine load."""
+    best_fn = best_relu = float("inf")
+    with torch.no_grad():
+        fn(x)
+        torch.relu(x)
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.relu(x)
+            t1 = time.perf_counter()
+            fn(x)
+            t2 = time.perf_counter()
+            best_relu, best_fn = min(best_relu, t1 - t0), min(best_fn, t2 - t1)
+    return best_fn / max(best_relu, 1e-7)
+
+
+def screen(act: Activation, *, max_forward_ratio: float = 100.0, constant_tol: float = 1e-3,
+           timing_shape=(64, 16, 32, 32)) -> Screening:
+    """Decide whether ``act`` is worth training; compute its dedup keys."""
+    try:
+        keys = (dedup_key(act), function_key(act))
+    except Exception as exc:  # noqa: BLE001 -- a user operator's bug fails this candidate only
+        return Screening(False, f"{type(exc).__name__}: {exc}".splitlines()[0], failed=True)
+    try:
+        reason = _rejection_reason(act, max_forward_ratio, constant_tol, timing_shape)
+    except Exception as exc:  # noqa: BLE001
+        return Screening(False, f"{type(exc).__name__}: {exc}".splitlines()[0], failed=True,
+                         dedup_key=keys[0], function_key=keys[1])
+    return Screening(reason is None, reason or "", dedup_key=keys[0], function_key=keys[1])
+
+
+def _rejection_reason(act, max_forward_ratio, constant_tol, timing_shape) -> Optional[str]:
+    # 1. finite output and gradient (float32, as in training), scalars at init and moved
+    x = PROBE.to(torch.float32).clone().requires_grad_(True)
+    module = act.module()
+    y = module(x)
+    if not torch.isfinite(y).all():
+        bad = x[~torch.isfinite(y)][0].item()
+        return f"non-finite output at x={bad:g}"
+    # A tree without x (``one``, ``cos(zero)``) has an output that needs no gradient: it is
+    # constant, which check 2 reports -- autograd.grad would raise on it.
+    if y.requires_grad:
+        grads = torch.autograd.grad(y.sum(), [x, *module.parameters()], allow_unused=True)
+        for name, g in zip(["x", *module._param_names], grads):
+            if g is not None and not torch.isfinite(g).all():
+                return f"non-finite gradient w.r.t. {name} on the probe grid"
+    # 2. (near-)constant on [-5, 5]
+    with torch.no_grad():
+        grid = _GRID.to(torch.float32)
+        out = module(grid)
+        spread = (out.max() - out.min()).item()
+    if spread < constant_tol:
+        return f"(near-)constant output on [-5, 5] (range {spread:.2e})"
+    # 3. forward time against ReLU on the same tensor
+    if max_forward_ratio:
+        ratio = forward_ratio(module, torch.randn(timing_shape, generator=torch.Generator().manual_seed(0)))
+        if ratio > max_forward_ratio:
+            return (f"forward pass {ratio:.1f}x slower than ReLU "
+                    f"(limit {max_forward_ratio:g}x)")
+    return None

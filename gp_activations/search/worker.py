@@ -1,0 +1,129 @@
+"""What runs inside a worker: one evaluation, plain data in and plain data out.
+
+A task is a dict of strings and numbers (the expression travels as text, the task's model,
+data or fitness function as ``module:function`` references), so every executor -- in-process,
+a spawned process, a Ray task -- runs exactly the same code.  The result is a dict as well;
+no DEAP individual, tensor or activation object crosses a process boundary.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+
+_RESOLVED: dict = {}
+
+
+def resolve_reference(ref: str):
+    """``package.module:attr`` or ``path/to/file.py:attr`` -> the object (cached)."""
+    if ref in _RESOLVED:
+        return _RESOLVED[ref]
+    module_part, sep, attr = ref.rpartition(":")
+    if not sep or not module_part or not attr:
+        raise UserError(f"{ref!r} is not a reference of the form module:function or file.py:function")
+    if module_part.endswith(".py"):
+        path = Path(module_part).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"{ref!r}: file {path} not found")
+        name = f"_gp_activations_task_{path.stem}_{abs(hash(str(path))) % 10**8}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # noqa: BLE001
+            raise UserError(f"{ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(module_part)
+        except ImportError as exc:
+            raise UserError(f"{ref!r}: cannot import {module_part!r}: {exc}") from None
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise UserError(f"{ref!r}: {module_part} has no attribute {attr!r}") from None
+    _RESOLVED[ref] = obj
+    return obj
+
+
+def _resolve(value):
+    return resolve_reference(value) if isinstance(value, str) and ":" in value else value
+
+
+_DATASETS: dict = {}
+
+
+def _task_dataset(task: dict):
+    """A user's data (a reference, loader, tensors or torch datasets), built once per process."""
+    from ..data import as_dataset
+
+    source = task["data"]
+    key = source if isinstance(source, str) else id(source)
+    if key not in _DATASETS:
+        _DATASETS[key] = as_dataset(_resolve(source), name=task.get("dataset") or "custom")
+    return _DATASETS[key]
+
+
+def _plain_json(value):
+    """A user's metrics as JSON-serialisable values (numpy/torch scalars and arrays -> lists)."""
+    if isinstance(value, dict):
+        return {str(k): _plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain_json(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "tolist"):  # numpy and torch scalars / arrays
+        return _plain_json(value.tolist())
+    return str(value)
+
+
+def evaluate_task(task: dict) -> dict:
+    """Train (or call the user's fitness on) one candidate; never raises."""
+    started = time.time()
+    result = {"id": task["id"], "status": "failed", "fitness": None, "metrics": None,
+              "error": "", "started_at": started, "finished_at": None, "pid": os.getpid()}
+    try:
+        import torch
+
+        from ..activation import Activation
+        from ..train import TrainConfig, train
+
+        if task.get("threads"):
+            torch.set_num_threads(int(task["threads"]))
+        act = Activation.from_string(task["expression"], task["primitives"], task["params"])
+        if task.get("fitness"):
+            fn = _resolve(task["fitness"])
+            value = fn(act, seed=task["seed"])
+            # numpy / torch scalars are common return values: stored as plain JSON numbers
+            metrics = _plain_json(value if isinstance(value, dict) else {"fitness": value})
+            fitness = float(metrics.get("fitness", metrics.get("accuracy", float("nan"))))
+            ok = math.isfinite(fitness)
+            result.update(status="done" if ok else "failed", fitness=fitness if ok else None,
+                          metrics=metrics, error="" if ok else "fitness function returned a non-finite value")
+        else:
+            dataset = _task_dataset(task) if task.get("data") is not None else task["dataset"]
+            record = train(act, dataset, model=_resolve(task.get("model")),
+                           config=TrainConfig(**task["train"]), seed=task["seed"],
+                           device=task.get("device", "cpu"), split="val",
+                           data_dir=task.get("data_dir"), verify=task.get("verify", True),
+                           download=task.get("download", False))
+            metrics = record.to_dict()
+            if record.status in ("ok", "chance"):
+                result.update(status="done", fitness=record.accuracy, metrics=metrics,
+                              error=record.reason)
+            else:
+                result.update(status="failed", metrics=metrics,
+                              error=f"{record.status}: {record.reason}")
+    except UserError as exc:
+        result["error"] = f"bad task: {exc}"
+    except Exception as exc:  # noqa: BLE001 -- the search goes on
+        result["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    result["finished_at"] = time.time()
+    return result

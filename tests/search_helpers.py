@@ -1,0 +1,88 @@
+"""Fitness functions and a runnable search for the search tests.
+
+Spawned worker processes (the process and Ray executors) and the subprocess of the resume
+test import these by path -- ``f"{HELPERS}:score_fitness"`` -- so they live in a plain file,
+not in a test module.  Every fitness here is a deterministic function of the activation, so
+that runs can be compared value for value.
+
+Environment knobs (read at call time, so a worker sees its parent's settings):
+
+``GPA_TEST_LOG``    a file to which every call appends one JSON line (expression, params, pid)
+                    *before* it computes anything -- a candidate in flight when its process is
+                    killed is logged, a candidate never evaluated is not;
+``GPA_TEST_SLEEP``  seconds to sleep per call (to make a run slow enough to be killed mid-way).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HELPERS = str(Path(__file__).resolve())
+
+_GRID = torch.linspace(-3.0, 3.0, 61, dtype=torch.float64)
+_TARGET = _GRID * torch.sigmoid(_GRID)
+
+
+def _log_call(act) -> None:
+    path = os.environ.get("GPA_TEST_LOG")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(json.dumps({"expression": act.expression, "params": list(act.params),
+                                 "pid": os.getpid()}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def score(act) -> float:
+    """How close the function is to x·σ(x) on [-3, 3], in (0, 1]; parametric variants score a
+    little differently from their plain function (so selection sees distinct values)."""
+    with torch.no_grad():
+        y = act(_GRID)
+    err = float(torch.mean((y - _TARGET) ** 2))
+    if not np.isfinite(err):
+        return 0.0
+    return 1.0 / (1.0 + err) - 1e-3 * len(act.params)
+
+
+def score_fitness(act, seed):
+    _log_call(act)
+    time.sleep(float(os.environ.get("GPA_TEST_SLEEP", "0")))
+    return score(act)
+
+
+def numpy_fitness(act, seed):
+    """Returns numpy / torch scalars, as users' functions often do."""
+    return {"fitness": np.float32(score(act)), "loss": torch.tensor(1.0 - score(act))}
+
+
+def faulty_fitness(act, seed):
+    """Kills its own process on ``tanh(x)``, hangs on ``sigmoid(x)``, scores the rest."""
+    _log_call(act)
+    if act.expression == "tanh(x)":
+        os._exit(3)
+    if act.expression == "sigmoid(x)":
+        time.sleep(120)
+    return score(act)
+
+
+#: The run of the kill-and-resume test (serial: one candidate in flight at a time).
+KILL_RUN = dict(fitness=f"{HELPERS}:score_fitness", population=4, generations=3,
+                param_variants=1, init_zoo=False, max_forward_ratio=0.0, seed=11,
+                executor="serial")
+
+
+def main(out: str) -> None:
+    from gp_activations.search import SearchConfig, run_search
+
+    run_search(SearchConfig(**KILL_RUN), out=out, progress=False)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
