@@ -121,6 +121,170 @@ def cmd_export(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# train
+# ---------------------------------------------------------------------------------------------
+def _mean_std(values):
+    import statistics
+
+    if not values:
+        return float("nan"), float("nan")
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def cmd_train(args) -> int:
+    import json
+
+    from . import zoo
+    from .activation import Activation
+    from .data import dataset_names, get_dataset_info
+    from .train import default_config, resolve_device, train
+
+    if args.dataset not in dataset_names():
+        get_dataset_info(args.dataset)  # raises the one-line error naming the known datasets
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    device = resolve_device(args.device)
+    params = _parse_int_list(args.params, "--params")
+    if args.act in zoo.names() and not params and args.primitives == "pangaea":
+        act = zoo.get(args.act)
+    else:
+        act = Activation.from_string(args.act, args.primitives, params)
+    overrides = {"epochs": args.epochs, "per_channel": args.per_channel or None,
+                 "fused": args.fused or None, "threads": args.threads, "lr": args.lr,
+                 "batch_size": args.batch_size, "time_limit": args.time_limit}
+    config = default_config(args.dataset, args.budget, **overrides)
+    model = args.model or get_dataset_info(args.dataset).default_model
+    records = []
+    if not args.json:
+        print(f"{act} on {args.dataset}/{model}, {config.epochs:g} epochs ({args.budget} budget), "
+              f"{device}, {args.split} accuracy")
+    for seed in range(args.seed, args.seed + args.seeds):
+        bar = _epoch_bar(config.epochs, f"seed {seed}", disable=args.json or not sys.stderr.isatty())
+        record = train(act, args.dataset, model, config, seed=seed, device=str(device),
+                       split=args.split, data_dir=args.data_dir, download=args.download,
+                       verify=not args.no_verify,
+                       progress=lambda epoch, loss, acc: bar.update(1) or bar.set_postfix(
+                           loss=f"{loss:.3f}", acc=f"{acc:.4f}", refresh=False))
+        bar.close()
+        records.append(record)
+        if not args.json:
+            status = "" if record.ok else f"  [{record.status}: {record.reason}]"
+            print(f"  seed {seed}: {args.split} accuracy {record.accuracy:.4f} (best "
+                  f"{record.best_accuracy:.4f}), {record.wall_time:.1f} s, "
+                  f"{record.samples_per_sec:.0f} samples/s{status}")
+    accs = [r.accuracy for r in records if r.ok]
+    times = [r.wall_time for r in records]
+    mean, std = _mean_std(accs)
+    if args.json:
+        print(json.dumps({"activation": str(act), "dataset": args.dataset, "model": model,
+                          "split": args.split, "mean_accuracy": mean, "std_accuracy": std,
+                          "records": [r.to_dict() for r in records]}, indent=2))
+    else:
+        tmean, tstd = _mean_std(times)
+        print(f"  mean {args.split} accuracy {mean:.4f} ± {std:.4f} over {len(accs)} of "
+              f"{len(records)} seeds; time {tmean:.1f} ± {tstd:.1f} s per run")
+    return 0
+
+
+def _epoch_bar(total, desc, disable):
+    from tqdm import tqdm
+
+    return tqdm(total=int(round(total)), desc=desc, unit="epoch", leave=False, disable=disable,
+                file=sys.stderr, dynamic_ncols=True)
+
+
+def _add_data_args(p) -> None:
+    p.add_argument("--data-dir", help="CIFAR files (default $GP_ACTIVATIONS_DATA or "
+                   "~/.cache/gp-activations/data)")
+    p.add_argument("--download", action="store_true", help="let torchvision download CIFAR")
+    p.add_argument("--no-verify", action="store_true",
+                   help="accept CIFAR files whose checksums differ (subsets, re-encoded copies)")
+
+
+# ---------------------------------------------------------------------------------------------
+# search
+# ---------------------------------------------------------------------------------------------
+_SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", "budget",
+                 "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
+                 "data_dir", "ray_address")
+
+
+def cmd_search(args) -> int:
+    import time as _time
+
+    from .search import SearchConfig
+    from .search.driver import Search
+
+    flags = {k: getattr(args, k) for k in _SEARCH_FLAGS if getattr(args, k) is not None}
+    if args.no_verify:
+        flags["verify"] = False
+    out = args.out
+    if args.resume:
+        if not out:
+            raise UserError("--resume needs --out RUN (the run directory to continue)")
+        if args.config:
+            print(f"note: --resume continues {out} with its stored config; {args.config} is "
+                  f"not read", file=sys.stderr)
+        search = Search(SearchConfig(), out, resume=True, overrides=flags,
+                        progress=not args.no_progress)
+    else:
+        config = (SearchConfig.from_toml(args.config, flags) if args.config
+                  else SearchConfig.from_dict(flags, where="command line"))
+        out = out or f"runs/{config.dataset}-{config.strategy}-{_time.strftime('%Y%m%d-%H%M%S')}"
+        search = Search(config, out, progress=not args.no_progress)
+    cfg = search.config
+    print(f"search: {cfg.strategy} on {cfg.dataset} ({cfg.primitives}), population "
+          f"{cfg.population}, {cfg.generations} generations"
+          + (f", budget {cfg.budget} trainings" if cfg.budget else "")
+          + f", {cfg.executor} x{cfg.workers}; run directory {out}", file=sys.stderr)
+    result = search.run()
+    print()
+    print(f"Top functions of {out} (fitness = validation accuracy after "
+          f"{search.train_config.epochs:g} epochs):")
+    print(result.table())
+    counts = result.counts
+    print(f"\n{counts['done']} done, {counts['failed']} failed, {counts['rejected']} rejected "
+          f"before training, {counts['duplicates'] + result.dedup_hits} duplicates not trained; "
+          f"{result.wall_time:.0f} s; log: {Path(out) / 'search.log'}")
+    if result.interrupted:
+        print(f"\ninterrupted: finished work is saved. Resume with:\n"
+              f"  gp-activations search --out {out} --resume", file=sys.stderr)
+        return 130
+    print(f"next: gp-activations evaluate {out}   (retrain the top functions and baselines on "
+          f"the test set)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate / report
+# ---------------------------------------------------------------------------------------------
+def cmd_evaluate(args) -> int:
+    from .evaluate import DEFAULT_BASELINES, evaluate_run, format_table, parse_baselines
+    from .search.store import RunStore
+
+    defaults = RunStore.open(args.run).config().get("evaluate") or {}
+    baselines = parse_baselines(args.baselines or defaults.get("baselines") or DEFAULT_BASELINES)
+    top = args.top if args.top is not None else defaults.get("top", 3)
+    seeds = args.seeds if args.seeds is not None else defaults.get("seeds", 5)
+    epochs = args.epochs if args.epochs is not None else defaults.get("epochs")
+    rows = evaluate_run(args.run, top=top, seeds=seeds, epochs=epochs, baselines=baselines,
+                        model=args.model, dataset=args.dataset, executor=args.executor,
+                        workers=args.workers, device=args.device, progress=not args.no_progress)
+    print(format_table(rows))
+    print(f"\nwrote {Path(args.run) / 'results.csv'} and {Path(args.run) / 'results.tex'}; "
+          f"next: gp-activations report {args.run}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import write_report
+
+    path = write_report(args.run, k=args.top, compare=args.compare or ())
+    print(f"wrote {path} and its plots")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Discover activation functions with evolution "
                      "(DEAP) and gradient descent (PyTorch), after PANGAEA.")
@@ -151,13 +315,77 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_export)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    p = sub.add_parser("train", help="train a network with one activation (several seeds)")
+    p.add_argument("--act", required=True, help="an expression or a zoo name (e.g. relu)")
+    p.add_argument("--dataset", default="mnist1d", help="mnist1d (default), digits, cifar10, cifar100")
+    p.add_argument("--model", help="network (default: the dataset's; e.g. cnn1d, resnet20)")
+    p.add_argument("--epochs", type=float, help="epochs (default: the dataset's budget)")
+    p.add_argument("--budget", default="train", choices=["train", "fitness"],
+                   help="which preset schedule to start from (default train)")
+    p.add_argument("--seeds", type=int, default=1, help="number of seeds (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
+    p.add_argument("--split", default="test", choices=["test", "val"],
+                   help="where accuracy is measured (default test)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    p.add_argument("--primitives", default="pangaea", help="search space of --act")
+    p.add_argument("--params", default="", help="nodes carrying learnable scalars, e.g. 0,3")
+    p.add_argument("--per-channel", action="store_true", help="learnable scalars per channel")
+    p.add_argument("--fused", action="store_true", help="torch.compile the activation")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
+    p.add_argument("--time-limit", type=float, help="seconds per run before it stops as timeout")
+    _add_data_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object with every record")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("search", help="evolve activation functions (PANGAEA-style)")
+    p.add_argument("--config", help="TOML file (e.g. experiments/mnist1d.toml); flags override it")
+    p.add_argument("--out", help="run directory (default runs/DATASET-STRATEGY-TIME)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--dataset")
+    p.add_argument("--model")
+    p.add_argument("--primitives", help="built-in search space, .py file or module:attr")
+    p.add_argument("--population", type=int)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--generations", type=int)
+    g.add_argument("--budget", type=int, help="stop after this many trainings")
+    p.add_argument("--epochs", type=float, help="fitness epochs per candidate")
+    p.add_argument("--strategy", choices=["evolution", "random"])
+    p.add_argument("--executor", choices=["serial", "process", "ray"])
+    p.add_argument("--workers", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads per evaluation")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--ray-address", help="join an existing Ray cluster")
+    p.add_argument("--data-dir")
+    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("evaluate", help="retrain a run's top functions and baselines on the test set")
+    p.add_argument("run", help="a search run directory")
+    p.add_argument("--top", type=int, help="how many found functions (default 3)")
+    p.add_argument("--seeds", type=int, help="seeds per activation (default 5)")
+    p.add_argument("--epochs", type=float, help="epochs (default: the dataset's full schedule)")
+    p.add_argument("--baselines", help="comma-separated zoo names (default "
+                   "relu,silu,gelu,elu,selu,softplus,mish,tanh)")
+    p.add_argument("--model", help="evaluate on another model (transfer), e.g. wrn10_4")
+    p.add_argument("--dataset", help="evaluate on another dataset")
+    p.add_argument("--executor", choices=["serial", "process", "ray"])
+    p.add_argument("--workers", type=int)
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("report", help="plots and report.md of a run")
+    p.add_argument("run", help="a search run directory")
+    p.add_argument("--top", type=int, default=4, help="functions to plot (default 4)")
+    p.add_argument("--compare", action="append", metavar="RUN",
+                   help="another run to compare with (e.g. random search); repeatable")
+    p.set_defaults(func=cmd_report)
+
     return parser
-
-
-#: Later modules (train, search, evaluate, report) add their sub-commands here.
-_EXTRA_COMMANDS: list = []
 
 
 def main(argv=None) -> int:

@@ -111,7 +111,7 @@ def evaluate_task(task: dict) -> dict:
             dataset = _task_dataset(task) if task.get("data") is not None else task["dataset"]
             record = train(act, dataset, model=_resolve(task.get("model")),
                            config=TrainConfig(**task["train"]), seed=task["seed"],
-                           device=task.get("device", "cpu"), split="val",
+                           device=task.get("device", "cpu"), split=task.get("split", "val"),
                            data_dir=task.get("data_dir"), verify=task.get("verify", True),
                            download=task.get("download", False))
             metrics = record.to_dict()

@@ -1,0 +1,264 @@
+"""Final evaluation: retrain the found functions and the baselines, several seeds, test set.
+
+The search's fitness is a brief-training estimate on the validation split.  The claim users
+care about is measured here: the top-K functions of a run (each with its best placement of
+learnable scalars) and the baseline activations are retrained under the full schedule with N
+seeds each and scored on the held-out **test** set.  Every training is a row of the run's
+``final`` table, committed as it finishes, so an interrupted evaluation resumes without
+redoing any (rows are keyed by label, seed and protocol -- the training schedule, model and
+dataset -- so a different ``--epochs`` adds rows instead of mixing results).
+
+Statistics: mean ± sample std per activation, and Welch's t-test (unequal variances) of each
+against ReLU.  Written to ``RUN/results.csv`` and ``RUN/results.tex`` (booktabs).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import zoo
+from .errors import UserError
+from .search.config import SearchConfig
+from .search.executors import make_executor
+from .search.store import RunStore
+
+DEFAULT_BASELINES = ("relu", "silu", "gelu", "elu", "selu", "softplus", "mish", "tanh")
+
+
+@dataclass
+class ResultRow:
+    label: str
+    kind: str  # "found" or "baseline"
+    expression: str
+    params: list
+    accuracies: list
+    mean: float
+    std: float
+    p_vs_relu: Optional[float]
+    primitives: str = "pangaea"
+    best: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.accuracies)
+
+
+def parse_baselines(text) -> list[str]:
+    names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
+    unknown = [n for n in names if n not in zoo.names()]
+    if unknown:
+        raise UserError(f"unknown baseline {unknown[0]!r}; zoo activations: {', '.join(zoo.names())}")
+    if "relu" not in names:
+        names.insert(0, "relu")  # the reference of every p-value
+    return names
+
+
+def _protocol(train_config: dict, dataset: str, model) -> str:
+    keys = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup",
+            "label_smoothing", "per_channel")
+    return json.dumps({"dataset": dataset, "model": model, **{k: train_config[k] for k in keys}},
+                      sort_keys=True)
+
+
+def evaluate_run(run_dir, *, top: int = 3, seeds: int = 5, epochs: Optional[float] = None,
+                 baselines: Sequence[str] = DEFAULT_BASELINES, model: Optional[str] = None,
+                 dataset: Optional[str] = None, executor: Optional[str] = None,
+                 workers: Optional[int] = None, device: Optional[str] = None,
+                 progress: bool = True) -> list[ResultRow]:
+    """Retrain top-``top`` functions and ``baselines`` for ``seeds`` seeds; return the table."""
+    from .train import default_config
+
+    store = RunStore.open(run_dir)
+    cfg = SearchConfig.from_dict(store.config(), where=f"{run_dir} config")
+    if top < 0 or seeds < 1:
+        raise UserError(f"--top must be >= 0 and --seeds >= 1 (got {top}, {seeds})")
+    baselines = parse_baselines(baselines)
+    found = store.top_functions(top, cfg.variant_fitness) if top else []
+    if top and not found:
+        raise UserError(f"{run_dir} has no finished candidates to evaluate yet; run or resume the "
+                        f"search first (gp-activations search --out {run_dir} --resume)")
+    dataset = dataset or cfg.dataset
+    model = model or cfg.model
+    if model is not None and str(model).startswith("<python object"):
+        raise UserError(f"{run_dir} was searched with a Python model object; evaluate it from Python")
+    if cfg.data and str(cfg.data).startswith("<python object"):
+        raise UserError(f"{run_dir} was searched with Python data; evaluate it from Python")
+    train_cfg = default_config(dataset, "train", epochs=epochs, per_channel=cfg.per_channel,
+                               fused=cfg.fused, threads=cfg.threads)
+    protocol = _protocol(train_cfg.to_dict(), dataset, model)
+
+    entries = []  # (label, kind, expression, primitives, params, candidate_id)
+    for rank, item in enumerate(found, 1):
+        cand = item["candidate"]
+        entries.append((f"found #{rank}", "found", cand["expression"], cand["primitives"],
+                        json.loads(cand["params"]), cand["id"]))
+    for name in baselines:
+        act = zoo.get(name)
+        entries.append((name, "baseline", act.expression, "pangaea", list(act.params), None))
+
+    with store.db:
+        for label, kind, expr, prims, params, cid in entries:
+            for seed in range(seeds):
+                key = (label, seed, protocol)
+                row = store.db.execute("SELECT * FROM final WHERE label = ? AND seed = ? AND "
+                                       "protocol = ?", key).fetchone()
+                same = row is not None and (row["expression"], row["params"]) == (expr, json.dumps(params))
+                if same and row["status"] in ("done", "failed"):
+                    continue  # finished before: never redone
+                if row is not None:  # in flight when interrupted, or "found #k" now names another function
+                    store.db.execute("DELETE FROM final WHERE id = ?", (row["id"],))
+                store.db.execute(
+                    "INSERT INTO final(label, kind, expression, primitives, params, candidate_id, seed, "
+                    "protocol, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                    (label, kind, expr, prims, json.dumps(params), cid, seed, protocol))
+    pending = store.db.execute("SELECT * FROM final WHERE protocol = ? AND status = 'pending' "
+                               "ORDER BY id", (protocol,)).fetchall()
+    done_before = store.db.execute("SELECT COUNT(*) FROM final WHERE protocol = ? AND status != "
+                                   "'pending'", (protocol,)).fetchone()[0]
+    if pending:
+        _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, workers, device,
+                       progress, done_before)
+    rows = summarize(store, protocol, [e[0] for e in entries])
+    write_results(Path(run_dir), rows, train_cfg.epochs, dataset, model or "default")
+    store.close()
+    return rows
+
+
+def _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, workers, device,
+                   progress, done_before) -> None:
+    from .train import resolve_device
+
+    dev = resolve_device(device or cfg.device)
+    gpus = 0
+    if dev.type == "cuda":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    kind = executor or cfg.executor
+    n_workers = workers or cfg.workers
+    base = {"dataset": dataset, "model": model, "data": cfg.data, "fitness": None,
+            "data_dir": cfg.data_dir, "verify": cfg.verify, "download": cfg.download,
+            "train": train_cfg.to_dict(), "device": dev.type, "threads": cfg.threads,
+            "split": "test"}
+    tasks = [{**base, "id": row["id"], "expression": row["expression"],
+              "primitives": row["primitives"], "params": json.loads(row["params"]),
+              "seed": row["seed"]} for row in pending]
+    from tqdm import tqdm
+
+    bar = tqdm(total=done_before + len(tasks), initial=done_before, unit="run", desc="evaluate",
+               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+
+    def on_start(task):
+        with store.db:
+            store.db.execute("UPDATE final SET status = 'running' WHERE id = ?", (task["id"],))
+
+    def on_result(result):
+        metrics = result.get("metrics") or {}
+        accuracy = metrics.get("accuracy") if result["status"] == "done" else None
+        status = "done" if result["status"] == "done" else "failed"
+        if metrics.get("status") == "chance":
+            status = "done"
+        with store.db:
+            store.db.execute("UPDATE final SET status = ?, accuracy = ?, metrics = ?, finished_at = ? "
+                             "WHERE id = ?", (status, accuracy, json.dumps(
+                                 {**metrics, "error": result.get("error", "")}), time.time(), result["id"]))
+        bar.update(1)
+
+    runner = make_executor(kind, workers=n_workers, threads=cfg.threads, timeout=cfg.task_timeout,
+                           gpus=gpus, ray_address=cfg.ray_address, run_dir=store.run_dir)
+    try:
+        runner.run(tasks, on_start, on_result)
+    finally:
+        runner.close()
+        bar.close()
+
+
+def welch_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
+    """Two-sided Welch's t-test p-value, or None when it is undefined (n < 2)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    from scipy import stats
+
+    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
+    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+
+
+def summarize(store: RunStore, protocol: str, labels: Sequence[str]) -> list[ResultRow]:
+    rows = []
+    by_label = {}
+    for r in store.db.execute("SELECT * FROM final WHERE protocol = ? ORDER BY label, seed",
+                              (protocol,)).fetchall():
+        by_label.setdefault(r["label"], []).append(r)
+    relu = [r["accuracy"] for r in by_label.get("relu", []) if r["status"] == "done"]
+    for label in labels:
+        recs = by_label.get(label, [])
+        if not recs:
+            continue
+        accs = [r["accuracy"] for r in recs if r["status"] == "done" and r["accuracy"] is not None]
+        mean = statistics.fmean(accs) if accs else float("nan")
+        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        p = None if label == "relu" else welch_p(accs, relu)
+        rows.append(ResultRow(label, recs[0]["kind"], recs[0]["expression"], json.loads(recs[0]["params"]),
+                              accs, mean, std, p, recs[0]["primitives"]))
+    finite = [r for r in rows if not math.isnan(r.mean)]
+    if finite:
+        max(finite, key=lambda r: r.mean).best = True
+    return rows
+
+
+def write_results(run_dir: Path, rows: Sequence[ResultRow], epochs, dataset, model) -> None:
+    with open(run_dir / "results.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["label", "kind", "expression", "params", "n", "mean", "std", "p_vs_relu",
+                    "best", "accuracies"])
+        for r in rows:
+            w.writerow([r.label, r.kind, r.expression, json.dumps(r.params), r.n, f"{r.mean:.6f}",
+                        f"{r.std:.6f}", "" if r.p_vs_relu is None else f"{r.p_vs_relu:.6g}",
+                        int(r.best), " ".join(f"{a:.6f}" for a in r.accuracies)])
+    (run_dir / "results.tex").write_text(latex_table(rows, epochs, dataset, model))
+
+
+def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
+    from .activation import Activation
+
+    def tex_name(r: ResultRow) -> str:
+        if r.kind == "baseline":
+            return r.label.replace("_", r"\_")
+        return f"${Activation.from_string(r.expression, r.primitives, r.params).latex()}$"
+
+    lines = [r"\begin{table}[t]", r"\centering",
+             rf"\caption{{Test accuracy (\%) on {dataset} / {model.replace('_', chr(92) + '_')}, "
+             rf"{epochs:g} epochs, mean $\pm$ std over seeds; $p$: Welch's $t$-test against ReLU. "
+             r"Best mean in bold.}",
+             r"\begin{tabular}{llrrr}", r"\toprule",
+             r"Activation & Function & Accuracy & $n$ & $p$ vs.\ ReLU \\", r"\midrule"]
+    for r in rows:
+        acc = f"{100 * r.mean:.2f} $\\pm$ {100 * r.std:.2f}"
+        if r.best:
+            acc = rf"\textbf{{{100 * r.mean:.2f}}} $\pm$ {100 * r.std:.2f}"
+        p = "--" if r.p_vs_relu is None else (f"{r.p_vs_relu:.3f}" if r.p_vs_relu >= 0.001 else
+                                               f"{r.p_vs_relu:.1e}")
+        label = r.label.replace("#", r"\#").replace("_", r"\_")
+        lines.append(f"{label} & {tex_name(r)} & {acc} & {r.n} & {p} \\\\")
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
+    return "\n".join(lines)
+
+
+def format_table(rows: Sequence[ResultRow]) -> str:
+    out = [f"{'activation':12s} {'test accuracy':>17s} {'n':>3s} {'p vs relu':>10s}  function"]
+    for r in rows:
+        p = "" if r.p_vs_relu is None else f"{r.p_vs_relu:.4f}"
+        mark = " *" if r.best else "  "
+        out.append(f"{r.label:12s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d} {p:>10s}  "
+                   f"{r.expression}" + (f" @ params {r.params}" if r.params else ""))
+    out.append("(* best mean)")
+    return "\n".join(out)

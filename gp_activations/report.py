@@ -1,0 +1,320 @@
+"""Reports of a run: plots, ``report.md``, and export of its winners.
+
+``gp-activations report RUN`` writes into ``RUN/report/``:
+
+* ``shapes.png``        the top-K functions on [-5, 5] (at initialisation and, where known, with
+                        their learned scalars averaged over sites), ReLU for reference;
+* ``fitness.png``       the fitness of every evaluated candidate in evaluation order with the
+                        best-so-far line (and the best-so-far of each ``--compare`` run, e.g.
+                        random search at the same budget);
+* ``params_depth.png``  the learned scalars of the best function per activation site (how the
+                        function specialises with depth);
+* ``params_epochs.png`` the same scalars over the training epochs;
+* ``report.md``         linking them, with the top functions, the final results table (after
+                        ``gp-activations evaluate``) and the comparison table.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Optional, Sequence
+
+from .activation import Activation
+from .errors import UserError
+from .search.config import SearchConfig
+from .search.store import RunStore
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading a run
+# ---------------------------------------------------------------------------------------------
+def _ranked(store: RunStore, k: Optional[int] = None) -> list[dict]:
+    cfg = store.config()
+    top = store.top_functions(k, cfg.get("variant_fitness", "best"))
+    if not top:
+        raise UserError(f"{store.run_dir} has no finished candidates yet; run or resume the search "
+                        f"first (gp-activations search --out {store.run_dir} --resume)")
+    return top
+
+
+def _activation(cand) -> Activation:
+    return Activation.from_string(cand["expression"], cand["primitives"], json.loads(cand["params"]))
+
+
+def learned_trajectory(store: RunStore, rank: int, cand) -> tuple[list, str]:
+    """Per-epoch ``{site: {param: value}}`` of a function's training: the final evaluation's
+    seed 0 when there is one (full schedule), else the search's fitness training."""
+    row = store.db.execute("SELECT metrics FROM final WHERE label = ? AND status = 'done' AND "
+                           "expression = ? AND params = ? ORDER BY seed, id LIMIT 1",
+                           (f"found #{rank}", cand["expression"], cand["params"])).fetchone()
+    if row and row["metrics"]:
+        traj = json.loads(row["metrics"]).get("param_trajectory") or []
+        if traj:
+            return traj, "final evaluation (seed 0)"
+    metrics = json.loads(cand["metrics"]) if cand["metrics"] else {}
+    return metrics.get("param_trajectory") or [], "search fitness training"
+
+
+def site_values(trajectory: list) -> list[dict]:
+    """The last epoch's values, one dict per site in network order."""
+    return list(trajectory[-1].values()) if trajectory else []
+
+
+def mean_values(sites: list[dict]) -> dict:
+    """Scalars averaged over sites (and channels): one representative function."""
+    out = {}
+    for name in (sites[0] if sites else {}):
+        vals = []
+        for site in sites:
+            v = site[name]
+            vals.extend(v if isinstance(v, list) else [v])
+        out[name] = statistics.fmean(vals)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Export
+# ---------------------------------------------------------------------------------------------
+def export_from_run(run_dir, rank: int = 1, fmt: str = "latex", with_learned: bool = False) -> str:
+    """The rank-``rank`` function of a run as LaTeX, sympy, standalone torch code or JSON."""
+    from .cli import render
+
+    store = RunStore.open(run_dir)
+    if rank < 1:
+        raise UserError(f"--rank must be >= 1, got {rank}")
+    top = _ranked(store)
+    if rank > len(top):
+        raise UserError(f"{run_dir} has {len(top)} ranked functions; --rank {rank} does not exist")
+    cand = top[rank - 1]["candidate"]
+    act = _activation(cand)
+    values = None
+    if with_learned and act.slots:
+        sites = site_values(learned_trajectory(store, rank, cand)[0])
+        if not sites:
+            raise UserError(f"no learned values recorded for rank {rank} of {run_dir}")
+        values = sites if fmt == "torch" else mean_values(sites)
+    if fmt == "json":
+        data = act.to_dict()
+        data["fitness"] = top[rank - 1]["fitness"]
+        if values is not None:
+            data["learned"] = values
+        return json.dumps(data, indent=2)
+    return render(act, fmt, values)
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+# ---------------------------------------------------------------------------------------------
+def _mathtext(latex: str) -> str:
+    """A LaTeX title matplotlib can render, or the plain text when mathtext can't."""
+    from matplotlib.mathtext import MathTextParser
+
+    text = f"${latex}$"
+    try:
+        MathTextParser("agg").parse(text)
+        return text
+    except Exception:  # noqa: BLE001 - fall back to text
+        return latex
+
+
+def plot_shapes(store: RunStore, path: Path, k: int = 4) -> None:
+    import matplotlib.pyplot as plt
+    import torch
+
+    top = _ranked(store, k)
+    n = len(top)
+    cols = min(n, 2)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.5 * cols, 3.8 * rows), squeeze=False)
+    x = torch.linspace(-5, 5, 401)
+    for i, item in enumerate(top):
+        ax = axes[i // cols][i % cols]
+        cand = item["candidate"]
+        act = _activation(cand)
+        ax.plot(x, torch.relu(x), "--", color="0.6", label="ReLU")
+        with torch.no_grad():
+            ax.plot(x, act(x), lw=2, label="at initialisation")
+            sites = site_values(learned_trajectory(store, i + 1, cand)[0])
+            if sites:
+                ax.plot(x, act(x, values=mean_values(sites)), lw=1.5,
+                        label="learned scalars (mean over sites)")
+        ax.set_title(f"#{i + 1} (fitness {item['fitness']:.4f}): " + _mathtext(act.latex()), fontsize=9)
+        ax.set_xlabel("$x$")
+        ax.set_ylabel("$f(x)$")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    for j in range(n, rows * cols):
+        axes[j // cols][j % cols].axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _fitness_series(store: RunStore) -> list[float]:
+    rows = store.db.execute("SELECT fitness FROM candidates WHERE duplicate_of IS NULL AND "
+                            "status IN ('done', 'failed') AND started_at IS NOT NULL "
+                            "ORDER BY finished_at, id").fetchall()
+    return [r["fitness"] if r["fitness"] is not None else float("nan") for r in rows]
+
+
+def _best_so_far(values: Sequence[float]) -> list[float]:
+    out, best = [], float("nan")
+    for v in values:
+        if not math.isnan(v) and (math.isnan(best) or v > best):
+            best = v
+        out.append(best)
+    return out
+
+
+def plot_fitness(store: RunStore, path: Path, compare: Sequence[RunStore] = ()) -> None:
+    import matplotlib.pyplot as plt
+
+    values = _fitness_series(store)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.scatter(range(1, len(values) + 1), values, s=8, alpha=0.5, label="candidate fitness")
+    strategy = store.config().get("strategy", "evolution")
+    ax.plot(range(1, len(values) + 1), _best_so_far(values), lw=2, label=f"best so far ({strategy})")
+    for other in compare:
+        ov = _fitness_series(other)
+        ax.plot(range(1, len(ov) + 1), _best_so_far(ov), lw=1.5, ls="--",
+                label=f"best so far ({other.config().get('strategy', '?')}, {other.run_dir.name})")
+    finite = [v for v in values if not math.isnan(v)]
+    if finite:
+        ax.set_ylim(max(0.0, min(finite) - 0.02), min(1.0, max(finite) + 0.02))
+    ax.set_xlabel("evaluation (in order of completion)")
+    ax.set_ylabel("fitness (validation accuracy)")
+    ax.set_title("Fitness of every evaluated candidate")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _scalar(v) -> float:
+    return statistics.fmean(v) if isinstance(v, list) else float(v)
+
+
+def plot_params(store: RunStore, depth_path: Path, epochs_path: Path) -> Optional[str]:
+    """Learned scalars of the best function that has any; returns a caption or None."""
+    import matplotlib.pyplot as plt
+
+    for rank, item in enumerate(_ranked(store, 10), 1):
+        cand = item["candidate"]
+        act = _activation(cand)
+        traj, source = learned_trajectory(store, rank, cand)
+        if act.slots and traj:
+            break
+    else:
+        return None
+    names = act.slot_names
+    sites = list(traj[-1].keys())
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        ax.plot(range(len(sites)), [_scalar(traj[-1][s][name]) for s in sites], "o-", label=name)
+    ax.set_xlabel("activation site (input → output)")
+    ax.set_ylabel("learned value (mean over channels)")
+    ax.set_title(f"#{rank}: " + _mathtext(act.latex()), fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(depth_path, dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(names), figsize=(5 * len(names), 3.8), squeeze=False)
+    cmap = plt.get_cmap("viridis")
+    for ax, name in zip(axes[0], names):
+        for i, site in enumerate(sites):
+            ax.plot(range(len(traj)), [_scalar(epoch[site][name]) for epoch in traj],
+                    color=cmap(i / max(1, len(sites) - 1)), label=site if len(sites) <= 8 else None)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{name} (mean over channels)")
+        ax.set_title(f"{name} per site over training (dark = early layers)", fontsize=9)
+        ax.grid(alpha=0.3)
+        if len(sites) <= 8:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(epochs_path, dpi=110)
+    plt.close(fig)
+    return f"#{rank} `{act}`, from the {source}"
+
+
+# ---------------------------------------------------------------------------------------------
+# report.md
+# ---------------------------------------------------------------------------------------------
+def _results_rows(store: RunStore):
+    from .evaluate import summarize
+
+    protocols = [r[0] for r in store.db.execute(
+        "SELECT protocol FROM final WHERE status = 'done' GROUP BY protocol ORDER BY MAX(finished_at) DESC")]
+    if not protocols:
+        return None, None
+    labels = [r[0] for r in store.db.execute("SELECT label FROM final WHERE protocol = ? GROUP BY label "
+                                             "ORDER BY MIN(id)", (protocols[0],))]
+    return summarize(store, protocols[0], labels), json.loads(protocols[0])
+
+
+def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    store = RunStore.open(run_dir)
+    others = [RunStore.open(c) for c in compare]
+    top = _ranked(store, k)
+    out = Path(run_dir) / "report"
+    out.mkdir(exist_ok=True)
+    cfg = SearchConfig.from_dict(store.config(), where="stored config")
+    plot_shapes(store, out / "shapes.png", k)
+    plot_fitness(store, out / "fitness.png", others)
+    params_caption = plot_params(store, out / "params_depth.png", out / "params_epochs.png")
+
+    counts = store.status_counts()
+    lines = [f"# Search report: `{Path(run_dir).name}`", "",
+             f"{cfg.strategy} on **{cfg.dataset}** / {cfg.model or 'default model'}, search space "
+             f"`{cfg.primitives}`, population {cfg.population}, {cfg.generations} generations"
+             + (f", budget {cfg.budget}" if cfg.budget else "") + ".  "
+             f"{counts['done']} candidates trained, {counts['failed']} failed, {counts['rejected']} "
+             f"rejected before training, {counts['duplicates'] + store.get_meta('dedup_hits', 0)} "
+             "duplicates skipped.", "",
+             "## Top functions (search fitness = validation accuracy after brief training)", "",
+             "| rank | fitness | function | LaTeX |", "|---:|---:|---|---|"]
+    for i, item in enumerate(top, 1):
+        act = _activation(item["candidate"])
+        lines.append(f"| {i} | {item['fitness']:.4f} | `{act}` | ${act.latex()}$ |")
+    lines += ["", "![shapes of the top functions](shapes.png)", "",
+              "## Fitness over the run", "", "![fitness of every candidate](fitness.png)", ""]
+    if others:
+        lines += ["| run | strategy | trainings | best fitness |", "|---|---|---:|---:|"]
+        for s in [store, *others]:
+            best = max((v for v in _fitness_series(s) if not math.isnan(v)), default=float("nan"))
+            lines.append(f"| `{s.run_dir.name}` | {s.config().get('strategy')} | "
+                         f"{s.count_trainings()} | {best:.4f} |")
+        lines.append("")
+    if params_caption:
+        lines += ["## Learned parameters", "", f"{params_caption}.", "",
+                  "![learned scalars per site](params_depth.png)", "",
+                  "![learned scalars over epochs](params_epochs.png)", ""]
+    rows, protocol = _results_rows(store)
+    if rows:
+        lines += ["## Final evaluation (test set)", "",
+                  f"{protocol['dataset']} / {protocol['model'] or 'default model'}, "
+                  f"{protocol['epochs']:g} epochs; mean ± std over seeds; p: Welch's t-test vs ReLU.", "",
+                  "| activation | test accuracy (%) | n | p vs ReLU | function |", "|---|---:|---:|---:|---|"]
+        for r in rows:
+            acc = f"{100 * r.mean:.2f} ± {100 * r.std:.2f}"
+            acc = f"**{acc}**" if r.best else acc
+            p = "" if r.p_vs_relu is None else f"{r.p_vs_relu:.4f}"
+            fn = f"`{r.expression}`" + (f" @ {r.params}" if r.params else "")
+            lines.append(f"| {r.label} | {acc} | {r.n} | {p} | {fn} |")
+        lines.append("")
+    else:
+        lines += ["## Final evaluation", "", f"Not run yet: `gp-activations evaluate {run_dir}`.", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    store.close()
+    for o in others:
+        o.close()
+    return path
