@@ -7,10 +7,10 @@ standalone torch export, so the two cannot disagree.
 
 Two small optimisations keep the compiled function as cheap as hand-written torch:
 
-* **magnitude analysis** -- each node gets a bound on |value| (x itself: the float32 maximum);
-  an operator's unprotected ``fast`` form is emitted when the bound proves it cannot overflow
-  (``x * sigmoid(x)`` needs no clamp; ``exp(x)`` does).  Learnable scalars are taken at their
-  initial magnitude for this analysis;
+* **interval analysis** -- each node gets the range of its value (x itself: all finite
+  float32); an operator's unprotected ``fast`` form is emitted when the ranges prove it cannot
+  overflow (``x * sigmoid(x)`` and ``relu(x) + 0.01 * min(x, 0)`` need no guard; ``exp(x)``
+  does).  Learnable scalars are taken at their initial value for this analysis;
 * **common subexpressions** -- identical parameter-free subtrees are computed once.
 """
 
@@ -102,7 +102,7 @@ def generate(tree, pset, edges=(), function_name: str = "activation") -> Program
     kids = children(tree)
     n = len(tree)
     var = [""] * n
-    bound = [0.0] * n
+    span = [(0.0, 0.0)] * n  # (lo, hi) of each node's value
     depends = [False] * n
     has_param = [False] * n
     text = [""] * n  # canonical text of parameter-free subtrees, for CSE
@@ -119,19 +119,20 @@ def generate(tree, pset, edges=(), function_name: str = "activation") -> Program
             op = pset.operators[node.name]
             text[idx] = f"{node.name}({', '.join(text[k] for k in ks)})"
             depends[idx] = any(depends[k] for k in ks)
-            operand_bounds = [bound[k] for k in ks]
-            fast = op.can_use_fast(operand_bounds)
-            b = op.output_bound(operand_bounds)
-            bound[idx] = b if fast else min(b, FLOAT32_MAX)
+            operands = [span[k] for k in ks]
+            fast = op.can_use_fast(operands)
+            lo, hi = op.output_interval(operands)
+            # the protected form's value is always finite float32
+            span[idx] = (lo, hi) if fast else (max(lo, -FLOAT32_MAX), min(hi, FLOAT32_MAX))
             expr = op.render([var[k] for k in ks], op_params.get(idx, ()), fast=fast)
             helpers.update(op.helpers)
         else:
             value = leaf_value(node, pset)
             text[idx] = node.format()
             if value is None:
-                depends[idx], bound[idx], expr = True, FLOAT32_MAX, "x"
+                depends[idx], span[idx], expr = True, (-FLOAT32_MAX, FLOAT32_MAX), "x"
             else:
-                bound[idx], expr = abs(value), f"x.new_full((), {value!r})"
+                span[idx], expr = (value, value), f"x.new_full((), {value!r})"
         if not has_param[idx] and text[idx] in computed:
             var[idx] = computed[text[idx]]
             continue

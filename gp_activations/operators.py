@@ -11,8 +11,10 @@ An :class:`Operator` carries everything the rest of the library needs to know ab
   (magnitude) analysis proves the operands are small enough for the fast form to stay finite
   *and equal to the protected form*, so that ``x * sigmoid(x)`` costs exactly what hand-written
   torch costs, while ``exp(x)`` on an unbounded input gets its clamp.
-* ``bound`` -- the largest ``|output|`` given the largest ``|operand|`` values (of the
-  mathematical function); ``None`` means "unknown".  Used by that analysis.  Operators that
+* ``interval`` -- the output's range ``(lo, hi)`` given each operand's range (of the
+  mathematical function); unknown parts are infinite.  Used by that analysis, which tracks
+  signs, so ``relu(x) - |x|·gauss(x)`` is proven finite while ``relu(x) + relu(x)`` is not.
+  User operators may give ``bound`` instead: the largest |output| given the largest |operand|.  Operators that
   clamp their input return ``inf`` ("unknown") near and beyond the clamp, so that the fast form
   is never chosen where the protection would change the result.
 * ``sympy`` -- the mathematical form, for LaTeX, simplification and numeric oracles.  Protections
@@ -88,6 +90,8 @@ class Operator:
     doc: str
     fast: Optional[str] = None
     bound: Optional[Callable[..., float]] = None
+    #: interval analysis: (lo, hi) of the output given (lo, hi) of each operand (built-ins)
+    interval: Optional[Callable[..., tuple]] = None
     #: operator-owned learnable scalars: (name, initial value) pairs, referenced as {p0}, {p1}…
     params: tuple = ()
     #: for user operators written as Python functions: name -> callable used by the templates
@@ -108,18 +112,32 @@ class Operator:
         names = {f"p{i}": p for i, p in enumerate(params)}
         return template.format(*operands, **names)
 
-    def output_bound(self, operand_bounds: Sequence[float]) -> float:
-        """Largest |output| of the mathematical function, or inf when unknown."""
-        if self.bound is None:
-            return math.inf
+    def output_interval(self, operands: Sequence) -> tuple:
+        """(lo, hi) of the mathematical function's output given each operand's (lo, hi) -- or a
+        magnitude b, meaning (-b, b); (-inf, inf) when unknown."""
+        ivs = [(-float(o), float(o)) if not isinstance(o, tuple) else o for o in operands]
         try:
-            value = float(self.bound(*operand_bounds))
-        except OverflowError:
-            return math.inf
-        return value if math.isfinite(value) else math.inf
+            if self.interval is not None:
+                lo, hi = self.interval(*ivs)
+            elif self.bound is not None:
+                m = float(self.bound(*[max(abs(a), abs(b)) for a, b in ivs]))
+                lo, hi = -m, m
+            else:
+                return -math.inf, math.inf
+        except (OverflowError, ValueError):
+            return -math.inf, math.inf
+        lo, hi = float(lo), float(hi)
+        if math.isnan(lo) or math.isnan(hi):
+            return -math.inf, math.inf
+        return lo, hi
 
-    def can_use_fast(self, operand_bounds: Sequence[float]) -> bool:
-        return self.fast is not None and self.output_bound(operand_bounds) <= FLOAT32_MAX
+    def output_bound(self, operands: Sequence) -> float:
+        """Largest |output| of the mathematical function, or inf when unknown."""
+        lo, hi = self.output_interval(operands)
+        return max(abs(lo), abs(hi))
+
+    def can_use_fast(self, operands: Sequence) -> bool:
+        return self.fast is not None and self.output_bound(operands) <= FLOAT32_MAX
 
     # -- direct use --------------------------------------------------------------------------
     def __call__(self, *operands, params=()):
@@ -176,114 +194,167 @@ def register(op: Operator) -> Operator:
     return op
 
 
-def _unary(name, torch_src, sym, doc, *, fast=None, bound=None, params=()):
-    return register(Operator(name, 1, torch_src, sym, doc, fast=fast, bound=bound, params=params))
+def _unary(name, torch_src, sym, doc, *, fast=None, interval=None, params=()):
+    return register(Operator(name, 1, torch_src, sym, doc, fast=fast, interval=interval, params=params))
 
 
-def _binary(name, torch_src, sym, doc, *, fast=None, bound=None, params=()):
-    return register(Operator(name, 2, torch_src, sym, doc, fast=fast, bound=bound, params=params))
+def _binary(name, torch_src, sym, doc, *, fast=None, interval=None, params=()):
+    return register(Operator(name, 2, torch_src, sym, doc, fast=fast, interval=interval, params=params))
+
+
+# Interval helpers: an interval is (lo, hi); results may contain inf ("unknown").
+INF = math.inf
+
+
+def _increasing(f):
+    return lambda i: (f(i[0]), f(i[1]))
+
+
+def _fixed(lo, hi):
+    return lambda *i: (lo, hi)
+
+
+def _abs(i):
+    lo, hi = i
+    if lo >= 0:
+        return lo, hi
+    if hi <= 0:
+        return -hi, -lo
+    return 0.0, max(-lo, hi)
+
+
+def _mul(a, b):
+    products = [x * y for x in a for y in b if not (math.isinf(x) or math.isinf(y))]
+    if len(products) < 4:
+        return -INF, INF
+    return min(products), max(products)
+
+
+def _softplus(v):
+    return max(v, 0.0) + math.log1p(math.exp(-abs(v)))
 
 
 # The bounds of square, cube, exp, sinh and cosh are inf ("unknown") from a margin inside their
 # protected forms' input clamps on: the fast forms are then used only where they equal the
 # protected ones, values and gradients (a clamp's gradient is 0 at its boundary), allowing for an
 # operand computed in float32 that exceeds its float64 bound by a few ulps.
-def _sq(b):
-    return b * b if b <= 5e17 else math.inf  # protected: input clamped to ±1e18
+def _sq(i):
+    lo, hi = _abs(i)
+    return (lo * lo, hi * hi) if hi <= 5e17 else (0.0, INF)  # protected: input clamped to ±1e18
 
 
-def _cube(b):
-    return b**3 if b <= 5e11 else math.inf  # protected: input clamped to ±1e12
+def _cube(i):
+    if max(abs(i[0]), abs(i[1])) > 5e11:  # protected: input clamped to ±1e12
+        return -INF, INF
+    return i[0] ** 3, i[1] ** 3
 
 
-def _exp_bound(b):
-    return math.exp(b) if b <= 79.0 else math.inf  # protected: input clamped at 80 (±80)
+def _exp(v):
+    return math.exp(v) if v <= 79.0 else INF  # protected: input clamped at 80 (±80)
+
+
+def _sinh(i):
+    if max(abs(i[0]), abs(i[1])) > 79.0:
+        return -INF, INF
+    return math.sinh(i[0]), math.sinh(i[1])
+
+
+def _cosh(i):
+    lo, hi = _abs(i)
+    return (math.cosh(lo), math.cosh(hi)) if hi <= 79.0 else (1.0, INF)
 
 
 _CLAMP_OUT = "torch.nan_to_num({expr})"
 S = sympy
 
 # -- sign and magnitude --
-_unary("identity", "{0}", lambda x: x, "x", bound=lambda b: b)
-_unary("neg", "-{0}", lambda x: -x, "-x", bound=lambda b: b)
-_unary("abs", "torch.abs({0})", S.Abs, "|x|; gradient 0 at x = 0", bound=lambda b: b)
-_unary("relu", "torch.relu({0})", lambda x: S.Max(x, 0), "max(x, 0)", bound=lambda b: b)
-_unary("minzero", "torch.clamp({0}, max=0.0)", lambda x: S.Min(x, 0), "min(x, 0)", bound=lambda b: b)
+_unary("identity", "{0}", lambda x: x, "x", interval=lambda i: i)
+_unary("neg", "-{0}", lambda x: -x, "-x", interval=lambda i: (-i[1], -i[0]))
+_unary("abs", "torch.abs({0})", S.Abs, "|x|; gradient 0 at x = 0", interval=_abs)
+_unary("relu", "torch.relu({0})", lambda x: S.Max(x, 0), "max(x, 0)",
+       interval=lambda i: (max(i[0], 0.0), max(i[1], 0.0)))
+_unary("minzero", "torch.clamp({0}, max=0.0)", lambda x: S.Min(x, 0), "min(x, 0)",
+       interval=lambda i: (min(i[0], 0.0), min(i[1], 0.0)))
 
 # -- powers --
 _unary("square", "torch.square(torch.clamp({0}, -1e18, 1e18))", lambda x: x**2,
        "x²; input clamped to ±1e18 so the result (≤1e36) and its slope stay finite",
-       fast="torch.square({0})", bound=_sq)
+       fast="torch.square({0})", interval=_sq)
 _unary("cube", "torch.pow(torch.clamp({0}, -1e12, 1e12), 3)", lambda x: x**3,
        "x³; input clamped to ±1e12 so the result (≤1e36) and its slope stay finite",
-       fast="torch.pow({0}, 3)", bound=_cube)
+       fast="torch.pow({0}, 3)", interval=_cube)
 _unary("sqrt", "torch.sqrt(torch.clamp(torch.abs({0}), min=1e-12))", lambda x: S.sqrt(S.Abs(x)),
        "√|x|; |x| floored at 1e-12 so the slope (≤5e5) is finite at 0",
-       bound=lambda b: math.sqrt(max(b, 1e-12)))
+       interval=lambda i: (1e-6, math.sqrt(max(_abs(i)[1], 1e-12))))
 
 # -- exponentials and logarithms --
 _unary("exp", "torch.exp(torch.clamp({0}, max=80.0))", S.exp,
        "eˣ; input clamped at 80 (e⁸⁰≈5.5e34) so value and slope stay finite",
-       fast="torch.exp({0})", bound=_exp_bound)
+       fast="torch.exp({0})", interval=_increasing(_exp))
 _unary("gauss", "torch.exp(-({0} * {0}))", lambda x: S.exp(-x**2),
        "e^{-x²}; x·x overflowing to inf gives e^{-inf}=0 and a gradient 0·x = 0 (x finite), "
-       "so no clamp is needed", bound=lambda b: 1.0)
+       "so no clamp is needed", interval=_fixed(0.0, 1.0))
 _unary("softplus", "torch.nn.functional.softplus({0})", lambda x: S.log(1 + S.exp(x)),
        "log(1+eˣ); torch's softplus is linear above 20, finite everywhere",
-       bound=lambda b: b + math.log(2.0))
+       interval=_increasing(_softplus))
 _unary("logabs", "torch.log(torch.abs({0}) + 1e-7)", lambda x: S.log(S.Abs(x)),
        "log(|x| + ε), ε = 1e-7: value ≥ -16.1 and slope ≤ 1e7 at 0",
-       bound=lambda b: max(16.2, math.log(b + 1e-7) if b > 0 else 16.2))
+       interval=lambda i: (math.log(1e-7), math.log(_abs(i)[1] + 1e-7)))
 
 # -- trigonometric and hyperbolic --
-_unary("sin", "torch.sin({0})", S.sin, "sin x", bound=lambda b: min(b, 1.0))
-_unary("cos", "torch.cos({0})", S.cos, "cos x", bound=lambda b: 1.0)
+_unary("sin", "torch.sin({0})", S.sin, "sin x", interval=_fixed(-1.0, 1.0))
+_unary("cos", "torch.cos({0})", S.cos, "cos x", interval=_fixed(-1.0, 1.0))
 _unary("sinh", "torch.sinh(torch.clamp({0}, -80.0, 80.0))", S.sinh,
        "sinh x; input clamped to ±80 so value and slope stay finite",
-       fast="torch.sinh({0})", bound=lambda b: _exp_bound(b))
+       fast="torch.sinh({0})", interval=_sinh)
 _unary("cosh", "torch.cosh(torch.clamp({0}, -80.0, 80.0))", S.cosh,
        "cosh x; input clamped to ±80 so value and slope stay finite",
-       fast="torch.cosh({0})", bound=lambda b: _exp_bound(b))
-_unary("tanh", "torch.tanh({0})", S.tanh, "tanh x", bound=lambda b: 1.0)
+       fast="torch.cosh({0})", interval=_cosh)
+_unary("tanh", "torch.tanh({0})", S.tanh, "tanh x", interval=_fixed(-1.0, 1.0))
 _unary("asinh", "torch.asinh({0})", S.asinh, "arsinh x (finite for every finite x)",
-       bound=lambda b: math.asinh(b))
-_unary("atan", "torch.atan({0})", S.atan, "arctan x", bound=lambda b: math.pi / 2)
+       interval=_increasing(math.asinh))
+_unary("atan", "torch.atan({0})", S.atan, "arctan x", interval=_fixed(-math.pi / 2, math.pi / 2))
 _unary("sinc", "torch.sinc({0} * 0.3183098861837907)", S.sinc,
-       "sin(x)/x (unnormalised; 1 at 0); torch.sinc takes x/π", bound=lambda b: 1.0)
+       "sin(x)/x (unnormalised; 1 at 0); torch.sinc takes x/π",
+       interval=_fixed(-0.2173, 1.0))
 
 # -- sigmoidal and error functions --
-_unary("sigmoid", "torch.sigmoid({0})", sigmoid, "σ(x) = 1/(1+e^{-x})", bound=lambda b: 1.0)
-_unary("erf", "torch.erf({0})", S.erf, "erf x", bound=lambda b: 1.0)
-_unary("erfc", "torch.erfc({0})", S.erfc, "erfc x = 1 - erf x", bound=lambda b: 2.0)
+_unary("sigmoid", "torch.sigmoid({0})", sigmoid, "σ(x) = 1/(1+e^{-x})",
+       interval=_fixed(0.0, 1.0))
+_unary("erf", "torch.erf({0})", S.erf, "erf x", interval=_fixed(-1.0, 1.0))
+_unary("erfc", "torch.erfc({0})", S.erfc, "erfc x = 1 - erf x", interval=_fixed(0.0, 2.0))
 _unary("i0e", "torch.special.i0e({0})", lambda x: S.exp(-S.Abs(x)) * S.besseli(0, x),
-       "e^{-|x|} I₀(x), exponentially scaled Bessel function of order 0", bound=lambda b: 1.0)
+       "e^{-|x|} I₀(x), exponentially scaled Bessel function of order 0",
+       interval=_fixed(0.0, 1.0))
 _unary("i1e", "(torch.special.i1e({0}) if {0}.dtype not in (torch.bfloat16, torch.float16) "
        "else torch.special.i1e({0}.float()).to({0}.dtype))",
        lambda x: S.exp(-S.Abs(x)) * S.besseli(1, x),
        "e^{-|x|} I₁(x), exponentially scaled Bessel function of order 1 (16-bit inputs are "
-       "computed in float32: torch has no 16-bit i1e gradient)", bound=lambda b: 0.5)
+       "computed in float32: torch has no 16-bit i1e gradient)", interval=_fixed(-0.5, 0.5))
 
 # -- binary --
 _binary("add", _CLAMP_OUT.format(expr="{0} + {1}"), lambda a, b: a + b,
         "x₁ + x₂; the protected form maps an overflowed sum to ±(largest float)",
-        fast="{0} + {1}", bound=lambda a, b: a + b)
+        fast="{0} + {1}", interval=lambda a, b: (a[0] + b[0], a[1] + b[1]))
 _binary("sub", _CLAMP_OUT.format(expr="{0} - {1}"), lambda a, b: a - b,
         "x₁ - x₂; the protected form maps an overflowed difference to ±(largest float)",
-        fast="{0} - {1}", bound=lambda a, b: a + b)
+        fast="{0} - {1}", interval=lambda a, b: (a[0] - b[1], a[1] - b[0]))
 _binary("mul", _CLAMP_OUT.format(expr="{0} * {1}"), lambda a, b: a * b,
         "x₁·x₂; the protected form maps an overflowed product to ±(largest float)",
-        fast="{0} * {1}", bound=lambda a, b: a * b)
+        fast="{0} * {1}", interval=_mul)
 _binary("div",
         "torch.clamp({0}, -1e15, 1e15) / torch.where({1} < 0, torch.clamp({1}, max=-1e-6), "
         "torch.clamp({1}, min=1e-6))",
         lambda a, b: a / b,
         "x₁/x₂ protected: |x₂| floored at 1e-6 (keeping its sign, 0 → +1e-6) and x₁ clamped to "
         "±1e15, so |result| ≤ 1e21 and both slopes stay finite",
-        bound=lambda a, b: min(a, 1e15) * 1e6)
-_binary("max", "torch.maximum({0}, {1})", S.Max, "max(x₁, x₂)", bound=max)
-_binary("min", "torch.minimum({0}, {1})", S.Min, "min(x₁, x₂)", bound=max)
+        interval=_fixed(-1e21, 1e21))
+_binary("max", "torch.maximum({0}, {1})", S.Max, "max(x₁, x₂)",
+        interval=lambda a, b: (max(a[0], b[0]), max(a[1], b[1])))
+_binary("min", "torch.minimum({0}, {1})", S.Min, "min(x₁, x₂)",
+        interval=lambda a, b: (min(a[0], b[0]), min(a[1], b[1])))
 _binary("sigmul", "torch.sigmoid({0}) * {1}", lambda a, b: sigmoid(a) * b, "σ(x₁)·x₂",
-        bound=lambda a, b: b)
+        interval=lambda a, b: (min(0.0, b[0]), max(0.0, b[1])))
 
 # -- β-parameterised operators of Ramachandran, Zoph & Le (2017); β is learnable --
 _unary("scale", _CLAMP_OUT.format(expr="{0} * {p0}"), lambda x, beta: beta * x,

@@ -229,3 +229,39 @@ def test_compiler_uses_fast_forms_only_where_proven():
     act = Activation.from_string("square(sqrt(x))")
     x = torch.tensor([1e37, 4.0])
     assert torch.equal(act(x), _op("square")(_op("sqrt")(x)))
+
+
+@pytest.mark.parametrize("expression, guarded", [
+    ("sub(relu(x), mul(abs(x), gauss(x)))", False),  # signs prove it: [0, M] - [0, M]
+    ("add(relu(x), mul(0.01, minzero(x)))", False),  # leaky ReLU: [0, M] + [-0.01 M, 0]
+    ("add(relu(x), relu(x))", True),                 # 2·relu(x) really overflows at 3e38
+    ("sub(relu(x), minzero(x))", True),              # |x| + |x| in the worst case
+    ("square(tanh(x))", False),
+    ("exp(sigmoid(x))", False),
+])
+def test_interval_analysis_decides_the_guards(expression, guarded):
+    from gp_activations import Activation
+
+    act = Activation.from_string(expression)
+    source = act.program.source
+    assert (("nan_to_num" in source) or ("clamp(x, " in source and "max=0.0" not in source)) == guarded
+    x = torch.tensor([F32_MAX, -F32_MAX, 3e38, -3e38, 1e4, -1e4, 0.0, 1.5, -2.5], requires_grad=True)
+    y = act(x)
+    assert torch.isfinite(y).all()
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.isfinite(g[4:]).all()
+
+
+def test_interval_of_each_builtin_contains_sampled_values():
+    """The declared output ranges hold on samples from the operand ranges (an oracle check)."""
+    rng = np.random.default_rng(3)
+    spans = [(-3.0, 2.0), (0.5, 4.0), (-10.0, -1.0), (-80.0, 70.0)]
+    for name, op in ops.REGISTRY.items():
+        if op.params or op.interval is None:
+            continue
+        for operand_spans in itertools.product(spans, repeat=op.arity):
+            lo, hi = op.output_interval(list(operand_spans))
+            cols = [torch.tensor(rng.uniform(a, b, 400), dtype=torch.float64) for a, b in operand_spans]
+            y = op(*cols)
+            assert (y >= lo - 1e-9 * max(1.0, abs(lo))).all(), (name, operand_spans, lo)
+            assert (y <= hi + 1e-9 * max(1.0, abs(hi))).all(), (name, operand_spans, hi)
