@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import sys
 import time
 from pathlib import Path
@@ -70,6 +71,90 @@ def faulty_fitness(act, seed):
     if act.expression == "sigmoid(x)":
         time.sleep(120)
     return score(act)
+
+
+# -- shared by the test modules -----------------------------------------------------------------
+#: Cheap settings: no zoo, one variant, no timing check (the only machine-dependent one).
+CHEAP = dict(population=4, generations=2, param_variants=1, init_zoo=False,
+             max_forward_ratio=0.0, threads=1)
+
+#: A search space whose operators misbehave in every way screening must catch.
+FAULTY_PRIMITIVES = '''
+import time
+
+import torch
+from gp_activations import SearchSpace
+
+space = SearchSpace("faulty", "operators that misbehave, for the search tests")
+space.constants("zero", "one")
+space.use("add", "mul", "tanh", "relu", "sigmoid", "cos")
+
+
+@space.unary
+def blowup(x):
+    "x, but +inf above 2"
+    return torch.where(x > 2, torch.full_like(x, float("inf")), x)
+
+
+@space.unary
+def rootabs(x):
+    "sqrt(|x|): finite values, infinite slope at 0"
+    return torch.sqrt(torch.abs(x))
+
+
+@space.unary
+def boom(x):
+    "always raises"
+    raise ValueError("boom operator exploded")
+
+
+@space.unary
+def slowpoke(x):
+    "tanh, slowly on big tensors (the timing check runs on 1M elements)"
+    if x.numel() > 100000:
+        time.sleep(0.05)
+    return torch.tanh(x)
+
+
+@space.unary
+def flat(x):
+    "tanh of a 1-D tensor; raises on batches (so it passes screening and fails in training)"
+    if x.dim() > 1:
+        raise RuntimeError("flat cannot handle batched input")
+    return torch.tanh(x)
+'''
+
+
+def rows(run_dir, where="1", args=()):
+    db = sqlite3.connect(str(Path(run_dir) / "run.sqlite"))
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id",
+                                            args)]
+    finally:
+        db.close()
+
+
+def by_expression(run_dir, expression, params="[]"):
+    found = rows(run_dir, "expression = ? AND params = ?", (expression, params))
+    assert len(found) == 1, (expression, params, found)
+    return found[0]
+
+
+def snapshot(run_dir):
+    """Everything that defines a run's outcome (no timestamps)."""
+    db = sqlite3.connect(str(Path(run_dir) / "run.sqlite"))
+    try:
+        cands = db.execute(
+            "SELECT id, function_id, expression, primitives, params, dedup_key, function_key, status, "
+            "fitness, generation, parent_ids, mutation, origin, duplicate_of, error FROM candidates "
+            "ORDER BY id").fetchall()
+        pop = db.execute("SELECT * FROM population ORDER BY generation, rank").fetchall()
+        gens = db.execute("SELECT generation, state, rng_state FROM generations ORDER BY generation").fetchall()
+        hits = db.execute("SELECT value FROM meta WHERE key = 'dedup_hits'").fetchone()
+        return {"candidates": cands, "population": pop, "generations": gens, "dedup_hits": hits}
+    finally:
+        db.close()
 
 
 #: The run of the kill-and-resume test (serial: one candidate in flight at a time).

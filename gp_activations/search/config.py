@@ -81,6 +81,11 @@ class SearchConfig:
     seed: int = 0
 
     def __post_init__(self):
+        # Type-check here too (not only in from_dict), so that SearchConfig(population="ten")
+        # is the same one-line UserError as in a TOML file rather than a TypeError in validate.
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name], "config"))
         self.validate()
 
     # -- validation ------------------------------------------------------------------------

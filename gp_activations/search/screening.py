@@ -25,7 +25,9 @@ import torch
 from ..activation import Activation
 
 # Probe points: a dense grid on [-5, 5], a few far points, and fixed normal samples.
-_GRID = torch.linspace(-5.0, 5.0, 101, dtype=torch.float64)
+# (arange / 10, not linspace: linspace's middle point is -2.8e-16, and 0 -- where 1/x, log|x|
+# and the slope of sqrt|x| blow up -- must be on the grid exactly)
+_GRID = torch.arange(-50, 51, dtype=torch.float64) / 10
 _FAR = torch.tensor([-1e4, -100.0, -20.0, 20.0, 100.0, 1e4], dtype=torch.float64)
 _NORMAL = torch.from_numpy(np.random.default_rng(0).normal(size=64)).clamp(-5, 5)
 PROBE = torch.cat([_GRID, _FAR, _NORMAL])

@@ -236,9 +236,11 @@ class RunStore:
                                (generation,))
 
     def count_trainings(self) -> int:
-        """Trainings done or owed: every non-duplicate candidate that is not rejected."""
+        """Trainings done or owed: every non-duplicate candidate that was or will be evaluated
+        (not the rejected ones, nor those whose screening failed -- they never start)."""
         return self.db.execute("SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL "
-                               "AND status != 'rejected'").fetchone()[0]
+                               "AND (status IN ('pending', 'running', 'done') OR "
+                               "(status = 'failed' AND started_at IS NOT NULL))").fetchone()[0]
 
     def function_fitness(self, function_id: int, mode: str = "best"):
         """(fitness, id of the variant that achieved it) of a function, or (None, None)."""
