@@ -21,14 +21,20 @@ $(STAMP): setup.cfg pyproject.toml
 
 install: $(STAMP)
 
+RUN_DIR ?= runs/default
+
+# The default search (experiments/mnist1d.toml); a second `make run` continues/reprints it.
 run: $(STAMP)
-	$(CLI) zoo --torch
+	$(CLI) search --config experiments/mnist1d.toml --out $(RUN_DIR) \
+		$(if $(wildcard $(RUN_DIR)/run.sqlite),--resume,)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/activation_overhead.py
+	$(PY) benchmarks/trainer_throughput.py
+	$(PY) benchmarks/search_overhead.py
 
 clean:
 	rm -rf $(VENV) .cache build *.egg-info

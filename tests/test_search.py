@@ -319,12 +319,12 @@ def test_slow_forward_is_rejected_in_a_search(tmp_path, faulty_primitives):
     fit = Counting()
     run = tmp_path / "run"
     run_search(SearchConfig(**{**CHEAP, "population": 2, "generations": 1, "param_variants": 0,
-                               "max_forward_ratio": 20.0},
+                               "max_forward_ratio": 5.0},
                             primitives=faulty_primitives, init_expressions=["slowpoke(x)"]),
                out=run, progress=False, fitness=fit)
     row = by_expression(run, "slowpoke(x)")
     assert row["status"] == "rejected", row
-    assert "slower than ReLU (limit 20x)" in row["error"]
+    assert "slower than ReLU (limit 5x)" in row["error"]
     assert row["started_at"] is None and row["metrics"] is None and fit.count("slowpoke(x)") == 0
 
 

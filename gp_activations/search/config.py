@@ -70,6 +70,9 @@ class SearchConfig:
     # evaluation
     epochs: Optional[float] = None  # fitness epochs (shortcut for train.epochs)
     train: dict = field(default_factory=dict)
+    # defaults of `gp-activations evaluate`: top, seeds, epochs, baselines, train (overrides of
+    # the dataset's full "train" schedule, e.g. lr or weight_decay)
+    evaluate: dict = field(default_factory=dict)
     fitness_seed: int = 0  # every candidate trains with the same seed and data order
     executor: str = "serial"  # serial, process or ray
     workers: int = 1
@@ -123,6 +126,26 @@ class SearchConfig:
                 self.mutation_weights.get(m, 1.0 if m != "subtree" else 0.0) > 0 for m in MUTATIONS):
             raise UserError("config: every mutation weight is 0; at least one must be positive")
         self.train_config()  # validates the [train] table
+        self._validate_evaluate()
+
+    def _validate_evaluate(self) -> None:
+        from ..train import TrainConfig
+
+        ev = self.evaluate
+        known = {"top": int, "seeds": int, "epochs": (int, float), "baselines": (list, str),
+                 "train": dict}
+        for key, value in ev.items():
+            if key not in known:
+                raise UserError(f"config: unknown key {key!r} in [evaluate] (known: "
+                                f"{', '.join(known)})")
+            if isinstance(value, bool) or not isinstance(value, known[key]):
+                raise UserError(f"config: [evaluate] {key!r} has the wrong type: {value!r}")
+        if ev.get("top", 0) < 0 or ev.get("seeds", 1) < 1 or ev.get("epochs", 1) <= 0:
+            raise UserError("config: [evaluate] needs top >= 0, seeds >= 1 and epochs > 0")
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = set(ev.get("train", {})) - fields
+        if unknown:
+            raise UserError(f"config: unknown key {sorted(unknown)[0]!r} in [evaluate.train]")
 
     @property
     def n_offspring(self) -> int:

@@ -178,8 +178,9 @@ class Search:
                         break
                     random.setstate(_rng_from_json(last["rng_state"]))
                     if not self._create_generation(nxt):
-                        log.info("generation %d: no new functions could be created; stopping", nxt)
-                        break
+                        # finished (with the same survivors) by the next pass of the loop, exactly
+                        # as a resumed run would: the generation count ends the search
+                        log.info("generation %d: no new functions could be created", nxt)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted; finished evaluations are saved")
@@ -322,6 +323,10 @@ class Search:
                 yield tree, "random", None, [], False
             elif cfg.crossover and len(ids) > 1 and random.random() < cfg.crossover:
                 i, j = self._select(fits, 2)
+                for _ in range(5):  # two different parents, or crossover only copies one
+                    if i != j:
+                        break
+                    (j,) = self._select(fits, 1)
                 yield crossover(self.toolbox, trees[ids[i]], trees[ids[j]]), "crossover", "crossover", \
                     [ids[i], ids[j]], False
             else:

@@ -246,6 +246,7 @@ class RayExecutor:
         self.ray = ray
         self.workers, self.threads, self.timeout = workers, threads, timeout
         self._started_ray = False
+        self._temp_dir = None
         if not ray.is_initialized():
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -254,8 +255,8 @@ class RayExecutor:
             if address:
                 ray.init(address=address, **kwargs)
             else:
-                ray.init(num_cpus=workers * threads, num_gpus=gpus,
-                         _temp_dir=_ray_temp_dir(run_dir or Path(tempfile.gettempdir())), **kwargs)
+                self._temp_dir = _ray_temp_dir(run_dir or Path(tempfile.mkdtemp(prefix="gpa-ray-")))
+                ray.init(num_cpus=workers * threads, num_gpus=gpus, _temp_dir=self._temp_dir, **kwargs)
             self._started_ray = True
         self.remote = ray.remote(evaluate_task).options(
             num_cpus=threads, num_gpus=1 if gpus else 0, max_retries=0)
@@ -288,7 +289,7 @@ class RayExecutor:
 
     def close(self) -> None:
         if self._started_ray:
-            self.ray.shutdown()
+            self.ray.shutdown()  # its session files stay (linked from) the run directory, for debugging
 
 
 def make_executor(kind: str, *, workers: int, threads: int, timeout: Optional[float], gpus: int,

@@ -104,7 +104,7 @@ def screen(act: Activation, *, max_forward_ratio: float = 100.0, constant_tol: f
 
 
 def _rejection_reason(act, max_forward_ratio, constant_tol, timing_shape) -> Optional[str]:
-    # 1. finite output and gradient (float32, as in training), scalars at init and moved
+    # 1. finite output and gradient (float32, as in training), scalars at their initial values
     x = PROBE.to(torch.float32).clone().requires_grad_(True)
     module = act.module()
     y = module(x)

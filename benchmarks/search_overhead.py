@@ -1,0 +1,80 @@
+"""What the search costs beyond training, and how it scales with workers.
+
+Runs the same small MNIST-1D search (same seed, so the same candidates) with the serial,
+process and Ray executors and reports, in one run:
+
+* the share of wall time spent outside training (screening, dedup, SQLite, scheduling, worker
+  start-up), i.e. 1 - (training time summed over candidates) / (workers x wall time);
+* dedup hits (candidates not trained because an equivalent one was);
+* evaluations per minute, and the speed-up over serial.
+
+Targets: <= 5 % outside training (serial); >= 1.7x serial with 2 workers.
+
+    python benchmarks/search_overhead.py [--generations 3] [--epochs 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+from gp_activations.search import SearchConfig, run_search
+from gp_activations.search.store import RunStore
+
+
+def measure(executor: str, workers: int, threads: int, args, root: str) -> dict:
+    out = os.path.join(root, f"{executor}-{workers}x{threads}")
+    shutil.rmtree(out, ignore_errors=True)
+    config = SearchConfig(dataset="mnist1d", population=args.population, generations=args.generations,
+                          param_variants=1, epochs=args.epochs, executor=executor, workers=workers,
+                          threads=threads, seed=0, init_zoo=True)
+    t0 = time.perf_counter()
+    result = run_search(config, out=out, progress=False)
+    wall = time.perf_counter() - t0
+    store = RunStore.open(out)
+    trained = [r for r in store.candidates("duplicate_of IS NULL AND started_at IS NOT NULL")]
+    train_s = sum(json.loads(r["metrics"])["wall_time"] for r in trained if r["metrics"])
+    rows = store.candidates("1")
+    fitness = {(r["expression"], r["params"]): r["fitness"] for r in rows}
+    store.close()
+    return {"label": f"{executor} ({workers} worker{'s' if workers > 1 else ''} x {threads} thread)",
+            "wall": wall, "trainings": len(trained), "train_s": train_s, "workers": workers,
+            "dedup": result.counts["duplicates"] + result.dedup_hits, "fitness": fitness}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--population", type=int, default=8)
+    parser.add_argument("--generations", type=int, default=3)
+    parser.add_argument("--epochs", type=float, default=6)
+    parser.add_argument("--skip-ray", action="store_true")
+    args = parser.parse_args(argv)
+    root = tempfile.mkdtemp(prefix="gpa-bench-")
+    runs = [measure("serial", 1, 1, args, root), measure("process", 2, 1, args, root)]
+    if not args.skip_ray:
+        runs.append(measure("ray", 2, 1, args, root))
+    runs.append(measure("serial", 1, 2, args, root))
+    base = runs[0]
+    print(f"\nMNIST-1D search: population {args.population}, {args.generations} generations, "
+          f"{args.epochs:g} epochs per candidate\n")
+    print(f"{'executor':34s} {'wall s':>7s} {'trainings':>9s} {'evals/min':>9s} {'vs serial':>9s} "
+          f"{'outside training':>16s} {'dedup hits':>10s}")
+    for r in runs:
+        per_min = 60 * r["trainings"] / r["wall"]
+        outside = 1 - r["train_s"] / (r["workers"] * r["wall"])
+        speedup = per_min / (60 * base["trainings"] / base["wall"])
+        print(f"{r['label']:34s} {r['wall']:7.1f} {r['trainings']:9d} {per_min:9.1f} {speedup:8.2f}x "
+              f"{100 * outside:15.1f}% {r['dedup']:10d}")
+    same = all(r["fitness"] == base["fitness"] for r in runs if r["label"].endswith("x 1 thread"))
+    print(f"\nsame candidates and fitness for every executor at 1 thread per evaluation: {same}")
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
