@@ -216,6 +216,8 @@ def cmd_search(args) -> int:
     from .search.driver import Search
 
     flags = {k: getattr(args, k) for k in _SEARCH_FLAGS if getattr(args, k) is not None}
+    if args.budget is not None and not args.resume:
+        flags["generations"] = 1_000_000  # --budget alone decides when the search stops
     if args.no_verify:
         flags["verify"] = False
     out = args.out
@@ -349,7 +351,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--population", type=int)
     g = p.add_mutually_exclusive_group()
     g.add_argument("--generations", type=int)
-    g.add_argument("--budget", type=int, help="stop after this many trainings")
+    g.add_argument("--budget", type=int, help="stop after this many trainings (instead of a "
+                   "number of generations)")
     p.add_argument("--epochs", type=float, help="fitness epochs per candidate")
     p.add_argument("--strategy", choices=["evolution", "random"])
     p.add_argument("--executor", choices=["serial", "process", "ray"])

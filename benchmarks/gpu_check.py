@@ -1,0 +1,67 @@
+"""Exercise the CUDA path: resnet20 on random CIFAR-shaped data, ReLU vs a fused evolved
+activation, printing samples/s and peak GPU memory.  Under 5 minutes on one GPU.
+
+    python benchmarks/gpu_check.py [--steps 200] [--batch 256]
+
+Exits with status 2 and one line when no GPU is available (tests and CI run on the CPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+import torch
+
+from gp_activations import Activation
+from gp_activations.data import Dataset
+from gp_activations.train import TrainConfig, train
+
+EVOLVED = "add(mul(x, sigmoid(x)), mul(0.1, sin(x)))"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=200, help="optimisation steps per activation")
+    parser.add_argument("--batch", type=int, default=256)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("gpu_check: no CUDA GPU available on this machine; nothing to check", file=sys.stderr)
+        return 2
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="gp_act_inductor_"))
+    dev = torch.device("cuda")
+    print(f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}, "
+          f"CUDA {torch.version.cuda}, bf16 autocast + channels_last")
+    g = torch.Generator(device=dev).manual_seed(0)
+    n = args.batch * 40
+    x = torch.randn(n, 3, 32, 32, device=dev, generator=g)
+    y = torch.randint(0, 10, (n,), device=dev, generator=g)
+    ds = Dataset("cifar-shaped", 10, x, y, x[:2048], y[:2048], x[:2048], y[:2048], augment=True)
+    steps_per_epoch = n // args.batch
+    epochs = max(1, args.steps // steps_per_epoch)
+    rows = []
+    for label, act, fused in (("relu", "relu", False), ("evolved (eager)", EVOLVED, False),
+                              ("evolved (fused)", EVOLVED, True)):
+        activation = Activation.from_string(act) if act != "relu" else "relu"
+        cfg = TrainConfig(epochs=epochs, batch_size=args.batch, optimizer="sgd", lr=0.1,
+                          fused=fused, chance_check=False)
+        train(activation, ds, "resnet20", cfg.replace(epochs=1, max_steps_per_epoch=5), device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        record = train(activation, ds, "resnet20", cfg, device="cuda")
+        torch.cuda.synchronize()
+        wall = time.perf_counter() - t0
+        peak = torch.cuda.max_memory_allocated() / 2**20
+        rows.append((label, record.samples_per_sec, peak, record.status, wall))
+    print(f"\n{'activation':18s} {'samples/s':>10s} {'vs relu':>8s} {'peak MiB':>9s} {'status':>7s}")
+    for label, sps, peak, status, wall in rows:
+        print(f"{label:18s} {sps:10.0f} {sps / rows[0][1]:7.2f}x {peak:9.0f} {status:>7s}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
