@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import zoo
+from .data import get_dataset_info
 from .errors import UserError
+from .models import MODELS
 from .search.config import SearchConfig
 from .search.executors import make_executor
 from .search.store import RunStore
@@ -64,8 +66,10 @@ def parse_baselines(text) -> list[str]:
 def _protocol(train_config: dict, dataset: str, model) -> str:
     keys = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup",
             "label_smoothing", "per_channel")
-    return json.dumps({"dataset": dataset, "model": model, **{k: train_config[k] for k in keys}},
-                      sort_keys=True)
+    values = {k: train_config[k] for k in keys}
+    if float(values["epochs"]).is_integer():  # --epochs 20 (20.0) is the preset's 20: same rows
+        values["epochs"] = int(values["epochs"])
+    return json.dumps({"dataset": dataset, "model": model, **values}, sort_keys=True)
 
 
 def evaluate_run(run_dir, *, top: int = 3, seeds: int = 5, epochs: Optional[float] = None,
@@ -91,6 +95,11 @@ def evaluate_run(run_dir, *, top: int = 3, seeds: int = 5, epochs: Optional[floa
         raise UserError(f"{run_dir} was searched with a Python model object; evaluate it from Python")
     if cfg.data and str(cfg.data).startswith("<python object"):
         raise UserError(f"{run_dir} was searched with Python data; evaluate it from Python")
+    # bad names fail here, before rows are stored and results.csv is overwritten with failures
+    if not cfg.data:
+        dataset = get_dataset_info(dataset).name
+    if model is not None and ":" not in str(model) and model not in MODELS:
+        raise UserError(f"unknown model {model!r}; known models: {', '.join(MODELS)}")
     train_cfg = default_config(dataset, "train", epochs=epochs, per_channel=cfg.per_channel,
                                fused=cfg.fused, threads=cfg.threads)
     protocol = _protocol(train_cfg.to_dict(), dataset, model)
@@ -106,6 +115,11 @@ def evaluate_run(run_dir, *, top: int = 3, seeds: int = 5, epochs: Optional[floa
 
     with store.db:
         for label, kind, expr, prims, params, cid in entries:
+            # "found #k" may name another function now (the search went on): drop the old one's
+            # rows of every seed, or its seeds beyond --seeds would be averaged with the new one's
+            store.db.execute("DELETE FROM final WHERE label = ? AND protocol = ? AND "
+                             "(expression != ? OR params != ?)",
+                             (label, protocol, expr, json.dumps(params)))
             for seed in range(seeds):
                 key = (label, seed, protocol)
                 row = store.db.execute("SELECT * FROM final WHERE label = ? AND seed = ? AND "

@@ -261,6 +261,8 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
+    if k < 1:  # top_functions(0) would mean "all" and a negative k "all but the last"
+        raise UserError(f"--top must be >= 1, got {k}")
     store = RunStore.open(run_dir)
     others = [RunStore.open(c) for c in compare]
     top = _ranked(store, k)

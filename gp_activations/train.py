@@ -110,7 +110,9 @@ _PRESETS = {
 
 def default_config(dataset: str, purpose: str = "train", **overrides) -> TrainConfig:
     """The preset budget of ``dataset`` for ``purpose`` ("train" or "fitness")."""
-    key = "cifar" if str(dataset).startswith("cifar") else dataset
+    name = str(dataset).strip().lower()
+    name = data_mod._ALIASES.get(name, name)  # "CIFAR-10" is cifar10, not the mnist1d preset
+    key = "cifar" if name.startswith("cifar") else name
     presets = _PRESETS.get(key, _PRESETS["mnist1d"])
     if purpose not in presets:
         raise UserError(f"purpose must be 'train' or 'fitness', got {purpose!r}")
@@ -239,7 +241,10 @@ def _activation_factory(activation, config: TrainConfig):
 def site_parameters(net: nn.Module) -> dict:
     """{site name: {param: value}} for every activation site that has learnable scalars."""
     out = {}
-    for name, module in models_mod.activation_sites(net):
+    sites = models_mod.activation_sites(net)
+    if not sites:  # a user's model that called the factory directly: its modules are untagged
+        sites = [(n, m) for n, m in net.named_modules() if isinstance(m, ActivationModule)]
+    for name, module in sites:
         if isinstance(module, ActivationModule) and module._param_names:
             out[name] = module.parameter_values()
     return out
@@ -316,7 +321,9 @@ def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfi
     dev = resolve_device(device)
     if split not in ("val", "test"):
         raise UserError(f"split must be 'val' or 'test', got {split!r}")
-    ds_name = dataset.name if isinstance(dataset, data_mod.Dataset) else str(dataset)
+    # canonical name: an alias ("cifar-10") must get its dataset's preset and default model
+    ds_name = (dataset.name if isinstance(dataset, data_mod.Dataset)
+               else data_mod.get_dataset_info(dataset).name)
     if config is None:
         config = default_config(ds_name, "train")
     if overrides:

@@ -1,0 +1,433 @@
+"""Final evaluation, reports and export of a (tiny) search run, and their bad input.
+
+One digits search (4 functions, one parametric variant each, one epoch of fitness
+training) is shared by the module; it is evaluated once (top functions + ReLU and SiLU, two
+seeds, one epoch) and then reported on and exported from.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import importlib.util
+import json
+import re
+import shutil
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+
+import matplotlib.image
+import pytest
+import sympy
+import torch
+from scipy import stats
+
+import gp_activations.train as train_mod
+from gp_activations.activation import Activation
+from gp_activations.cli import main
+from gp_activations.errors import UserError
+from gp_activations.evaluate import _protocol, evaluate_run, welch_p
+from gp_activations.report import export_from_run, write_report
+from gp_activations.search import RunStore, SearchConfig, run_search
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+CSV_COLUMNS = ["label", "kind", "expression", "params", "n", "mean", "std", "p_vs_relu", "best",
+               "accuracies"]
+# Fitness: one epoch at a higher learning rate than the final evaluation's (3e-3), so that the
+# learned scalars of the two trainings differ.
+TINY = dict(dataset="digits", population=4, generations=1, param_variants=1, epochs=1,
+            train={"lr": 1e-2}, init_zoo=False, max_forward_ratio=0.0, threads=1, seed=0,
+            init_expressions=["mul(x, sigmoid(x))", "relu(x)", "add(x, tanh(x))"])
+EVAL_ARGS = dict(seeds=2, epochs=1, baselines=["relu", "silu"], executor="serial", progress=False)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One CPU thread: on a shared, busy CPU two OpenMP threads spin-wait for each other and
+    these tests ran up to 10x slower (and the trainer is deterministic either way)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def _cli_error(capsys, argv) -> str:
+    """Run the CLI expecting bad input: status 2 and exactly one line on stderr."""
+    rc = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    assert rc == 2, (out, err)
+    assert err.count("\n") == 1 and err.startswith("gp-activations: error: "), err
+    assert "Traceback" not in err and "Traceback" not in out
+    return err
+
+
+def _final_rows(run_dir) -> list[dict]:
+    store = RunStore.open(run_dir)
+    rows = [dict(r) for r in store.db.execute("SELECT * FROM final ORDER BY label, seed")]
+    store.close()
+    return rows
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "evolution"
+    run_search(SearchConfig(**TINY), out=out, progress=False)
+    store = RunStore.open(out)
+    top = store.top_functions()
+    store.close()
+    ranks = [i for i, t in enumerate(top, 1) if json.loads(t["candidate"]["params"])]
+    assert ranks, "the tiny search should finish at least one parametric variant"
+    prank = ranks[0]
+    # learned values as exported before the final evaluation (from the fitness training)
+    before = json.loads(export_from_run(out, rank=prank, fmt="json", with_learned=True))
+    top_k = max(2, prank)  # evaluate the parametric one too
+    rows = evaluate_run(out, top=top_k, **EVAL_ARGS)
+    return SimpleNamespace(dir=out, top=top, prank=prank, top_k=top_k, rows=rows,
+                           learned_before=before["learned"])
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------------
+def test_results_csv_columns_and_statistics(run):
+    with open(run.dir / "results.csv", newline="") as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames == CSV_COLUMNS
+        rows = list(reader)
+    labels = [f"found #{i}" for i in range(1, run.top_k + 1)] + ["relu", "silu"]
+    assert [r["label"] for r in rows] == labels
+    assert [r["kind"] for r in rows] == ["found"] * run.top_k + ["baseline"] * 2
+    for r, item in zip(rows[:run.top_k], run.top):
+        assert r["expression"] == item["candidate"]["expression"]
+        assert json.loads(r["params"]) == json.loads(item["candidate"]["params"])
+    assert rows[-2]["expression"] == "relu(x)" and rows[-1]["expression"] == "mul(x, sigmoid(x))"
+
+    relu = [float(a) for a in rows[-2]["accuracies"].split()]
+    for r, full in zip(rows, run.rows):
+        accs = [float(a) for a in r["accuracies"].split()]
+        assert int(r["n"]) == len(accs) == 2 and full.n == 2
+        assert accs == pytest.approx(full.accuracies, abs=1e-6)
+        assert all(0.0 < a <= 1.0 for a in accs)
+        assert float(r["mean"]) == pytest.approx(statistics.fmean(accs), abs=2e-6)
+        assert float(r["std"]) == pytest.approx(statistics.stdev(accs), abs=2e-6)
+        assert full.std == pytest.approx(statistics.stdev(full.accuracies), rel=1e-12)
+        if r["label"] == "relu":
+            assert r["p_vs_relu"] == "" and full.p_vs_relu is None
+            continue
+        if statistics.pvariance(accs) == 0 and statistics.pvariance(relu) == 0:
+            expected = 1.0 if accs[0] == relu[0] else 0.0  # scipy: nan; defined here
+        else:
+            expected = stats.ttest_ind(full.accuracies, run.rows[-2].accuracies,
+                                       equal_var=False).pvalue
+            assert float(r["p_vs_relu"]) == pytest.approx(
+                stats.ttest_ind(accs, relu, equal_var=False).pvalue, rel=1e-3)
+        assert full.p_vs_relu == pytest.approx(expected, rel=1e-9)
+        assert float(r["p_vs_relu"]) == pytest.approx(expected, rel=1e-5)
+    best = [r for r in rows if r["best"] == "1"]
+    assert len(best) == 1 and all(r["best"] in ("0", "1") for r in rows)
+    assert float(best[0]["mean"]) == max(float(r["mean"]) for r in rows)
+
+
+def test_results_tex_is_a_booktabs_table(run):
+    tex = (run.dir / "results.tex").read_text()
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule"):
+        assert tex.count(rule) == 1
+    assert tex.index(r"\toprule") < tex.index(r"\midrule") < tex.index(r"\bottomrule")
+    body = tex[tex.index(r"\midrule"):tex.index(r"\bottomrule")].strip().splitlines()[1:]
+    assert len(body) == run.top_k + 2 and all(line.endswith(r"\\") for line in body)
+    assert body[0].startswith(r"found \#1 & $") and tex.count(r"\textbf") == 1
+    assert tex.startswith(r"\begin{table}") and r"\end{tabular}" in tex
+
+
+def test_welch_p_matches_scipy_and_handles_degenerate_samples():
+    a, b = [0.91, 0.93, 0.92], [0.89, 0.90]
+    assert welch_p(a, b) == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    assert welch_p([0.9], b) is None
+    assert welch_p([0.9, 0.9], [0.9, 0.9]) == 1.0
+    assert welch_p([0.9, 0.9], [0.8, 0.8]) == 0.0
+
+
+def test_protocol_does_not_depend_on_how_epochs_were_spelled():
+    cfg = train_mod.default_config("digits", "train")
+    assert (_protocol(cfg.replace(epochs=20.0).to_dict(), "digits", None)
+            == _protocol(cfg.to_dict(), "digits", None))
+    assert (_protocol(cfg.replace(epochs=2.5).to_dict(), "digits", None)
+            != _protocol(cfg.to_dict(), "digits", None))
+
+
+@pytest.fixture
+def count_trainings(monkeypatch):
+    calls = []
+    real = train_mod.train
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("seed"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train", counting)
+    return calls
+
+
+def test_evaluate_resumes_without_retraining(run, capsys, count_trainings):
+    before_rows = _final_rows(run.dir)
+    before_csv = (run.dir / "results.csv").read_text()
+    assert len(before_rows) == (run.top_k + 2) * 2
+    assert all(r["status"] == "done" for r in before_rows)
+    argv = ["evaluate", str(run.dir), "--top", str(run.top_k), "--seeds", "2", "--epochs", "1",
+            "--baselines", "relu,silu", "--executor", "serial", "--no-progress"]
+    assert main(argv) == 0
+    out, _ = capsys.readouterr()
+    assert "found #1" in out and "results.csv" in out
+    assert count_trainings == []  # nothing trained again
+    assert _final_rows(run.dir) == before_rows  # ids, accuracies, finished_at unchanged
+    assert (run.dir / "results.csv").read_text() == before_csv
+
+    # a training that was in flight when the evaluation was killed is redone, and only that one
+    victim = before_rows[1]
+    store = RunStore.open(run.dir)
+    with store.db:
+        store.db.execute("UPDATE final SET status = 'running', accuracy = NULL, finished_at = NULL "
+                         "WHERE id = ?", (victim["id"],))
+    store.close()
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert count_trainings == [victim["seed"]]
+    after = {(r["label"], r["seed"]): r for r in _final_rows(run.dir)}
+    redone = after[(victim["label"], victim["seed"])]
+    assert redone["status"] == "done" and redone["accuracy"] == victim["accuracy"]  # deterministic
+    assert redone["finished_at"] > victim["finished_at"]
+    others = [r for r in before_rows if r["id"] != victim["id"]]
+    assert all(after[(r["label"], r["seed"])] == r for r in others)
+    assert (run.dir / "results.csv").read_text() == before_csv
+
+
+def test_changed_ranking_does_not_mix_two_functions_under_one_label(run, tmp_path,
+                                                                    count_trainings):
+    copy = tmp_path / "copy"
+    shutil.copytree(run.dir, copy)
+    store = RunStore.open(copy)
+    second = store.top_functions()[1]
+    with store.db:  # the search went on, and the former #2 is now the best
+        store.db.execute("UPDATE candidates SET fitness = 0.999 WHERE id = ?",
+                         (second["candidate"]["id"],))
+    store.close()
+    rows = evaluate_run(copy, top=1, **{**EVAL_ARGS, "seeds": 1})
+    assert count_trainings == [0]  # found #1, seed 0: the new function
+    found = rows[0]
+    assert found.label == "found #1" and found.expression == second["candidate"]["expression"]
+    assert found.n == 1  # not averaged with the old #1's seed 1
+    relu = next(r for r in rows if r.label == "relu")
+    assert relu.n == 2  # extra finished seeds of an unchanged activation are kept
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+# ---------------------------------------------------------------------------------------------
+def _check_report(report_md: Path) -> list[Path]:
+    text = report_md.read_text()
+    targets = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert targets, text
+    pngs = sorted(report_md.parent.glob("*.png"))
+    assert sorted(report_md.parent / t for t in targets) == pngs  # each linked, each exists
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_SIGNATURE
+        image = matplotlib.image.imread(png)
+        assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+        assert image.std() > 0  # not a blank canvas
+    return pngs
+
+
+def test_report_writes_linked_valid_images(run, capsys):
+    assert main(["report", str(run.dir)]) == 0
+    out, _ = capsys.readouterr()
+    report_md = run.dir / "report" / "report.md"
+    assert "wrote" in out and str(report_md) in out
+    pngs = _check_report(report_md)
+    assert {p.name for p in pngs} == {"shapes.png", "fitness.png", "params_depth.png",
+                                      "params_epochs.png"}
+    text = report_md.read_text()
+    assert "## Final evaluation (test set)" in text and "| found #1 |" in text
+    final = text[text.index("## Final evaluation"):]
+    assert final.count("**") == 2  # one best mean in bold
+    assert "## Learned parameters" in text
+    top_lines = [line for line in text.splitlines() if re.match(r"^\| \d+ \|", line)]
+    assert len(top_lines) == min(4, len(run.top))
+    # the API, with fewer functions
+    path = write_report(run.dir, k=1)
+    assert path == report_md
+    assert len([ln for ln in path.read_text().splitlines() if re.match(r"^\| \d+ \|", ln)]) == 1
+
+
+def test_report_compares_with_a_random_search(run, tmp_path, capsys):
+    other = tmp_path / "random"
+    run_search(SearchConfig(**{**TINY, "strategy": "random", "init_expressions": ["relu(x)"]}),
+               out=other, progress=False)
+    assert main(["report", str(run.dir), "--compare", str(other)]) == 0
+    capsys.readouterr()
+    report_md = run.dir / "report" / "report.md"
+    _check_report(report_md)
+    text = report_md.read_text()
+    assert "| run | strategy | trainings | best fitness |" in text
+    assert f"| `{run.dir.name}` | evolution |" in text and f"| `{other.name}` | random |" in text
+    # a run without a final evaluation says so
+    assert main(["report", str(other)]) == 0
+    capsys.readouterr()
+    _check_report(other / "report" / "report.md")
+    assert "Not run yet" in (other / "report" / "report.md").read_text()
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+def _expected_sites(run) -> tuple[list, str]:
+    """Per-site learned values of the parametric function, read straight from the database."""
+    store = RunStore.open(run.dir)
+    cand = run.top[run.prank - 1]["candidate"]
+    final = store.db.execute("SELECT metrics FROM final WHERE label = ? AND seed = 0 AND "
+                             "status = 'done'", (f"found #{run.prank}",)).fetchone()
+    store.close()
+    fitness_traj = json.loads(cand["metrics"])["param_trajectory"]
+    final_traj = json.loads(final["metrics"])["param_trajectory"]
+    assert fitness_traj[-1] != final_traj[-1]  # the two trainings learned different values
+    return list(final_traj[-1].values()), list(fitness_traj[-1].values())
+
+
+def _import_file(path: Path):
+    spec = importlib.util.spec_from_file_location(f"exported_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_export_torch_with_learned_params(run, tmp_path, capsys):
+    target = tmp_path / "evolved.py"
+    assert main(["export", str(run.dir), "--rank", str(run.prank), "--format", "torch",
+                 "--with-learned-params", "--out", str(target)]) == 0
+    capsys.readouterr()
+    source = target.read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            imported.add((node.module or "").split(".")[0])
+    assert imported == {"torch"}
+
+    cand = run.top[run.prank - 1]["candidate"]
+    act = Activation.from_string(cand["expression"], cand["primitives"], json.loads(cand["params"]))
+    assert act.slots
+    sites, fitness_sites = _expected_sites(run)
+    assert len(sites) == 3  # cnn_digits has three activation sites
+    assert any(v != 1.0 for site in sites for v in site.values())  # really learned
+    exported = _import_file(target)
+    assert len(exported.LEARNED) == len(sites)
+    x = torch.linspace(-4, 4, 101).reshape(1, 101)
+    for i, values in enumerate(sites):
+        layer = exported.EvolvedActivation(site=i)
+        reference = act.module()
+        with torch.no_grad():
+            for name, value in values.items():
+                getattr(reference, name).fill_(value)
+            got = layer(x)
+            assert torch.allclose(got, reference(x), atol=1e-6)
+            assert torch.allclose(got, act(x, values=values), atol=1e-6)
+            assert not torch.allclose(got, act(x), atol=1e-4)  # not the initial function
+    # before the final evaluation, the values came from the fitness training
+    mean = {k: statistics.fmean(s[k] for s in fitness_sites) for k in act.slot_names}
+    assert run.learned_before == pytest.approx(mean)
+
+
+def test_export_latex_sympy_json(run, capsys):
+    top1 = run.top[0]
+    for fmt in ("latex", "sympy", "json"):
+        assert main(["export", str(run.dir), "--rank", "1", "--format", fmt]) == 0
+        out, err = capsys.readouterr()
+        assert out.strip(), (fmt, err)
+        if fmt == "json":
+            data = json.loads(out)
+            assert data["fitness"] == pytest.approx(top1["fitness"])
+            assert Activation.from_json(data).expression == top1["candidate"]["expression"]
+        elif fmt == "sympy":
+            assert sympy.sympify(out.strip()).free_symbols
+    # the parametric one: symbols without learned values, numbers with them
+    base = ["export", str(run.dir), "--rank", str(run.prank)]
+    assert main(base + ["--format", "latex"]) == 0
+    symbolic = capsys.readouterr().out
+    assert main(base + ["--format", "latex", "--with-learned-params"]) == 0
+    learned = capsys.readouterr().out
+    assert "p_{0}" in symbolic and "p_{" not in learned and symbolic != learned
+    assert main(base + ["--format", "json", "--with-learned-params"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    sites, _ = _expected_sites(run)
+    assert data["learned"] == pytest.approx(
+        {k: statistics.fmean(s[k] for s in sites) for k in data["learned"]})
+    assert main(base + ["--format", "sympy", "--with-learned-params"]) == 0
+    expr = sympy.sympify(capsys.readouterr().out.strip())
+    assert {s.name for s in expr.free_symbols} == {"x"}
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def not_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("not_runs")
+    plain = root / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("hello")
+    a_file = root / "file.txt"
+    a_file.write_text("x")
+    corrupt = root / "corrupt"
+    corrupt.mkdir()
+    (corrupt / "run.sqlite").write_bytes(b"definitely not sqlite " * 100)
+    fresh = root / "fresh"
+    RunStore.create(fresh, SearchConfig(dataset="digits").to_dict()).close()
+    rejected = root / "rejected"
+    store = RunStore.create(rejected, SearchConfig(dataset="digits").to_dict())
+    with store.db:
+        for expr in ("relu(x)", "tanh(x)"):
+            store.add_candidate(expression=expr, primitives="pangaea", status="rejected",
+                                generation=0, error="too slow")
+    store.close()
+    return SimpleNamespace(plain=plain, file=a_file, missing=root / "missing", corrupt=corrupt,
+                           fresh=fresh, rejected=rejected)
+
+
+@pytest.mark.parametrize("which", ["plain", "file", "missing", "corrupt", "fresh", "rejected"])
+@pytest.mark.parametrize("command", [["evaluate", "{}", "--no-progress"], ["report", "{}"],
+                                     ["export", "{}", "--format", "torch"]])
+def test_commands_on_something_that_is_not_a_finished_run(capsys, not_runs, which, command):
+    path = getattr(not_runs, which)
+    err = _cli_error(capsys, [c.replace("{}", str(path)) for c in command])
+    if which in ("fresh", "rejected"):
+        assert "no finished candidates" in err and "--resume" in err
+    else:
+        assert str(path) in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["export", "{run}", "--rank", "99"], "--rank 99 does not exist"),
+    (["export", "{run}", "--rank", "0"], "--rank must be >= 1"),
+    (["export", "{run}", "--format", "pdf"], "invalid choice"),
+    (["evaluate", "{run}", "--baselines", "relu,nope", "--no-progress"], "unknown baseline 'nope'"),
+    (["evaluate", "{run}", "--seeds", "0", "--no-progress"], "--seeds"),
+    (["evaluate", "{run}", "--top", "-1", "--no-progress"], "--top"),
+    (["evaluate", "{run}", "--epochs", "0", "--no-progress"], "epochs"),
+    (["evaluate", "{run}", "--dataset", "imagenet", "--no-progress"], "unknown dataset"),
+    (["evaluate", "{run}", "--model", "resnet9000", "--no-progress"], "unknown model"),
+    (["report", "{run}", "--top", "0"], "--top"),
+    (["report", "{run}", "--compare", "{missing}"], "is not a directory"),
+])
+def test_bad_arguments_on_a_run(run, capsys, tmp_path, count_trainings, args, words):
+    argv = [a.format(run=run.dir, missing=tmp_path / "missing") for a in args]
+    rows = _final_rows(run.dir)
+    err = _cli_error(capsys, argv)
+    assert words in err
+    assert count_trainings == [] and _final_rows(run.dir) == rows  # nothing happened
+
+
+def test_unknown_baseline_from_the_api(run):
+    with pytest.raises(UserError, match="unknown baseline 'swoosh'"):
+        evaluate_run(run.dir, top=1, seeds=1, baselines=["relu", "swoosh"], progress=False)
