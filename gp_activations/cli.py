@@ -176,9 +176,11 @@ def cmd_train(args) -> int:
     times = [r.wall_time for r in records]
     mean, std = _mean_std(accs)
     if args.json:
+        finite = lambda v: v if v == v else None  # noqa: E731 -- NaN is not JSON
         print(json.dumps({"activation": str(act), "dataset": args.dataset, "model": model,
-                          "split": args.split, "mean_accuracy": mean, "std_accuracy": std,
-                          "records": [r.to_dict() for r in records]}, indent=2))
+                          "split": args.split, "mean_accuracy": finite(mean),
+                          "std_accuracy": finite(std), "records": [r.to_dict() for r in records]},
+                         indent=2))
     else:
         tmean, tstd = _mean_std(times)
         print(f"  mean {args.split} accuracy {mean:.4f} ± {std:.4f} over {len(accs)} of "
@@ -264,7 +266,9 @@ def cmd_evaluate(args) -> int:
     from .evaluate import DEFAULT_BASELINES, evaluate_run, format_table, parse_baselines
     from .search.store import RunStore
 
-    defaults = RunStore.open(args.run).config().get("evaluate") or {}
+    store = RunStore.open(args.run)
+    defaults = store.config().get("evaluate") or {}
+    store.close()
     baselines = parse_baselines(args.baselines or defaults.get("baselines") or DEFAULT_BASELINES)
     top = args.top if args.top is not None else defaults.get("top", 3)
     seeds = args.seeds if args.seeds is not None else defaults.get("seeds", 5)

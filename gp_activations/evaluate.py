@@ -46,6 +46,7 @@ class ResultRow:
     std: float
     p_vs_relu: Optional[float]
     primitives: str = "pangaea"
+    failed: int = 0  # seeds whose training diverged, timed out or crashed
     best: bool = False
 
     @property
@@ -100,8 +101,9 @@ def evaluate_run(run_dir, *, top: int = 3, seeds: int = 5, epochs: Optional[floa
         dataset = get_dataset_info(dataset).name
     if model is not None and ":" not in str(model) and model not in MODELS:
         raise UserError(f"unknown model {model!r}; known models: {', '.join(MODELS)}")
-    train_cfg = default_config(dataset, "train", epochs=epochs, per_channel=cfg.per_channel,
-                               fused=cfg.fused, threads=cfg.threads)
+    overrides = dict((cfg.evaluate or {}).get("train", {}))  # e.g. the paper's lr per model
+    overrides.update(epochs=epochs, per_channel=cfg.per_channel, fused=cfg.fused, threads=cfg.threads)
+    train_cfg = default_config(dataset, "train", **overrides)
     protocol = _protocol(train_cfg.to_dict(), dataset, model)
 
     entries = []  # (label, kind, expression, primitives, params, candidate_id)
@@ -140,8 +142,11 @@ def evaluate_run(run_dir, *, top: int = 3, seeds: int = 5, epochs: Optional[floa
     if pending:
         _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, workers, device,
                        progress, done_before)
-    rows = summarize(store, protocol, [e[0] for e in entries])
-    write_results(Path(run_dir), rows, train_cfg.epochs, dataset, model or "default")
+    rows = summarize(store, protocol, [e[0] for e in entries], seeds)
+    # the run's own task writes results.csv; a transfer (other model/dataset) its own files
+    own = (dataset, model) == (cfg.dataset if cfg.data else get_dataset_info(cfg.dataset).name, cfg.model)
+    stem = "results" if own else f"results_{dataset}_{model or 'default'}"
+    write_results(Path(run_dir), rows, train_cfg.epochs, dataset, model or "default", stem)
     store.close()
     return rows
 
@@ -206,11 +211,17 @@ def welch_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
-def summarize(store: RunStore, protocol: str, labels: Sequence[str]) -> list[ResultRow]:
+def summarize(store: RunStore, protocol: str, labels: Sequence[str],
+              seeds: Optional[int] = None) -> list[ResultRow]:
+    """One row per label: statistics over seeds ``0..seeds-1`` (all stored seeds if None).
+
+    Seeds whose training failed (diverged, timed out) are not averaged in; they are counted
+    in ``failed`` so that an unstable activation cannot hide behind its good seeds."""
     rows = []
     by_label = {}
-    for r in store.db.execute("SELECT * FROM final WHERE protocol = ? ORDER BY label, seed",
-                              (protocol,)).fetchall():
+    limit = seeds if seeds is not None else 1 << 30
+    for r in store.db.execute("SELECT * FROM final WHERE protocol = ? AND seed < ? ORDER BY label, seed",
+                              (protocol, limit)).fetchall():
         by_label.setdefault(r["label"], []).append(r)
     relu = [r["accuracy"] for r in by_label.get("relu", []) if r["status"] == "done"]
     for label in labels:
@@ -222,23 +233,29 @@ def summarize(store: RunStore, protocol: str, labels: Sequence[str]) -> list[Res
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         p = None if label == "relu" else welch_p(accs, relu)
         rows.append(ResultRow(label, recs[0]["kind"], recs[0]["expression"], json.loads(recs[0]["params"]),
-                              accs, mean, std, p, recs[0]["primitives"]))
+                              accs, mean, std, p, recs[0]["primitives"],
+                              failed=sum(r["status"] == "failed" for r in recs)))
     finite = [r for r in rows if not math.isnan(r.mean)]
     if finite:
         max(finite, key=lambda r: r.mean).best = True
     return rows
 
 
-def write_results(run_dir: Path, rows: Sequence[ResultRow], epochs, dataset, model) -> None:
-    with open(run_dir / "results.csv", "w", newline="") as fh:
+def write_results(run_dir: Path, rows: Sequence[ResultRow], epochs, dataset, model,
+                  stem: str = "results") -> None:
+    with open(run_dir / f"{stem}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["label", "kind", "expression", "params", "n", "mean", "std", "p_vs_relu",
-                    "best", "accuracies"])
+                    "best", "accuracies", "failed"])
         for r in rows:
             w.writerow([r.label, r.kind, r.expression, json.dumps(r.params), r.n, f"{r.mean:.6f}",
                         f"{r.std:.6f}", "" if r.p_vs_relu is None else f"{r.p_vs_relu:.6g}",
-                        int(r.best), " ".join(f"{a:.6f}" for a in r.accuracies)])
-    (run_dir / "results.tex").write_text(latex_table(rows, epochs, dataset, model))
+                        int(r.best), " ".join(f"{a:.6f}" for a in r.accuracies), r.failed])
+    (run_dir / f"{stem}.tex").write_text(latex_table(rows, epochs, dataset, model))
+
+
+def _tex_escape(text: str) -> str:
+    return str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("#", r"\#")
 
 
 def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
@@ -250,7 +267,7 @@ def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
         return f"${Activation.from_string(r.expression, r.primitives, r.params).latex()}$"
 
     lines = [r"\begin{table}[t]", r"\centering",
-             rf"\caption{{Test accuracy (\%) on {dataset} / {model.replace('_', chr(92) + '_')}, "
+             rf"\caption{{Test accuracy (\%) on {_tex_escape(dataset)} / {_tex_escape(model)}, "
              rf"{epochs:g} epochs, mean $\pm$ std over seeds; $p$: Welch's $t$-test against ReLU. "
              r"Best mean in bold.}",
              r"\begin{tabular}{llrrr}", r"\toprule",
@@ -272,7 +289,8 @@ def format_table(rows: Sequence[ResultRow]) -> str:
     for r in rows:
         p = "" if r.p_vs_relu is None else f"{r.p_vs_relu:.4f}"
         mark = " *" if r.best else "  "
-        out.append(f"{r.label:12s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d} {p:>10s}  "
+        failed = f" ({r.failed} failed)" if r.failed else ""
+        out.append(f"{r.label:12s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d}{failed} {p:>10s}  "
                    f"{r.expression}" + (f" @ params {r.params}" if r.params else ""))
     out.append("(* best mean)")
     return "\n".join(out)

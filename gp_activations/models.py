@@ -88,6 +88,9 @@ CHANNELS_ATTR = "_gp_num_channels"
 
 def _accepts_num_channels(factory: Callable[..., Any]) -> bool:
     """True when ``factory`` can be called with a ``num_channels`` keyword."""
+    if isinstance(factory, type) and issubclass(factory, nn.Module) and \
+            factory.__init__ is nn.Module.__init__:
+        return False  # a module class without its own __init__: nn.Module's (*args, **kwargs)
     try:
         sig = inspect.signature(factory)
     except (TypeError, ValueError):  # builtins without a signature

@@ -34,7 +34,7 @@ from gp_activations.search import RunStore, SearchConfig, run_search
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 CSV_COLUMNS = ["label", "kind", "expression", "params", "n", "mean", "std", "p_vs_relu", "best",
-               "accuracies"]
+               "accuracies", "failed"]
 # Fitness: one epoch at a higher learning rate than the final evaluation's (3e-3), so that the
 # learned scalars of the two trainings differ.
 TINY = dict(dataset="digits", population=4, generations=1, param_variants=1, epochs=1,
@@ -219,7 +219,7 @@ def test_changed_ranking_does_not_mix_two_functions_under_one_label(run, tmp_pat
     assert found.label == "found #1" and found.expression == second["candidate"]["expression"]
     assert found.n == 1  # not averaged with the old #1's seed 1
     relu = next(r for r in rows if r.label == "relu")
-    assert relu.n == 2  # extra finished seeds of an unchanged activation are kept
+    assert relu.n == 1  # statistics use exactly the requested seeds, for every activation alike
 
 
 # ---------------------------------------------------------------------------------------------
