@@ -223,22 +223,33 @@ def load_primitive_set(spec="pangaea") -> ActivationPrimitiveSet:
                     f"or give a path to a .py file or module:attr")
 
 
+def import_file(path: Path, prefix: str):
+    """Execute a user's ``.py`` file as a fresh module and return it; its exceptions propagate.
+
+    The module is registered in ``sys.modules`` under a name unique to the path, so that the
+    functions it defines can be found again by name (e.g. when a worker unpickles a task)."""
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    name = f"{prefix}_{path.stem}_{digest}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(name, None)
+        raise
+    return module
+
+
 def _load_file(path: Path, spec: str) -> ActivationPrimitiveSet:
     key = (str(path), path.stat().st_mtime_ns)
     if key in _CACHE:
         return _CACHE[key]
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    module_name = f"_gp_activations_space_{path.stem}_{digest}"
-    module_spec = importlib.util.spec_from_file_location(module_name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_name] = module
     try:
-        module_spec.loader.exec_module(module)
+        module = import_file(path, "_gp_activations_space")
     except SyntaxError as exc:
-        sys.modules.pop(module_name, None)
         raise UserError(f"{path}:{exc.lineno}: syntax error in primitives file: {exc.msg}") from None
     except Exception as exc:  # noqa: BLE001 -- any failure of the user's file is reported
-        sys.modules.pop(module_name, None)
         raise UserError(f"{path}:{_user_line(exc, path)}: error in primitives file: "
                         f"{_message(exc)}") from None
     spaces = [v for v in vars(module).values() if isinstance(v, SearchSpace)]

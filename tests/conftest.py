@@ -9,10 +9,12 @@ write_fake_cifar``) or use the ``fake_cifar_writer`` fixture.
 
 from __future__ import annotations
 
+import ast
 import pickle
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 
 CIFAR10_LABELS = ["airplane", "automobile", "bird", "cat", "deer",
@@ -115,3 +117,25 @@ def fake_cifar10(tmp_path) -> Path:
 def fake_cifar100(tmp_path) -> Path:
     """Root dir holding a tiny fake CIFAR-100 (300 train / 100 test); load with verify=False."""
     return write_fake_cifar(tmp_path / "data", "cifar100", n_train=300, n_test=100)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One CPU thread for a module's tests: on a shared, busy CPU two OpenMP threads spin-wait
+    for each other and training tests ran up to 10x slower (results are deterministic either
+    way).  Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)
+
+
+def imported_modules(source: str) -> set:
+    """Top-level names a Python source imports (to check an export imports only torch)."""
+    names = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            names.add(node.module)
+    return names

@@ -3,7 +3,6 @@ JSON round trips, modules (fresh, per-channel, fused, copied, saved) and replace
 
 from __future__ import annotations
 
-import ast
 import copy
 import importlib.util
 import io
@@ -12,6 +11,7 @@ import random
 
 import numpy as np
 import pytest
+from conftest import imported_modules
 import sympy
 import torch
 from deap import gp
@@ -62,16 +62,6 @@ def load_exported(source: str, path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def imported_modules(source: str) -> set:
-    names = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            names.add(node.module)
-    return names
 
 
 def value_and_grad(fn, x, params=()):

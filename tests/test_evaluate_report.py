@@ -43,14 +43,7 @@ TINY = dict(dataset="digits", population=4, generations=1, param_variants=1, epo
 EVAL_ARGS = dict(seeds=2, epochs=1, baselines=["relu", "silu"], executor="serial", progress=False)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread: on a shared, busy CPU two OpenMP threads spin-wait for each other and
-    these tests ran up to 10x slower (and the trainer is deterministic either way)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cli_error(capsys, argv) -> str:

@@ -3,12 +3,12 @@ such files reported as one UserError naming the file and line."""
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import textwrap
 
 import numpy as np
 import pytest
+from conftest import imported_modules
 import sympy
 import torch
 
@@ -59,16 +59,6 @@ def user_file(tmp_path):
     return path
 
 
-def _imports(source):
-    names = set()
-    for node in ast.walk(ast.parse(source)):
-        if isinstance(node, ast.Import):
-            names.update(a.name for a in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            names.add(node.module)
-    return names
-
-
 def _check_user_space(pset, tmp_path, tag):
     assert isinstance(pset, ActivationPrimitiveSet)
     assert set(pset.operators) == {"add", "mul", "max", "sigmoid", "tanh", "relu",
@@ -86,7 +76,7 @@ def _check_user_space(pset, tmp_path, tag):
     assert r"\log" in act.latex() and r"\operatorname{bump}" in act.latex()
     # torch export embeds the functions' source and imports nothing but torch
     source = act.torch_source()
-    assert _imports(source) == {"torch"}
+    assert imported_modules(source) == {"torch"}
     assert "def log1psq(x):" in source and "def smooth_max(a, b):" in source
     assert "@space" not in source and "gp_activations" not in source.split('"""', 2)[2]
     path = tmp_path / f"exported_{tag}.py"

@@ -35,14 +35,7 @@ QUICK = TrainConfig(epochs=2, batch_size=64, optimizer="adam", lr=3e-3, weight_d
                     warmup=0.05, max_steps_per_epoch=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One CPU thread: on a shared, busy CPU two OpenMP threads spin-wait for each other and
-    these tests ran up to 10x slower (and the trainer is deterministic either way)."""
-    saved = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(saved)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _one_line_user_error(excinfo) -> str:

@@ -12,11 +12,11 @@ import importlib
 import importlib.util
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
 from ..errors import UserError
+from ..primitive_sets import import_file
 
 _RESOLVED: dict = {}
 
@@ -32,12 +32,8 @@ def resolve_reference(ref: str):
         path = Path(module_part).expanduser().resolve()
         if not path.is_file():
             raise UserError(f"{ref!r}: file {path} not found")
-        name = f"_gp_activations_task_{path.stem}_{abs(hash(str(path))) % 10**8}"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
         try:
-            spec.loader.exec_module(module)
+            module = import_file(path, "_gp_activations_task")
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"{ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from None
     else:
