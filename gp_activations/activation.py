@@ -457,7 +457,8 @@ def replace_activations(model: nn.Module, act, types: Sequence[type] = (nn.ReLU,
     """Swap every module of ``types`` in ``model`` for a fresh instance of ``act``.
 
     ``act`` is an :class:`Activation` (each site gets its own module and scalars), an expression
-    string over ``pangaea``, a zoo name, or any factory returning a module.  Returns ``model``.
+    string over ``pangaea``, a zoo name, or any factory returning a module.  Returns ``model``
+    (or the new module, when ``model`` itself is one of ``types``).
 
         >>> import torchvision
         >>> net = torchvision.models.resnet18(num_classes=10)
@@ -477,6 +478,8 @@ def replace_activations(model: nn.Module, act, types: Sequence[type] = (nn.ReLU,
     types = tuple(types)
     # remove_duplicate=False: one module instance registered at several places (a shared
     # nn.ReLU) is several sites, each of which gets its own module.
+    if isinstance(model, types):  # the model is itself one activation: nothing to swap inside
+        return make()
     targets = [(name, mod) for name, mod in model.named_modules(remove_duplicate=False)
                if isinstance(mod, types)]
     for name, _ in targets:

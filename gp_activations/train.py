@@ -335,8 +335,19 @@ def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfi
             raise UserError(f"dataset {ds_name!r} has no default model; pass model=")
         model = data_mod.get_dataset_info(ds_name).default_model
     model_name = model if isinstance(model, str) else getattr(model, "__name__", "custom")
-    if config.threads:
+    if config.threads and torch.get_num_threads() != int(config.threads):
+        previous = torch.get_num_threads()
         torch.set_num_threads(int(config.threads))
+        try:  # the thread count is process-wide: give it back afterwards
+            return _train(act, ds, model, model_name, ds_name, config, dev, seed, split,
+                          progress, started)
+        finally:
+            torch.set_num_threads(previous)
+    return _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progress, started)
+
+
+def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progress,
+           started) -> TrainResult:
     on_cuda = dev.type == "cuda"
     image_model = len(ds.input_shape) == 3
     channels_last = image_model and (config.channels_last if config.channels_last is not None else True)
