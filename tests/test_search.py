@@ -650,3 +650,15 @@ def test_small_real_search_on_digits(tmp_path):
     table = result.table()
     assert "relu(x)  (ReLU under the same budget)" in table and f"{fits[0]:7.4f}" in table
     assert "generation 1 done" in (run / "search.log").read_text()
+
+
+def test_a_run_in_use_cannot_be_resumed_by_a_second_search(tmp_path):
+    from gp_activations.search.driver import Search
+
+    run = tmp_path / "run"
+    first = Search(SearchConfig(**CHEAP), run, progress=False, fitness=Counting())
+    with pytest.raises(UserError, match="in use by another search"):
+        Search(SearchConfig(**CHEAP), run, resume=True, progress=False, fitness=Counting())
+    first.run()  # releases the run when it finishes ...
+    again = Search(SearchConfig(**CHEAP), run, resume=True, progress=False, fitness=Counting())
+    assert again.run().counts["pending"] == 0  # ... so it can be resumed (nothing left to do)

@@ -82,6 +82,7 @@ class Search:
                 raise UserError(f"--resume: {self.run_dir} is not a search run "
                                 f"(no run.sqlite); start one with --out {self.run_dir}")
             self.store = RunStore.open(self.run_dir)
+            self.store.lock()  # before anything is written: a live search may own this run
             stored = self.store.config()
             changed = {k: v for k, v in (overrides or {}).items()
                        if v is not None and stored.get(k) != v}
@@ -114,6 +115,7 @@ class Search:
         self.train_config = cfg.train_config()
         if not resume:
             self.store = RunStore.create(self.run_dir, self._storable_config(config))
+            self.store.lock()
         self.executor = None
         self.bar = None
         self._log_handler = None
@@ -194,6 +196,7 @@ class Search:
         log.info("search %s after %.1f s: %s", "interrupted" if interrupted else "finished",
                  result.wall_time, result.counts)
         self._stop_logging()
+        self.store.unlock()
         return result
 
     def _budget_left(self) -> float:

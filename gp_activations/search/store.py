@@ -156,7 +156,39 @@ class RunStore:
         return db
 
     def close(self) -> None:
+        self.unlock()
         self.db.close()
+
+    # -- one search at a time ------------------------------------------------------------------
+    def lock(self) -> None:
+        """Claim the run for this process (a search or resume); a second one gets a UserError.
+
+        An advisory ``flock`` on ``RUN/lock``: the kernel drops it when the process dies, so a
+        killed search never leaves a stale lock behind."""
+        import fcntl
+        import os
+
+        path = self.run_dir / "lock"
+        fh = open(path, "a+")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "?"
+            fh.close()
+            raise UserError(f"{self.run_dir} is in use by another search (pid {owner}); wait for "
+                            f"it to finish or stop it, then --resume") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(str(os.getpid()))
+        fh.flush()
+        self._lock = fh
+
+    def unlock(self) -> None:
+        fh = getattr(self, "_lock", None)
+        if fh is not None:
+            fh.close()  # closing the file releases the flock
+            self._lock = None
 
     # -- meta --------------------------------------------------------------------------------
     def _set_meta(self, key: str, value) -> None:
