@@ -215,6 +215,7 @@ def plot_params(store: RunStore, depth_path: Path, epochs_path: Path) -> Optiona
     fig, ax = plt.subplots(figsize=(7, 4))
     for name in names:
         ax.plot(range(len(sites)), [_scalar(traj[-1][s][name]) for s in sites], "o-", label=name)
+    ax.set_xticks(range(len(sites)), sites, rotation=30, ha="right", fontsize=7)
     ax.set_xlabel("activation site (input → output)")
     ax.set_ylabel("learned value (mean over channels)")
     ax.set_title(f"#{rank}: " + _mathtext(act.latex()), fontsize=9)
@@ -231,6 +232,7 @@ def plot_params(store: RunStore, depth_path: Path, epochs_path: Path) -> Optiona
             ax.plot(range(len(traj)), [_scalar(epoch[site][name]) for epoch in traj],
                     color=cmap(i / max(1, len(sites) - 1)), label=site if len(sites) <= 8 else None)
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_ylabel(f"{name} (mean over channels)")
         ax.set_title(f"{name} per site over training (dark = early layers)", fontsize=9)
         ax.grid(alpha=0.3)
