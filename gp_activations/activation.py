@@ -28,7 +28,7 @@ from . import __version__
 from .codegen import ParamSlot, Program, generate, leaf_value, param_slots
 from .errors import UserError
 from .expression import children, is_literal, parse
-from .operators import template_namespace
+from .operators import REGISTRY, template_namespace
 from .primitive_sets import ActivationPrimitiveSet, load_primitive_set
 
 JSON_FORMAT = "gp-activations/activation"
@@ -218,6 +218,12 @@ class Activation:
     @property
     def height(self) -> int:
         return self.tree.height
+
+    @property
+    def estimated_cost(self) -> float:
+        """Forward time in ReLU units: the operators' costs plus one multiply per edge scalar."""
+        ops = sum(self.pset.operators[n.name].cost for n in self.tree if isinstance(n, gp.Primitive))
+        return ops + REGISTRY["mul"].cost * len(self.params)
 
     @property
     def operator_count(self) -> int:

@@ -135,12 +135,14 @@ class SearchSpace:
 
     def operator(self, fn: Optional[Callable] = None, *, arity: Optional[int] = None,
                  name: Optional[str] = None, sympy: Optional[Callable] = None,
-                 bound: Optional[Callable] = None, doc: Optional[str] = None):
+                 bound: Optional[Callable] = None, doc: Optional[str] = None,
+                 cost: float = 10.0):
         """Decorator: a new operator from a plain Python function of torch tensors.
 
         ``sympy`` maps sympy expressions to the operator's mathematical form (used for LaTeX and
         numeric checks); without it the operator prints as ``\\operatorname{name}(x)``.  ``bound``
-        (largest |output| given largest |input|) is optional.  The function must return finite
+        (largest |output| given largest |input|) is optional; ``cost`` is its forward time in
+        ReLU units (see ``operators.COSTS``), used to reject trees too slow to train.  The function must return finite
         values and gradients for finite inputs -- candidates that do not are rejected by the
         search before any training.  On torch export its source is embedded, so it should only
         use ``torch``.
@@ -157,7 +159,7 @@ class SearchSpace:
             sym = sympy if sympy is not None else _undefined_function(op_name)
             self.add(Operator(op_name, n, f"{op_name}({operands})", sym,
                               doc or (inspect.getdoc(f) or op_name).splitlines()[0],
-                              bound=bound, helpers={op_name: f}, user_defined=True))
+                              bound=bound, helpers={op_name: f}, user_defined=True, cost=float(cost)))
             return f
 
         return wrap(fn) if fn is not None else wrap

@@ -38,7 +38,7 @@ CSV_COLUMNS = ["label", "kind", "expression", "params", "n", "mean", "std", "p_v
 # Fitness: one epoch at a higher learning rate than the final evaluation's (3e-3), so that the
 # learned scalars of the two trainings differ.
 TINY = dict(dataset="digits", population=4, generations=1, param_variants=1, epochs=1,
-            train={"lr": 1e-2}, init_zoo=False, max_forward_ratio=0.0, threads=1, seed=0,
+            train={"lr": 1e-2}, init_zoo=False, threads=1, seed=0,
             init_expressions=["mul(x, sigmoid(x))", "relu(x)", "add(x, tanh(x))"])
 EVAL_ARGS = dict(seeds=2, epochs=1, baselines=["relu", "silu"], executor="serial", progress=False)
 

@@ -265,3 +265,14 @@ def test_interval_of_each_builtin_contains_sampled_values():
             y = op(*cols)
             assert (y >= lo - 1e-9 * max(1.0, abs(lo))).all(), (name, operand_spans, lo)
             assert (y <= hi + 1e-9 * max(1.0, abs(hi))).all(), (name, operand_spans, hi)
+
+
+def test_every_builtin_has_a_measured_cost_and_trees_add_them_up():
+    from gp_activations import Activation
+
+    assert set(ops.COSTS) == set(ops.REGISTRY)
+    assert all(op.cost == ops.COSTS[name] for name, op in ops.REGISTRY.items())
+    act = Activation.from_string("max(mul(x, tanh(softplus(x))), mul(x, sigmoid(x)))", params=[2, 7])
+    expected = ops.COSTS["max"] + 2 * ops.COSTS["mul"] + ops.COSTS["tanh"] + ops.COSTS["softplus"] \
+        + ops.COSTS["sigmoid"] + 2 * ops.COSTS["mul"]  # two edge scalars: one multiply each
+    assert act.estimated_cost == pytest.approx(expected)

@@ -26,7 +26,7 @@ from search_helpers import CHEAP, FAULTY_PRIMITIVES, HELPERS, KILL_RUN, by_expre
 
 #: Real (tiny) trainings, on the CPU even where there is a GPU: executors must agree exactly.
 REAL = dict(dataset="digits", epochs=1, population=3, generations=2, param_variants=1,
-            init_zoo=False, max_forward_ratio=0.0, threads=1, workers=2, device="cpu")
+            init_zoo=False, threads=1, workers=2, device="cpu")
 
 
 def read_calls(path: Path) -> list:
@@ -207,7 +207,7 @@ def test_user_operator_raising_in_training_fails_that_candidate(tmp_path):
     prims.write_text(FAULTY_PRIMITIVES)
     run = tmp_path / "run"
     result = run_search(SearchConfig(dataset="digits", epochs=1, population=1, generations=1,
-                                     param_variants=0, init_zoo=False, max_forward_ratio=0.0,
+                                     param_variants=0, init_zoo=False,
                                      threads=1, device="cpu", primitives=str(prims),
                                      init_expressions=["flat(x)"]),
                         out=run, progress=False)

@@ -66,7 +66,7 @@ class SearchConfig:
     variant_fitness: str = "best"  # "best" variant or the "plain" function's fitness
     per_channel: bool = False
     # screening
-    max_forward_ratio: float = 100.0  # reject forward passes slower than this many ReLUs (0: off)
+    max_forward_cost: float = 400.0  # reject trees estimated slower than this many ReLUs (0: off)
     # evaluation
     epochs: Optional[float] = None  # fitness epochs (shortcut for train.epochs)
     train: dict = field(default_factory=dict)

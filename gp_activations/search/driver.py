@@ -218,7 +218,7 @@ class Search:
                 if budget <= 0:
                     break
                 act = Activation(tree, self.pset)
-                result = screen(act, max_forward_ratio=cfg.max_forward_ratio)
+                result = screen(act, max_forward_cost=cfg.max_forward_cost)
                 if result.function_key and result.function_key in self._function_keys and not record_duplicates:
                     dedup_hits += 1
                     continue
@@ -238,7 +238,7 @@ class Search:
                         continue
                     placements.add(edges)
                     variant = act.with_params(edges)
-                    vres = screen(variant, max_forward_ratio=cfg.max_forward_ratio)
+                    vres = screen(variant, max_forward_cost=cfg.max_forward_cost)
                     if vres.dedup_key in self._dedup:
                         dedup_hits += 1
                         continue

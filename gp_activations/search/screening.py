@@ -1,9 +1,11 @@
 """Cheap checks before any training: rejection reasons and the functional fingerprint.
 
 A candidate is rejected -- stored with its reason, never trained -- when on a probe grid its
-output or gradient is not finite, when its output is (nearly) constant on [-5, 5], or when a
-forward pass is much slower than ReLU's on the same tensor (timed interleaved with ReLU; the
-only check that depends on the machine, so keep its limit generous or set it to 0 to skip it).
+output or gradient is not finite, when its output is (nearly) constant on [-5, 5], or when its
+forward pass is estimated slower than ``max_forward_cost`` ReLUs.  The estimate adds up the
+operators' measured costs (``operators.COSTS``) instead of timing the candidate: a timing
+depends on the machine's load, and rejections that differ between runs would make executors
+and resumed runs disagree.
 
 The **dedup key** is a functional fingerprint: the function's values on fixed probe points
 (float64, rounded to 6 significant digits), once with every learnable scalar at 1 and once
@@ -15,7 +17,6 @@ train once.  The parameter placement enters through the second evaluation.
 from __future__ import annotations
 
 import hashlib
-import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -71,39 +72,22 @@ def dedup_key(act: Activation) -> str:
     return f"{plain}-{_fingerprint(act, PROBE, moved)}-{len(act.slots)}"
 
 
-def forward_ratio(fn, x: torch.Tensor, reps: int = 5) -> float:
-    """Best-of-``reps`` forward time of ``fn`` over ReLU's, measured interleaved on ``x`` so
-    that both see the same machine load."""
-    best_fn = best_relu = float("inf")
-    with torch.no_grad():
-        fn(x)
-        torch.relu(x)
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            torch.relu(x)
-            t1 = time.perf_counter()
-            fn(x)
-            t2 = time.perf_counter()
-            best_relu, best_fn = min(best_relu, t1 - t0), min(best_fn, t2 - t1)
-    return best_fn / max(best_relu, 1e-7)
-
-
-def screen(act: Activation, *, max_forward_ratio: float = 100.0, constant_tol: float = 1e-3,
-           timing_shape=(64, 16, 32, 32)) -> Screening:
+def screen(act: Activation, *, max_forward_cost: float = 400.0,
+           constant_tol: float = 1e-3) -> Screening:
     """Decide whether ``act`` is worth training; compute its dedup keys."""
     try:
         keys = (dedup_key(act), function_key(act))
     except Exception as exc:  # noqa: BLE001 -- a user operator's bug fails this candidate only
         return Screening(False, f"{type(exc).__name__}: {exc}".splitlines()[0], failed=True)
     try:
-        reason = _rejection_reason(act, max_forward_ratio, constant_tol, timing_shape)
+        reason = _rejection_reason(act, max_forward_cost, constant_tol)
     except Exception as exc:  # noqa: BLE001
         return Screening(False, f"{type(exc).__name__}: {exc}".splitlines()[0], failed=True,
                          dedup_key=keys[0], function_key=keys[1])
     return Screening(reason is None, reason or "", dedup_key=keys[0], function_key=keys[1])
 
 
-def _rejection_reason(act, max_forward_ratio, constant_tol, timing_shape) -> Optional[str]:
+def _rejection_reason(act, max_forward_cost, constant_tol) -> Optional[str]:
     # 1. finite output and gradient (float32, as in training), scalars at their initial values
     x = PROBE.to(torch.float32).clone().requires_grad_(True)
     module = act.module()
@@ -126,9 +110,8 @@ def _rejection_reason(act, max_forward_ratio, constant_tol, timing_shape) -> Opt
     if spread < constant_tol:
         return f"(near-)constant output on [-5, 5] (range {spread:.2e})"
     # 3. forward time against ReLU on the same tensor
-    if max_forward_ratio:
-        ratio = forward_ratio(module, torch.randn(timing_shape, generator=torch.Generator().manual_seed(0)))
-        if ratio > max_forward_ratio:
-            return (f"forward pass {ratio:.1f}x slower than ReLU "
-                    f"(limit {max_forward_ratio:g}x)")
+    # 3. forward cost: a deterministic estimate (see operators.COSTS), not a timing
+    if max_forward_cost and act.estimated_cost > max_forward_cost:
+        return (f"forward pass too slow: estimated {act.estimated_cost:.0f} ReLUs "
+                f"(limit {max_forward_cost:g})")
     return None
