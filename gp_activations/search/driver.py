@@ -166,6 +166,8 @@ class Search:
             if redo:
                 log.info("resuming: %d interrupted evaluations will be redone", redo)
             self._open_progress()
+            if self._work_left():
+                self._start_executor()
             while True:
                 last = self.store.last_generation()
                 if last is None:
@@ -347,22 +349,32 @@ class Search:
         return {**base, "id": row["id"], "expression": row["expression"],
                 "params": json.loads(row["params"])}
 
+    def _start_executor(self) -> None:
+        """Workers start (and load the dataset) while the driver screens generation 0."""
+        if self.executor is not None:
+            return
+        _, gpus = self._device()
+        cfg = self.config
+        timeout = cfg.task_timeout
+        if timeout is None and cfg.executor != "serial":
+            limit = self.train_config.time_limit
+            timeout = 2 * limit + 120 if limit else 3600.0
+        self.executor = make_executor(cfg.executor, workers=cfg.workers, threads=cfg.threads,
+                                      timeout=timeout, gpus=gpus, ray_address=cfg.ray_address,
+                                      run_dir=self.run_dir, warmup=self._base_task())
+        log.info("executor: %s with %d worker(s), %d thread(s) each", cfg.executor,
+                 getattr(self.executor, "workers", 1), cfg.threads)
+
+    def _work_left(self) -> bool:
+        last = self.store.last_generation()
+        return (last is None or last["state"] == "created"
+                or (last["generation"] + 1 < self.config.generations and self._budget_left() > 0))
+
     def _evaluate(self, generation: int) -> None:
         rows = self.store.pending(generation)
         if not rows:
             return
-        if self.executor is None:
-            _, gpus = self._device()
-            cfg = self.config
-            timeout = cfg.task_timeout
-            if timeout is None and cfg.executor != "serial":
-                limit = self.train_config.time_limit
-                timeout = 2 * limit + 120 if limit else 3600.0
-            self.executor = make_executor(cfg.executor, workers=cfg.workers, threads=cfg.threads,
-                                          timeout=timeout, gpus=gpus, ray_address=cfg.ray_address,
-                                          run_dir=self.run_dir)
-            log.info("executor: %s with %d worker(s), %d thread(s) each", cfg.executor,
-                     getattr(self.executor, "workers", 1), cfg.threads)
+        self._start_executor()
         base = self._base_task()
         tasks = [self._task(r, base) for r in rows]
         self.executor.run(tasks, self._on_start, self._on_result)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import UserError
-from .worker import evaluate_task
+from .worker import evaluate_task, prepare
 
 log = logging.getLogger("gp_activations.search")
 
@@ -70,12 +70,14 @@ _READY = "ready"
 _STARTUP_GRACE = 300.0
 
 
-def _worker_main(conn, env: dict) -> None:  # pragma: no cover - runs in the child process
+def _worker_main(conn, env: dict, warmup: Optional[dict] = None) -> None:  # pragma: no cover
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops us
     os.environ.update(env)
     import torch  # noqa: F401 -- the slow imports of every task, before the clock starts
 
     from .. import activation, train  # noqa: F401
+    if warmup:
+        prepare(warmup)
     conn.send(_READY)
     while True:
         try:
@@ -105,8 +107,9 @@ class ProcessExecutor:
     name = "process"
 
     def __init__(self, workers: int = 2, threads: int = 1, timeout: Optional[float] = None,
-                 gpus: int = 0, **_):
+                 gpus: int = 0, warmup: Optional[dict] = None, **_):
         self.workers, self.threads, self.timeout = workers, threads, timeout
+        self.warmup = warmup  # a task whose dataset each worker loads before saying it is ready
         self.ctx = multiprocessing.get_context("spawn")
         self.deaths_in_a_row = 0  # workers that died before returning anything
         self.slots = []
@@ -123,7 +126,7 @@ class ProcessExecutor:
         saved = {k: os.environ.get(k) for k in slot.env}
         os.environ.update(slot.env)  # inherited by the child before it imports torch
         try:
-            slot.process = self.ctx.Process(target=_worker_main, args=(child, slot.env),
+            slot.process = self.ctx.Process(target=_worker_main, args=(child, slot.env, self.warmup),
                                             name=f"gp-activations-worker-{slot.index}", daemon=True)
             slot.process.start()
         finally:
@@ -293,11 +296,13 @@ class RayExecutor:
 
 
 def make_executor(kind: str, *, workers: int, threads: int, timeout: Optional[float], gpus: int,
-                  ray_address: Optional[str] = None, run_dir: Optional[Path] = None):
+                  ray_address: Optional[str] = None, run_dir: Optional[Path] = None,
+                  warmup: Optional[dict] = None):
     if kind == "serial":
         return SerialExecutor(threads=threads)
     if kind == "process":
-        return ProcessExecutor(workers=workers, threads=threads, timeout=timeout, gpus=gpus)
+        return ProcessExecutor(workers=workers, threads=threads, timeout=timeout, gpus=gpus,
+                               warmup=warmup)
     if kind == "ray":
         return RayExecutor(workers=workers, threads=threads, timeout=timeout, gpus=gpus,
                            address=ray_address, run_dir=run_dir)

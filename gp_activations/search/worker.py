@@ -80,6 +80,24 @@ def _plain_json(value):
     return str(value)
 
 
+def prepare(task: dict) -> None:
+    """Load what every task of a run shares (its dataset) ahead of the first task, so that a
+    worker's start-up overlaps the driver's work instead of the first evaluation."""
+    try:
+        if task.get("fitness"):
+            _resolve(task["fitness"])
+        elif task.get("data") is not None:
+            _task_dataset(task)
+        else:
+            from ..train import get_dataset, resolve_device
+
+            get_dataset(task["dataset"], resolve_device(task.get("device", "cpu")),
+                        data_dir=task.get("data_dir"), download=task.get("download", False),
+                        verify=task.get("verify", True))
+    except Exception:  # noqa: BLE001 -- the first real task reports the problem
+        pass
+
+
 def evaluate_task(task: dict) -> dict:
     """Train (or call the user's fitness on) one candidate; never raises."""
     started = time.time()
