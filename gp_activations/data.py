@@ -262,7 +262,33 @@ def _labels(y) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=None)
 def _mnist1d_arrays(num_samples: int = MNIST1D_NUM_SAMPLES, gen_seed: int = MNIST1D_SEED):
-    """Generate MNIST-1D in memory (cached per process); returns read-only arrays.
+    """MNIST-1D as read-only arrays: generated once per machine, then read from an ``.npz``
+    in the data directory (~3 s to generate, ~10 ms to read -- it is paid by every worker
+    process of a search otherwise).  Cached per process as well.
+    """
+    from importlib.metadata import version
+
+    path = default_data_dir() / f"mnist1d-{num_samples}-{gen_seed}-v{version('mnist1d')}.npz"
+    keys = ("x", "y", "x_test", "y_test")
+    try:
+        with np.load(path, allow_pickle=False) as npz:  # plain arrays only: nothing unpickled
+            out = tuple(np.asarray(npz[k]) for k in keys)
+    except (OSError, KeyError, ValueError):
+        out = _generate_mnist1d(num_samples, gen_seed)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+            np.savez(tmp, **dict(zip(keys, out)))
+            os.replace(tmp, path)  # atomic: concurrent workers never read half a file
+        except OSError:
+            pass  # an unwritable cache only costs the generation next time
+    for a in out:
+        a.setflags(write=False)
+    return out
+
+
+def _generate_mnist1d(num_samples: int, gen_seed: int):
+    """Generate MNIST-1D with the ``mnist1d`` package.
 
     Calls ``make_dataset`` directly: ``mnist1d.data.get_dataset`` would download a pickle
     from GitHub and/or write ``./mnist1d_data.pkl`` into the current directory.
@@ -281,15 +307,12 @@ def _mnist1d_arrays(num_samples: int = MNIST1D_NUM_SAMPLES, gen_seed: int = MNIS
     finally:
         random.setstate(py_state)
         np.random.set_state(np_state)
-    out = (
+    return (
         np.asarray(raw["x"], dtype=np.float32),
         np.asarray(raw["y"], dtype=np.int64),
         np.asarray(raw["x_test"], dtype=np.float32),
         np.asarray(raw["y_test"], dtype=np.int64),
     )
-    for a in out:
-        a.setflags(write=False)
-    return out
 
 
 def _load_mnist1d(seed: int) -> Dataset:

@@ -349,3 +349,23 @@ def test_augment_on_loaded_cifar(fake_cifar10):
     idx = torch.randperm(len(ds.y_train), generator=torch.Generator().manual_seed(0))[:32]
     out = augment_crop_flip(ds.x_train[idx], torch.Generator().manual_seed(0))
     assert out.shape == (32, 3, 32, 32) and out.dtype == torch.float32
+
+
+def test_mnist1d_is_generated_once_then_read_from_an_npz(tmp_path, monkeypatch):
+    from gp_activations import data as data_mod
+
+    monkeypatch.setenv("GP_ACTIVATIONS_DATA", str(tmp_path))
+    data_mod._mnist1d_arrays.cache_clear()
+    try:
+        generated = data_mod._mnist1d_arrays()
+        (cache,) = tmp_path.glob("mnist1d-10000-42-*.npz")
+        data_mod._mnist1d_arrays.cache_clear()
+        read = data_mod._mnist1d_arrays()
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(generated, read))
+        cache.write_bytes(b"not an npz")  # a damaged cache is regenerated, not trusted
+        data_mod._mnist1d_arrays.cache_clear()
+        again = data_mod._mnist1d_arrays()
+        assert all(np.array_equal(a, b) for a, b in zip(generated, again))
+        assert np.load(cache, allow_pickle=False)["x"].shape == (8000, 40)
+    finally:
+        data_mod._mnist1d_arrays.cache_clear()
