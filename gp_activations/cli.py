@@ -237,9 +237,10 @@ def cmd_search(args) -> int:
         out = out or f"runs/{config.dataset}-{config.strategy}-{_time.strftime('%Y%m%d-%H%M%S')}"
         search = Search(config, out, progress=not args.no_progress)
     cfg = search.config
+    stop = [f"{cfg.generations} generations"] if cfg.generations < 1_000_000 else []
+    stop += [f"budget {cfg.budget} trainings"] if cfg.budget else []
     print(f"search: {cfg.strategy} on {cfg.dataset} ({cfg.primitives}), population "
-          f"{cfg.population}, {cfg.generations} generations"
-          + (f", budget {cfg.budget} trainings" if cfg.budget else "")
+          f"{cfg.population}, {', '.join(stop)}"
           + f", {cfg.executor} x{cfg.workers}; run directory {out}", file=sys.stderr)
     result = search.run()
     print()

@@ -259,6 +259,24 @@ def _results_rows(store: RunStore):
     return summarize(store, protocols[0], labels), json.loads(protocols[0])
 
 
+def comparison_table(stores: Sequence[RunStore]) -> list[str]:
+    """Markdown: each run's best fitness, then mean ± std per strategy (the ablation)."""
+    lines = ["### Comparison at the same budget", "",
+             "| run | strategy | seed | trainings | best fitness |", "|---|---|---:|---:|---:|"]
+    by_strategy: dict = {}
+    for s in stores:
+        cfg = s.config()
+        best = max((v for v in _fitness_series(s) if not math.isnan(v)), default=float("nan"))
+        by_strategy.setdefault(cfg.get("strategy"), []).append(best)
+        lines.append(f"| `{s.run_dir.name}` | {cfg.get('strategy')} | {cfg.get('seed')} | "
+                     f"{s.count_trainings()} | {best:.4f} |")
+    lines += ["", "| strategy | runs | best fitness, mean ± std |", "|---|---:|---:|"]
+    for strategy, values in by_strategy.items():
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        lines.append(f"| {strategy} | {len(values)} | {statistics.fmean(values):.4f} ± {std:.4f} |")
+    return lines + [""]
+
+
 def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     import matplotlib
 
@@ -278,8 +296,9 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     counts = store.status_counts()
     lines = [f"# Search report: `{Path(run_dir).name}`", "",
              f"{cfg.strategy} on **{cfg.dataset}** / {cfg.model or 'default model'}, search space "
-             f"`{cfg.primitives}`, population {cfg.population}, {cfg.generations} generations"
-             + (f", budget {cfg.budget}" if cfg.budget else "") + ".  "
+             f"`{cfg.primitives}`, population {cfg.population}"
+             + (f", {cfg.generations} generations" if cfg.generations < 1_000_000 else "")
+             + (f", budget {cfg.budget} trainings" if cfg.budget else "") + ".  "
              f"{counts['done']} candidates trained, {counts['failed']} failed, {counts['rejected']} "
              f"rejected before training, {counts['duplicates'] + store.get_meta('dedup_hits', 0)} "
              "duplicates skipped.", "",
@@ -291,12 +310,7 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     lines += ["", "![shapes of the top functions](shapes.png)", "",
               "## Fitness over the run", "", "![fitness of every candidate](fitness.png)", ""]
     if others:
-        lines += ["| run | strategy | trainings | best fitness |", "|---|---|---:|---:|"]
-        for s in [store, *others]:
-            best = max((v for v in _fitness_series(s) if not math.isnan(v)), default=float("nan"))
-            lines.append(f"| `{s.run_dir.name}` | {s.config().get('strategy')} | "
-                         f"{s.count_trainings()} | {best:.4f} |")
-        lines.append("")
+        lines += comparison_table([store, *others])
     if params_caption:
         lines += ["## Learned parameters", "", f"{params_caption}.", "",
                   "![learned scalars per site](params_depth.png)", "",

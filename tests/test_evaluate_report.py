@@ -262,8 +262,12 @@ def test_report_compares_with_a_random_search(run, tmp_path, capsys):
     report_md = run.dir / "report" / "report.md"
     _check_report(report_md)
     text = report_md.read_text()
-    assert "| run | strategy | trainings | best fitness |" in text
-    assert f"| `{run.dir.name}` | evolution |" in text and f"| `{other.name}` | random |" in text
+    assert "| run | strategy | seed | trainings | best fitness |" in text
+    assert f"| `{run.dir.name}` | evolution | 0 |" in text and f"| `{other.name}` | random | 0 |" in text
+    # the per-strategy summary of the ablation: one row per strategy with mean ± std
+    best = {s: float(line.split("|")[3].split("±")[0]) for s in ("evolution", "random")
+            for line in text.splitlines() if line.startswith(f"| {s} | 1 |")}
+    assert set(best) == {"evolution", "random"} and all(0 < v <= 1 for v in best.values())
     # a run without a final evaluation says so
     assert main(["report", str(other)]) == 0
     capsys.readouterr()
