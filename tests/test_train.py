@@ -460,3 +460,13 @@ def test_cli_train_missing_cifar_directory(capsys, tmp_path):
     out, err = capsys.readouterr()
     assert rc == 2 and err.count("\n") == 1, err
     assert "CIFAR-10 files not found" in err and "Traceback" not in err
+
+
+def test_only_the_fitness_schedule_gives_up_at_chance():
+    """A full schedule must measure a slow starter, not cut it off after one epoch."""
+    from gp_activations.train import default_config
+
+    for dataset in ("mnist1d", "digits", "cifar10"):
+        assert default_config(dataset, "fitness").chance_check is True
+        assert default_config(dataset, "train").chance_check is False
+        assert default_config(dataset, "train", chance_check=True).chance_check is True
