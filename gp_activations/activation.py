@@ -82,7 +82,6 @@ class ActivationModule(nn.Module):
         self.activation = activation
         self.num_channels = num_channels
         self.fused = bool(fused and program.worth_fusing)
-        self._source = program.source
         self._param_names = [s.name for s in activation.slots]
         shape = () if num_channels is None else (int(num_channels),)
         for slot in activation.slots:
@@ -374,12 +373,6 @@ def _helper_source(fn, name: Optional[str] = None) -> str:
     if name != fn.__name__:
         source += f"\n\n{name} = {fn.__name__}\n"
     return source
-
-
-def _values_literal(value) -> str:
-    if isinstance(value, (list, tuple)):
-        return f"torch.tensor({[float(v) for v in value]!r})"
-    return f"torch.tensor({float(value)!r})"
 
 
 def _plain_value(name, value):

@@ -16,7 +16,6 @@ Two small optimisations keep the compiled function as cheap as hand-written torc
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 from deap import gp
@@ -156,7 +155,3 @@ def generate(tree, pset, edges=(), function_name: str = "activation") -> Program
     source = f"def {function_name}({', '.join(args)}):\n" + "\n".join(lines)
     source += ("\n" if lines else "") + f"    return {result}\n"
     return Program(source, function_name, args, helpers, kernels, depends[0])
-
-
-def _finite(value: float) -> bool:
-    return math.isfinite(value)

@@ -143,15 +143,6 @@ def _args(n: int) -> str:
     return "1 argument" if n == 1 else f"{n} arguments"
 
 
-def subtree_end(tree, index: int) -> int:
-    """One past the last node of the subtree rooted at ``index`` (iterative)."""
-    need, end = 1, index
-    while need:
-        need += tree[end].arity - 1
-        end += 1
-    return end
-
-
 def children(tree) -> list[list[int]]:
     """For every node, the indices of its children, in order."""
     kids: list[list[int]] = [[] for _ in range(len(tree))]

@@ -48,8 +48,6 @@ import sympy
 import torch
 
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
-#: laplacedist clamps its difference to this magnitude (add/sub/mul use torch.nan_to_num).
-OUTPUT_LIMIT = 3.0e38
 
 
 class sigmoid(sympy.Function):
@@ -148,6 +146,7 @@ class Operator:
         return fn(*operands, *params)
 
     def symbolic(self, *operands, params=()):
+        """The mathematical (sympy) form applied to sympy operands."""
         return self.sympy(*operands, *params)
 
     def latex(self) -> str:
