@@ -25,8 +25,8 @@ RUN_DIR ?= runs/default
 
 # The default search (experiments/mnist1d.toml); a second `make run` continues/reprints it.
 run: $(STAMP)
-	$(CLI) search --config experiments/mnist1d.toml --out $(RUN_DIR) \
-		$(if $(wildcard $(RUN_DIR)/run.sqlite),--resume,)
+	$(CLI) search --out $(RUN_DIR) \
+		$(if $(wildcard $(RUN_DIR)/run.sqlite),--resume,--config experiments/mnist1d.toml)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

@@ -109,6 +109,10 @@ def render(act, fmt: str, values=None) -> str:
 
 
 def cmd_export(args) -> int:
+    if args.run and args.expr:
+        raise UserError("export: give either a RUN directory or --expr, not both")
+    if not args.run and (args.rank != 1 or args.with_learned_params):
+        raise UserError("export: --rank and --with-learned-params need a RUN directory")
     if args.run:
         from .report import export_from_run  # a search run's winner
 
@@ -137,7 +141,7 @@ def cmd_train(args) -> int:
     from . import zoo
     from .activation import Activation
     from .data import dataset_names, get_dataset_info
-    from .train import default_config, resolve_device, train
+    from .train import check_model, default_config, resolve_device, train
 
     if args.dataset not in dataset_names():
         get_dataset_info(args.dataset)  # raises the one-line error naming the known datasets
@@ -154,6 +158,8 @@ def cmd_train(args) -> int:
                  "batch_size": args.batch_size, "time_limit": args.time_limit}
     config = default_config(args.dataset, args.budget, **overrides)
     model = args.model or get_dataset_info(args.dataset).default_model
+    check_model(model, args.dataset, data_dir=args.data_dir, verify=not args.no_verify,
+                download=args.download)
     records = []
     if not args.json:
         print(f"{act} on {args.dataset}/{model}, {config.epochs:g} epochs ({args.budget} budget), "
@@ -172,7 +178,7 @@ def cmd_train(args) -> int:
             print(f"  seed {seed}: {args.split} accuracy {record.accuracy:.4f} (best "
                   f"{record.best_accuracy:.4f}), {record.wall_time:.1f} s, "
                   f"{record.samples_per_sec:.0f} samples/s{status}")
-    accs = [r.accuracy for r in records if r.ok]
+    accs = [r.accuracy for r in records if r.status in ("ok", "chance")]  # as the search counts
     times = [r.wall_time for r in records]
     mean, std = _mean_std(accs)
     if args.json:
@@ -208,7 +214,7 @@ def _add_data_args(p) -> None:
 # ---------------------------------------------------------------------------------------------
 _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", "budget",
                  "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
-                 "data_dir", "ray_address")
+                 "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download")
 
 
 def cmd_search(args) -> int:
@@ -218,7 +224,7 @@ def cmd_search(args) -> int:
     from .search.driver import Search
 
     flags = {k: getattr(args, k) for k in _SEARCH_FLAGS if getattr(args, k) is not None}
-    if args.budget is not None and not args.resume:
+    if args.budget is not None:
         flags["generations"] = 1_000_000  # --budget alone decides when the search stops
     if args.no_verify:
         flags["verify"] = False
@@ -264,21 +270,16 @@ def cmd_search(args) -> int:
 # evaluate / report
 # ---------------------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
-    from .evaluate import DEFAULT_BASELINES, evaluate_run, format_table, parse_baselines
-    from .search.store import RunStore
+    from .evaluate import evaluate_run, format_table
 
-    store = RunStore.open(args.run)
-    defaults = store.config().get("evaluate") or {}
-    store.close()
-    baselines = parse_baselines(args.baselines or defaults.get("baselines") or DEFAULT_BASELINES)
-    top = args.top if args.top is not None else defaults.get("top", 3)
-    seeds = args.seeds if args.seeds is not None else defaults.get("seeds", 5)
-    epochs = args.epochs if args.epochs is not None else defaults.get("epochs")
-    rows = evaluate_run(args.run, top=top, seeds=seeds, epochs=epochs, baselines=baselines,
-                        model=args.model, dataset=args.dataset, executor=args.executor,
-                        workers=args.workers, device=args.device, progress=not args.no_progress)
+    rows = evaluate_run(args.run, top=args.top, seeds=args.seeds, epochs=args.epochs,
+                        baselines=args.baselines, model=args.model, dataset=args.dataset,
+                        executor=args.executor, workers=args.workers, device=args.device,
+                        data_dir=args.data_dir, task_timeout=args.task_timeout,
+                        progress=not args.no_progress)
     print(format_table(rows))
-    print(f"\nwrote {Path(args.run) / 'results.csv'} and {Path(args.run) / 'results.tex'}; "
+    csv_path = max(Path(args.run).glob("results*.csv"), key=lambda p: p.stat().st_mtime)
+    print(f"\nwrote {csv_path} and {csv_path.with_suffix('.tex')}; "
           f"next: gp-activations report {args.run}")
     return 0
 
@@ -350,40 +351,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file (e.g. experiments/mnist1d.toml); flags override it")
     p.add_argument("--out", help="run directory (default runs/DATASET-STRATEGY-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--dataset")
-    p.add_argument("--model")
-    p.add_argument("--primitives", help="built-in search space, .py file or module:attr")
-    p.add_argument("--population", type=int)
+    p.add_argument("--dataset", help="mnist1d (default), digits, cifar10, cifar100")
+    p.add_argument("--model", help="network (default: the dataset's), or file.py:function")
+    p.add_argument("--primitives", help="built-in search space (default pangaea), .py file or "
+                   "module:attr")
+    p.add_argument("--population", type=int, help="functions kept per generation (default 16)")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--generations", type=int)
+    g.add_argument("--generations", type=int, help="generations (default 8)")
     g.add_argument("--budget", type=int, help="stop after this many trainings (instead of a "
                    "number of generations)")
     p.add_argument("--epochs", type=float, help="fitness epochs per candidate")
-    p.add_argument("--strategy", choices=["evolution", "random"])
-    p.add_argument("--executor", choices=["serial", "process", "ray"])
-    p.add_argument("--workers", type=int)
-    p.add_argument("--threads", type=int, help="CPU threads per evaluation")
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--strategy", choices=["evolution", "random"],
+                   help="evolution (default) or random search over the same space")
+    p.add_argument("--executor", choices=["serial", "process", "ray"],
+                   help="where evaluations run (default serial)")
+    p.add_argument("--workers", type=int, help="parallel evaluations (default 1)")
+    p.add_argument("--threads", type=int, help="CPU threads per evaluation (default 1)")
+    p.add_argument("--device", help="auto (default), cpu or cuda")
+    p.add_argument("--seed", type=int, help="evolution seed (default 0)")
+    p.add_argument("--per-channel", action="store_true", default=None,
+                   help="learnable scalars per channel instead of per layer")
+    p.add_argument("--fused", action="store_true", default=None,
+                   help="torch.compile each candidate's activation (pays off on GPUs)")
+    p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed "
+                   "(default: 24 h, or twice the training time limit)")
     p.add_argument("--ray-address", help="join an existing Ray cluster")
-    p.add_argument("--data-dir")
-    p.add_argument("--no-verify", action="store_true")
+    p.add_argument("--data-dir", help="CIFAR files (default $GP_ACTIVATIONS_DATA)")
+    p.add_argument("--download", action="store_true", default=None, help="let torchvision download CIFAR")
+    p.add_argument("--no-verify", action="store_true", help="accept CIFAR files whose checksums differ")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("evaluate", help="retrain a run's top functions and baselines on the test set")
     p.add_argument("run", help="a search run directory")
-    p.add_argument("--top", type=int, help="how many found functions (default 3)")
-    p.add_argument("--seeds", type=int, help="seeds per activation (default 5)")
-    p.add_argument("--epochs", type=float, help="epochs (default: the dataset's full schedule)")
-    p.add_argument("--baselines", help="comma-separated zoo names (default "
-                   "relu,silu,gelu,elu,selu,softplus,mish,tanh)")
-    p.add_argument("--model", help="evaluate on another model (transfer), e.g. wrn10_4")
-    p.add_argument("--dataset", help="evaluate on another dataset")
-    p.add_argument("--executor", choices=["serial", "process", "ray"])
-    p.add_argument("--workers", type=int)
-    p.add_argument("--device", help="auto, cpu or cuda")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--top", type=int, help="how many found functions (default: the run's "
+                   "[evaluate] top, else 3)")
+    p.add_argument("--seeds", type=int, help="seeds per activation (default: [evaluate] seeds, else 5)")
+    p.add_argument("--epochs", type=float, help="epochs (default: [evaluate] epochs, else the "
+                   "dataset's full schedule)")
+    p.add_argument("--baselines", help="comma-separated zoo names (default: [evaluate] baselines, "
+                   "else relu,silu,gelu,elu,selu,softplus,mish,tanh)")
+    p.add_argument("--model", help="evaluate on another model (transfer), e.g. wrn10_4; uses "
+                   "that model's preset schedule")
+    p.add_argument("--dataset", help="evaluate on another dataset (transfer)")
+    p.add_argument("--executor", choices=["serial", "process", "ray"],
+                   help="default: the run's executor")
+    p.add_argument("--workers", type=int, help="default: the run's workers")
+    p.add_argument("--device", help="auto, cpu or cuda (default: the run's)")
+    p.add_argument("--data-dir", help="CIFAR files (default: the run's --data-dir)")
+    p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="plots and report.md of a run")

@@ -73,39 +73,85 @@ def _protocol(train_config: dict, dataset: str, model) -> str:
     return json.dumps({"dataset": dataset, "model": model, **values}, sort_keys=True)
 
 
-def evaluate_run(run_dir, *, top: int = 3, seeds: int = 5, epochs: Optional[float] = None,
-                 baselines: Sequence[str] = DEFAULT_BASELINES, model: Optional[str] = None,
-                 dataset: Optional[str] = None, executor: Optional[str] = None,
-                 workers: Optional[int] = None, device: Optional[str] = None,
-                 progress: bool = True) -> list[ResultRow]:
-    """Retrain top-``top`` functions and ``baselines`` for ``seeds`` seeds; return the table."""
+def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = None,
+                 epochs: Optional[float] = None, baselines: Optional[Sequence[str]] = None,
+                 model: Optional[str] = None, dataset: Optional[str] = None,
+                 executor: Optional[str] = None, workers: Optional[int] = None,
+                 device: Optional[str] = None, data_dir: Optional[str] = None,
+                 task_timeout: Optional[float] = None, progress: bool = True) -> list[ResultRow]:
+    """Retrain the top found functions and the baselines for several seeds; return the table.
+
+    Defaults come from the run's ``[evaluate]`` table, then: top 3, 5 seeds, the eight
+    :data:`DEFAULT_BASELINES`, the dataset's full schedule.  ``model``/``dataset`` other than
+    the run's own evaluate a *transfer*: the target's own preset schedule is used (the run's
+    ``[evaluate]`` epochs and training overrides describe the run's own model), and the results
+    go to ``results_<dataset>_<model>.csv/.tex``.
+    """
+    store = RunStore.open(run_dir)
+    try:
+        plan = _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset)
+        protocol, entries, seeds = plan["protocol"], plan["entries"], plan["seeds"]
+        _record_protocol(store, protocol, seeds, plan["own"])
+        _schedule_rows(store, protocol, entries, seeds)
+        labels = [e[0] for e in entries]
+        marks = ", ".join("?" for _ in labels)
+        pending = store.db.execute(
+            f"SELECT * FROM final WHERE protocol = ? AND status = 'pending' AND seed < ? AND label "
+            f"IN ({marks}) ORDER BY id", (protocol, seeds, *labels)).fetchall()
+        done_before = len(labels) * seeds - len(pending)
+        if pending:
+            _run_trainings(store, plan["cfg"], pending, plan["train_cfg"], plan["dataset"],
+                           plan["model"], executor, workers, device, data_dir, task_timeout,
+                           progress, done_before)
+        rows = summarize(store, protocol, labels, seeds)
+        stem = "results" if plan["own"] else f"results_{plan['dataset']}_{plan['model']}"
+        write_results(Path(run_dir), rows, plan["train_cfg"].epochs, plan["dataset"],
+                      plan["model"], stem)
+        return rows
+    finally:
+        store.close()
+
+
+def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset) -> dict:
+    """Validate everything and decide the schedule before any row is stored."""
     from .train import default_config
 
-    store = RunStore.open(run_dir)
     cfg = SearchConfig.from_dict(store.config(), where=f"{run_dir} config")
+    ev = cfg.evaluate or {}
+    top = ev.get("top", 3) if top is None else top
+    seeds = ev.get("seeds", 5) if seeds is None else seeds
     if top < 0 or seeds < 1:
         raise UserError(f"--top must be >= 0 and --seeds >= 1 (got {top}, {seeds})")
-    baselines = parse_baselines(baselines)
+    baselines = parse_baselines(baselines or ev.get("baselines") or DEFAULT_BASELINES)
+    if cfg.fitness and not (dataset and model):
+        raise UserError(f"{run_dir} was searched with a fitness function ({cfg.fitness}), not a "
+                        f"dataset and model: give --dataset and --model to evaluate its functions")
+    for key in ("model", "data"):
+        if str(getattr(cfg, key) or "").startswith("<python object"):
+            raise UserError(f"{run_dir} was searched with a Python {key} object; evaluate it from "
+                            f"Python (gp_activations.evaluate.evaluate_run) or give --dataset/--model")
     found = store.top_functions(top, cfg.variant_fitness) if top else []
     if top and not found:
         raise UserError(f"{run_dir} has no finished candidates to evaluate yet; run or resume the "
                         f"search first (gp-activations search --out {run_dir} --resume)")
-    dataset = dataset or cfg.dataset
-    model = model or cfg.model
-    if model is not None and str(model).startswith("<python object"):
-        raise UserError(f"{run_dir} was searched with a Python model object; evaluate it from Python")
-    if cfg.data and str(cfg.data).startswith("<python object"):
-        raise UserError(f"{run_dir} was searched with Python data; evaluate it from Python")
-    # bad names fail here, before rows are stored and results.csv is overwritten with failures
-    if not cfg.data:
-        dataset = get_dataset_info(dataset).name
+    custom = bool(cfg.data) and not dataset
+    run_dataset = cfg.dataset if cfg.data else get_dataset_info(cfg.dataset).name
+    dataset = run_dataset if custom else get_dataset_info(dataset or cfg.dataset).name
+    default_model = None if custom else get_dataset_info(dataset).default_model
+    run_model = cfg.model or (None if cfg.data else get_dataset_info(run_dataset).default_model)
+    model = model or (run_model if dataset == run_dataset else None) or default_model
     if model is not None and ":" not in str(model) and model not in MODELS:
         raise UserError(f"unknown model {model!r}; known models: {', '.join(MODELS)}")
-    overrides = dict((cfg.evaluate or {}).get("train", {}))  # e.g. the paper's lr per model
+    own = (dataset, model) == (run_dataset, run_model)
+    overrides = dict(ev.get("train", {})) if own else {}
+    if epochs is None and own:
+        epochs = ev.get("epochs")
     overrides.update(epochs=epochs, per_channel=cfg.per_channel, fused=cfg.fused, threads=cfg.threads)
-    train_cfg = default_config(dataset, "train", **overrides)
-    protocol = _protocol(train_cfg.to_dict(), dataset, model)
-
+    if custom:  # no preset for a user's data: the search's own schedule, run to the end
+        train_cfg = cfg.train_config().replace(chance_check=False,
+                                               **{k: v for k, v in overrides.items() if v is not None})
+    else:
+        train_cfg = default_config(dataset, "train", **overrides)
     entries = []  # (label, kind, expression, primitives, params, candidate_id)
     for rank, item in enumerate(found, 1):
         cand = item["candidate"]
@@ -114,7 +160,19 @@ def evaluate_run(run_dir, *, top: int = 3, seeds: int = 5, epochs: Optional[floa
     for name in baselines:
         act = zoo.get(name)
         entries.append((name, "baseline", act.expression, "pangaea", list(act.params), None))
+    return {"cfg": cfg, "seeds": seeds, "dataset": dataset, "model": model, "own": own,
+            "train_cfg": train_cfg, "entries": entries,
+            "protocol": _protocol(train_cfg.to_dict(), dataset, model)}
 
+
+def _record_protocol(store, protocol: str, seeds: int, own: bool) -> None:
+    """Remember how many seeds were asked for under each protocol (the report uses it)."""
+    protocols = store.get_meta("final_protocols", {})
+    protocols[protocol] = {"seeds": seeds, "own": own}
+    store.set_meta("final_protocols", protocols)
+
+
+def _schedule_rows(store, protocol, entries, seeds) -> None:
     with store.db:
         for label, kind, expr, prims, params, cid in entries:
             # "found #k" may name another function now (the search went on): drop the old one's
@@ -135,24 +193,11 @@ def evaluate_run(run_dir, *, top: int = 3, seeds: int = 5, epochs: Optional[floa
                     "INSERT INTO final(label, kind, expression, primitives, params, candidate_id, seed, "
                     "protocol, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
                     (label, kind, expr, prims, json.dumps(params), cid, seed, protocol))
-    pending = store.db.execute("SELECT * FROM final WHERE protocol = ? AND status = 'pending' "
-                               "ORDER BY id", (protocol,)).fetchall()
-    done_before = store.db.execute("SELECT COUNT(*) FROM final WHERE protocol = ? AND status != "
-                                   "'pending'", (protocol,)).fetchone()[0]
-    if pending:
-        _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, workers, device,
-                       progress, done_before)
-    rows = summarize(store, protocol, [e[0] for e in entries], seeds)
-    # the run's own task writes results.csv; a transfer (other model/dataset) its own files
-    own = (dataset, model) == (cfg.dataset if cfg.data else get_dataset_info(cfg.dataset).name, cfg.model)
-    stem = "results" if own else f"results_{dataset}_{model or 'default'}"
-    write_results(Path(run_dir), rows, train_cfg.epochs, dataset, model or "default", stem)
-    store.close()
-    return rows
 
 
 def _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, workers, device,
-                   progress, done_before) -> None:
+                   data_dir, task_timeout, progress, done_before) -> None:
+    from .search.executors import default_task_timeout
     from .train import resolve_device
 
     dev = resolve_device(device or cfg.device)
@@ -164,7 +209,7 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, wor
     kind = executor or cfg.executor
     n_workers = workers or cfg.workers
     base = {"dataset": dataset, "model": model, "data": cfg.data, "fitness": None,
-            "data_dir": cfg.data_dir, "verify": cfg.verify, "download": cfg.download,
+            "data_dir": data_dir or cfg.data_dir, "verify": cfg.verify, "download": cfg.download,
             "train": train_cfg.to_dict(), "device": dev.type, "threads": cfg.threads,
             "split": "test"}
     tasks = [{**base, "id": row["id"], "expression": row["expression"],
@@ -183,15 +228,14 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, wor
         metrics = result.get("metrics") or {}
         accuracy = metrics.get("accuracy") if result["status"] == "done" else None
         status = "done" if result["status"] == "done" else "failed"
-        if metrics.get("status") == "chance":
-            status = "done"
         with store.db:
             store.db.execute("UPDATE final SET status = ?, accuracy = ?, metrics = ?, finished_at = ? "
                              "WHERE id = ?", (status, accuracy, json.dumps(
                                  {**metrics, "error": result.get("error", "")}), time.time(), result["id"]))
         bar.update(1)
 
-    runner = make_executor(kind, workers=n_workers, threads=cfg.threads, timeout=cfg.task_timeout,
+    timeout = task_timeout or cfg.task_timeout or default_task_timeout(kind, train_cfg)
+    runner = make_executor(kind, workers=n_workers, threads=cfg.threads, timeout=timeout,
                            gpus=gpus, ray_address=cfg.ray_address, run_dir=store.run_dir)
     try:
         runner.run(tasks, on_start, on_result)

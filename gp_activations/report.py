@@ -47,9 +47,11 @@ def _activation(cand) -> Activation:
 def learned_trajectory(store: RunStore, rank: int, cand) -> tuple[list, str]:
     """Per-epoch ``{site: {param: value}}`` of a function's training: the final evaluation's
     seed 0 when there is one (full schedule), else the search's fitness training."""
-    row = store.db.execute("SELECT metrics FROM final WHERE label = ? AND status = 'done' AND "
-                           "expression = ? AND params = ? ORDER BY seed, id LIMIT 1",
-                           (f"found #{rank}", cand["expression"], cand["params"])).fetchone()
+    protocol = report_protocol(store, own_only=True)  # a transfer model has other sites
+    row = None if protocol is None else store.db.execute(
+        "SELECT metrics FROM final WHERE label = ? AND status = 'done' AND expression = ? AND "
+        "params = ? AND protocol = ? ORDER BY seed, id LIMIT 1",
+        (f"found #{rank}", cand["expression"], cand["params"], protocol)).fetchone()
     if row and row["metrics"]:
         traj = json.loads(row["metrics"]).get("param_trajectory") or []
         if traj:
@@ -247,16 +249,28 @@ def plot_params(store: RunStore, depth_path: Path, epochs_path: Path) -> Optiona
 # ---------------------------------------------------------------------------------------------
 # report.md
 # ---------------------------------------------------------------------------------------------
+def report_protocol(store: RunStore, own_only: bool = False) -> Optional[str]:
+    """The final evaluation to report: the latest on the run's own model and dataset, else
+    (unless ``own_only``) the latest transfer evaluation; None if there is none."""
+    recorded = store.get_meta("final_protocols", {})
+    latest = [r[0] for r in store.db.execute(
+        "SELECT protocol FROM final WHERE status = 'done' GROUP BY protocol ORDER BY MAX(finished_at) DESC")]
+    own = [p for p in latest if recorded.get(p, {}).get("own")]
+    if own:
+        return own[0]
+    return None if own_only or not latest else latest[0]
+
+
 def _results_rows(store: RunStore):
     from .evaluate import summarize
 
-    protocols = [r[0] for r in store.db.execute(
-        "SELECT protocol FROM final WHERE status = 'done' GROUP BY protocol ORDER BY MAX(finished_at) DESC")]
-    if not protocols:
+    protocol = report_protocol(store)
+    if protocol is None:
         return None, None
     labels = [r[0] for r in store.db.execute("SELECT label FROM final WHERE protocol = ? GROUP BY label "
-                                             "ORDER BY MIN(id)", (protocols[0],))]
-    return summarize(store, protocols[0], labels), json.loads(protocols[0])
+                                             "ORDER BY MIN(id)", (protocol,))]
+    seeds = store.get_meta("final_protocols", {}).get(protocol, {}).get("seeds")
+    return summarize(store, protocol, labels, seeds), json.loads(protocol)
 
 
 def comparison_table(stores: Sequence[RunStore]) -> list[str]:

@@ -74,6 +74,8 @@ class TrainConfig:
             raise UserError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
         if not self.lr > 0:
             raise UserError(f"lr must be positive, got {self.lr!r}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise UserError(f"threads must be >= 1, got {self.threads!r}")
 
     def replace(self, **changes) -> "TrainConfig":
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -234,6 +236,33 @@ def build_network(model, act_factory, ds: data_mod.Dataset) -> nn.Module:
             kwargs["num_classes"] = ds.num_classes
         return model(act_factory, **kwargs)
     raise UserError(f"model must be a name ({', '.join(models_mod.model_names())}) or a callable")
+
+
+def check_model(model, dataset, *, data_dir=None, verify=True, download=False) -> None:
+    """Fail fast, with one line, when ``model`` cannot take ``dataset``'s inputs -- instead of
+    every candidate of a search failing the same way.  One forward pass of two samples."""
+    from .search.worker import resolve_reference
+
+    if isinstance(dataset, str) and ":" in dataset:  # a user's loader, "file.py:function"
+        dataset = resolve_reference(dataset)
+    ds = get_dataset(dataset if isinstance(dataset, str) else data_mod.as_dataset(dataset),
+                     torch.device("cpu"), data_dir=data_dir, download=download, verify=verify)
+    name = ds.name
+    if model is None:
+        if name not in data_mod.dataset_names():
+            raise UserError(f"dataset {name!r} has no default model; give a model")
+        model = data_mod.get_dataset_info(name).default_model
+    if isinstance(model, str) and ":" in model:
+        model = resolve_reference(model)
+    net = build_network(model, nn.ReLU, ds)
+    try:
+        with torch.no_grad():
+            net.eval()(ds.x_train[:2])
+    except Exception as exc:  # noqa: BLE001 -- a shape mismatch, reported as bad input
+        label = model if isinstance(model, str) else getattr(model, "__name__", "the model")
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UserError(f"model {label!r} does not fit dataset {name!r} (inputs of shape "
+                        f"{tuple(ds.input_shape)}): {first}") from None
 
 
 def _activation_factory(activation, config: TrainConfig):

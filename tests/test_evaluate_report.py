@@ -428,3 +428,21 @@ def test_bad_arguments_on_a_run(run, capsys, tmp_path, count_trainings, args, wo
 def test_unknown_baseline_from_the_api(run):
     with pytest.raises(UserError, match="unknown baseline 'swoosh'"):
         evaluate_run(run.dir, top=1, seeds=1, baselines=["relu", "swoosh"], progress=False)
+
+
+def test_a_run_searched_with_a_fitness_function_needs_a_dataset_and_model(tmp_path, capsys):
+    helpers = tmp_path / "fitness_here.py"
+    helpers.write_text("def score(act, seed):\n    return 0.5 + 0.01 * len(act.expression) % 7\n")
+    run = tmp_path / "fitness-run"
+    run_search(SearchConfig(population=2, generations=1, param_variants=0, init_zoo=False,
+                            fitness=f"{helpers}:score", init_expressions=["tanh(x)", "relu(x)"]),
+               out=run, progress=False)
+    assert main(["evaluate", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "searched with a fitness function" in err[0]
+    assert not list(run.glob("results*.csv"))  # nothing trained, nothing written
+    assert main(["evaluate", str(run), "--dataset", "digits", "--model", "cnn_digits", "--top", "1",
+                 "--seeds", "1", "--epochs", "1", "--baselines", "relu", "--executor", "serial",
+                 "--no-progress"]) == 0
+    capsys.readouterr()
+    assert (run / "results_digits_cnn_digits.csv").is_file()

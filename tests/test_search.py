@@ -662,3 +662,37 @@ def test_a_run_in_use_cannot_be_resumed_by_a_second_search(tmp_path):
     first.run()  # releases the run when it finishes ...
     again = Search(SearchConfig(**CHEAP), run, resume=True, progress=False, fitness=Counting())
     assert again.run().counts["pending"] == 0  # ... so it can be resumed (nothing left to do)
+
+
+def test_bad_init_expression_or_mismatched_model_leaves_no_run_behind(tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(UserError, match="init_expressions: 'foo\\(x\\)'"):
+        run_search(SearchConfig(**CHEAP, init_expressions=["foo(x)"]), out=run, progress=False)
+    with pytest.raises(UserError, match="does not fit dataset 'mnist1d'"):
+        run_search(SearchConfig(**CHEAP, model="resnet20"), out=run, progress=False)
+    assert not run.exists()
+    # ... and the search logger is left as it was found
+    import logging
+
+    assert not logging.getLogger("gp_activations.search").handlers
+
+
+def test_file_references_are_stored_absolute(tmp_path, monkeypatch, faulty_primitives):
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    helpers = tmp_path / "helpers_here.py"
+    helpers.write_text("def score(act, seed):\n    return 0.5\n")
+    run_search(SearchConfig(**{**CHEAP, "generations": 1, "fitness": "helpers_here.py:score"},
+                            primitives="faulty_ops.py", init_expressions=["tanh(x)"]),
+               out=run, progress=False)
+    stored = RunStore.open(run).config()
+    assert stored["fitness"] == f"{helpers}:score"
+    assert stored["primitives"] == str(tmp_path / "faulty_ops.py")
+
+
+def test_executors_need_at_least_one_worker():
+    from gp_activations.search.executors import make_executor
+
+    for workers, threads in ((0, 1), (-1, 1), (1, 0)):
+        with pytest.raises(UserError, match="must be >= 1"):
+            make_executor("process", workers=workers, threads=threads, timeout=None, gpus=0)

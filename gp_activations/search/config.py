@@ -33,7 +33,8 @@ from .evolution import MUTATIONS, SHAPES
 
 @dataclass
 class SearchConfig:
-    """Every knob of a search.  Defaults are the embedded default run (mnist1d / cnn1d)."""
+    """Every knob of a search.  The defaults make a modest serial run on mnist1d / cnn1d;
+    ``experiments/mnist1d.toml`` (what ``make run`` uses) tunes them for 2 CPU workers."""
 
     # task
     dataset: str = "mnist1d"
@@ -58,7 +59,7 @@ class SearchConfig:
     mutation_weights: dict = field(default_factory=dict)
     max_height: int = 6
     max_size: int = 24
-    init_zoo: bool = True  # seed generation 0 with the zoo
+    init_zoo: bool = True  # generation 0 = the 12 plain zoo functions + random trees up to population
     init_expressions: list = field(default_factory=list)  # extra seeds (pangaea-style text)
     # learnable parameters
     param_variants: int = 3  # parametric variants per new function, besides the plain one
@@ -129,8 +130,6 @@ class SearchConfig:
         self._validate_evaluate()
 
     def _validate_evaluate(self) -> None:
-        from ..train import TrainConfig
-
         ev = self.evaluate
         known = {"top": int, "seeds": int, "epochs": (int, float), "baselines": (list, str),
                  "train": dict}

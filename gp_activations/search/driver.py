@@ -33,7 +33,7 @@ from ..primitive_sets import load_primitive_set
 from .config import SearchConfig
 from .evolution import (choose_param_edges, crossover, make_toolbox, mutate,
                         select_softmax, select_tournament)
-from .executors import make_executor
+from .executors import default_task_timeout, make_executor
 from .screening import screen
 from .store import RunStore, is_run_dir
 from .worker import resolve_reference
@@ -113,6 +113,16 @@ class Search:
         self.toolbox = make_toolbox(self.pset, max_height=cfg.max_height, max_size=cfg.max_size,
                                     weights=cfg.mutation_weights)
         self.train_config = cfg.train_config()
+        for text in cfg.init_expressions:  # a typo must not leave a half-made run behind
+            try:
+                Activation.from_string(text, self.pset)
+            except UserError as exc:
+                raise UserError(f"init_expressions: {text!r}: {exc}") from None
+        if not self.fitness and not resume:
+            from ..train import check_model
+
+            check_model(self.model, self.data if self.data is not None else cfg.dataset,
+                        data_dir=cfg.data_dir, verify=cfg.verify, download=cfg.download)
         if not resume:
             self.store = RunStore.create(self.run_dir, self._storable_config(config))
             self.store.lock()
@@ -131,10 +141,16 @@ class Search:
 
     # -- configuration -------------------------------------------------------------------------
     def _storable_config(self, config: SearchConfig) -> dict:
+        """The config as stored in the run: file references made absolute (so that resume and
+        evaluate work from any directory), Python objects named but not stored."""
         values = config.to_dict()
         for key, obj in (("model", self.model), ("data", self.data), ("fitness", self.fitness)):
             if obj is not None and not isinstance(obj, str):
                 values[key] = f"<python object {getattr(obj, '__qualname__', type(obj).__name__)}>"
+            elif isinstance(obj, str) and ".py:" in obj:
+                path, _, attr = obj.rpartition(":")
+                values[key] = f"{Path(path).expanduser().resolve()}:{attr}"
+        values["primitives"] = self.pset.spec  # a built-in name, an absolute path or module:attr
         return values
 
     def _device(self) -> tuple[str, int]:
@@ -188,18 +204,25 @@ class Search:
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted; finished evaluations are saved")
+        except BaseException:
+            log.exception("search stopped by an error")
+            self._stop_logging()
+            self.store.unlock()
+            raise
         finally:
             if self.executor is not None:
                 self.executor.close()
                 self.executor = None
             if self.bar is not None:
                 self.bar.close()
-        result = self.result(interrupted, time.time() - started)
-        log.info("search %s after %.1f s: %s", "interrupted" if interrupted else "finished",
-                 result.wall_time, result.counts)
-        self._stop_logging()
-        self.store.unlock()
-        return result
+        try:
+            result = self.result(interrupted, time.time() - started)
+            log.info("search %s after %.1f s: %s", "interrupted" if interrupted else "finished",
+                     result.wall_time, result.counts)
+            return result
+        finally:
+            self._stop_logging()
+            self.store.unlock()
 
     def _budget_left(self) -> float:
         if self.config.budget is None:
@@ -251,7 +274,7 @@ class Search:
                 "INSERT INTO generations(generation, state, rng_state, created_at) VALUES (?, 'created', ?, ?)",
                 (generation, json.dumps(random.getstate()), time.time()))
             hits = self.store.get_meta("dedup_hits", 0) + dedup_hits
-            self.store._set_meta("dedup_hits", hits)
+            self.store.set_meta("dedup_hits", hits)
         log.info("generation %d created: %d new functions, %d duplicates skipped", generation,
                  new_functions, dedup_hits)
         if self.bar is not None:
@@ -355,10 +378,7 @@ class Search:
             return
         _, gpus = self._device()
         cfg = self.config
-        timeout = cfg.task_timeout
-        if timeout is None and cfg.executor != "serial":
-            limit = self.train_config.time_limit
-            timeout = 2 * limit + 120 if limit else 3600.0
+        timeout = cfg.task_timeout or default_task_timeout(cfg.executor, self.train_config)
         self.executor = make_executor(cfg.executor, workers=cfg.workers, threads=cfg.threads,
                                       timeout=timeout, gpus=gpus, ray_address=cfg.ray_address,
                                       run_dir=self.run_dir, warmup=self._base_task())

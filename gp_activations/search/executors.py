@@ -295,9 +295,20 @@ class RayExecutor:
             self.ray.shutdown()  # its session files stay (linked from) the run directory, for debugging
 
 
+def default_task_timeout(kind: str, train_config) -> Optional[float]:
+    """Seconds after which a worker is presumed hung: generous, since a CPU training of a big
+    model legitimately takes hours (set ``task_timeout`` for a tighter limit)."""
+    if kind == "serial":
+        return None  # in-process: only the trainer's own (soft) time limit applies
+    limit = getattr(train_config, "time_limit", None)
+    return 2 * limit + 120 if limit else 24 * 3600.0
+
+
 def make_executor(kind: str, *, workers: int, threads: int, timeout: Optional[float], gpus: int,
                   ray_address: Optional[str] = None, run_dir: Optional[Path] = None,
                   warmup: Optional[dict] = None):
+    if workers < 1 or threads < 1:
+        raise UserError(f"workers and threads must be >= 1 (got {workers} and {threads})")
     if kind == "serial":
         return SerialExecutor(threads=threads)
     if kind == "process":

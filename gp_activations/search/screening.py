@@ -61,9 +61,9 @@ def function_key(act: Activation) -> str:
     return _fingerprint(act, PROBE, None)
 
 
-def dedup_key(act: Activation) -> str:
+def dedup_key(act: Activation, plain: Optional[str] = None) -> str:
     """Fingerprint of the parametric family: values with scalars at init and moved off it."""
-    plain = function_key(act)
+    plain = plain or function_key(act)
     if not act.slots:
         return plain
     # Equivalent placements may number their scalars differently, so every scalar moves by
@@ -76,7 +76,8 @@ def screen(act: Activation, *, max_forward_cost: float = 400.0,
            constant_tol: float = 1e-3) -> Screening:
     """Decide whether ``act`` is worth training; compute its dedup keys."""
     try:
-        keys = (dedup_key(act), function_key(act))
+        plain = function_key(act)
+        keys = (dedup_key(act, plain), plain)
     except Exception as exc:  # noqa: BLE001 -- a user operator's bug fails this candidate only
         return Screening(False, f"{type(exc).__name__}: {exc}".splitlines()[0], failed=True)
     try:
@@ -109,7 +110,6 @@ def _rejection_reason(act, max_forward_cost, constant_tol) -> Optional[str]:
         spread = (out.max() - out.min()).item()
     if spread < constant_tol:
         return f"(near-)constant output on [-5, 5] (range {spread:.2e})"
-    # 3. forward time against ReLU on the same tensor
     # 3. forward cost: a deterministic estimate (see operators.COSTS), not a timing
     if max_forward_cost and act.estimated_cost > max_forward_cost:
         return (f"forward pass too slow: estimated {act.estimated_cost:.0f} ReLUs "

@@ -196,8 +196,12 @@ class RunStore:
                         "UPDATE SET value = excluded.value", (key, json.dumps(value)))
 
     def set_meta(self, key: str, value) -> None:
-        with self.db:
+        """Store a JSON value: committed now, or with the caller's open transaction."""
+        if self.db.in_transaction:
             self._set_meta(key, value)
+        else:
+            with self.db:
+                self._set_meta(key, value)
 
     def get_meta(self, key: str, default=None):
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
