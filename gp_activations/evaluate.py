@@ -302,6 +302,14 @@ def _tex_escape(text: str) -> str:
     return str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("#", r"\#")
 
 
+def format_p(p: Optional[float]) -> str:
+    """A p-value for a table: three decimals, or scientific notation below 0.001 (so that a
+    highly significant result does not print as 0.000)."""
+    if p is None:
+        return ""
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
 def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
     from .activation import Activation
 
@@ -320,8 +328,7 @@ def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
         acc = f"{100 * r.mean:.2f} $\\pm$ {100 * r.std:.2f}"
         if r.best:
             acc = rf"\textbf{{{100 * r.mean:.2f}}} $\pm$ {100 * r.std:.2f}"
-        p = "--" if r.p_vs_relu is None else (f"{r.p_vs_relu:.3f}" if r.p_vs_relu >= 0.001 else
-                                               f"{r.p_vs_relu:.1e}")
+        p = format_p(r.p_vs_relu) or "--"
         label = r.label.replace("#", r"\#").replace("_", r"\_")
         lines.append(f"{label} & {tex_name(r)} & {acc} & {r.n} & {p} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
@@ -331,7 +338,7 @@ def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
 def format_table(rows: Sequence[ResultRow]) -> str:
     out = [f"{'activation':12s} {'test accuracy':>17s} {'n':>3s} {'p vs relu':>10s}  function"]
     for r in rows:
-        p = "" if r.p_vs_relu is None else f"{r.p_vs_relu:.4f}"
+        p = format_p(r.p_vs_relu)
         mark = " *" if r.best else "  "
         failed = f" ({r.failed} failed)" if r.failed else ""
         out.append(f"{r.label:12s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d}{failed} {p:>10s}  "

@@ -331,6 +331,8 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
                   "![learned scalars over epochs](params_epochs.png)", ""]
     rows, protocol = _results_rows(store)
     if rows:
+        from .evaluate import format_p
+
         lines += ["## Final evaluation (test set)", "",
                   f"{protocol['dataset']} / {protocol['model'] or 'default model'}, "
                   f"{protocol['epochs']:g} epochs; mean ± std over seeds; p: Welch's t-test vs ReLU.", "",
@@ -338,7 +340,7 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
         for r in rows:
             acc = f"{100 * r.mean:.2f} ± {100 * r.std:.2f}"
             acc = f"**{acc}**" if r.best else acc
-            p = "" if r.p_vs_relu is None else f"{r.p_vs_relu:.4f}"
+            p = format_p(r.p_vs_relu)
             fn = f"`{r.expression}`" + (f" @ {r.params}" if r.params else "")
             lines.append(f"| {r.label} | {acc} | {r.n} | {p} | {fn} |")
         lines.append("")

@@ -446,3 +446,11 @@ def test_a_run_searched_with_a_fitness_function_needs_a_dataset_and_model(tmp_pa
                  "--no-progress"]) == 0
     capsys.readouterr()
     assert (run / "results_digits_cnn_digits.csv").is_file()
+
+
+@pytest.mark.parametrize("p, text", [(None, ""), (0.2826, "0.283"), (0.001, "0.001"),
+                                     (2.18518e-08, "2.2e-08"), (0.0, "0.0e+00")])
+def test_p_values_never_print_as_zero_when_tiny(p, text):
+    from gp_activations.evaluate import format_p
+
+    assert format_p(p) == text
