@@ -416,7 +416,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extras = parser.parse_known_args(argv)
+        if extras:  # name the sub-command whose help lists the valid flags
+            prog = f"{PROG} {args.command}" if getattr(args, "command", None) else PROG
+            where = f"{prog}: " if prog != PROG else ""
+            raise UserError(f"{where}unrecognized arguments: {' '.join(extras)} "
+                            f"(see {prog} --help)")
         if not getattr(args, "func", None):
             parser.print_help()
             return 0
