@@ -396,6 +396,11 @@ class Search:
             return
         self._start_executor()
         base = self._base_task()
+        # Longest first, by the deterministic cost estimate: the generation then ends on short
+        # trainings, so workers idle less at its boundary.  Every training has its own seed, so
+        # the order changes the wall time only, never a result.
+        rows = sorted(rows, key=lambda r: -Activation.from_string(
+            r["expression"], self.pset, json.loads(r["params"])).estimated_cost)
         tasks = [self._task(r, base) for r in rows]
         self.executor.run(tasks, self._on_start, self._on_result)
 

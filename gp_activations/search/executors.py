@@ -14,6 +14,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import sys
 import tempfile
 import time
 from collections import deque
@@ -40,10 +41,12 @@ class SerialExecutor:
 
     name = "serial"
 
-    def __init__(self, threads: int = 1, **_):
+    def __init__(self, threads: int = 1, warmup: Optional[dict] = None, **_):
         self.threads = threads
         self.workers = 1
         self._saved_threads = None
+        if warmup:  # as a worker process would: the first evaluation's time is its own
+            prepare(warmup)
 
     def run(self, tasks: list, on_start: OnStart, on_result: OnResult) -> None:
         if self._saved_threads is None:
@@ -83,9 +86,13 @@ def _worker_main(conn, env: dict, warmup: Optional[dict] = None) -> None:  # pra
         try:
             task = conn.recv()
         except (EOFError, KeyboardInterrupt):
-            return
+            task = None
         if task is None:
-            return
+            # Every result has been sent; skip the interpreter's teardown (about 1 s with torch
+            # loaded, which the driver would wait for at the end of every search).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(0)
         conn.send(evaluate_task(task))
 
 
@@ -310,7 +317,7 @@ def make_executor(kind: str, *, workers: int, threads: int, timeout: Optional[fl
     if workers < 1 or threads < 1:
         raise UserError(f"workers and threads must be >= 1 (got {workers} and {threads})")
     if kind == "serial":
-        return SerialExecutor(threads=threads)
+        return SerialExecutor(threads=threads, warmup=warmup)
     if kind == "process":
         return ProcessExecutor(workers=workers, threads=threads, timeout=timeout, gpus=gpus,
                                warmup=warmup)

@@ -81,8 +81,8 @@ def _plain_json(value):
 
 
 def prepare(task: dict) -> None:
-    """Load what every task of a run shares (its dataset) ahead of the first task, so that a
-    worker's start-up overlaps the driver's work instead of the first evaluation."""
+    """Load what every task of a run shares (its dataset, torch's lazy imports) ahead of the first
+    task, so that a worker's start-up overlaps the driver's work instead of the first evaluation."""
     try:
         if task.get("fitness"):
             _resolve(task["fitness"])
@@ -96,6 +96,11 @@ def prepare(task: dict) -> None:
                         verify=task.get("verify", True))
     except Exception:  # noqa: BLE001 -- the first real task reports the problem
         pass
+    # A process's first torch.optim optimizer imports torch._dynamo (about 1.7 s here): pay it
+    # now, not inside the first candidate's training time.
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
 def evaluate_task(task: dict) -> dict:
