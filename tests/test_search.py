@@ -353,6 +353,21 @@ def test_equal_functions_train_once(tmp_path):
     assert len({t["function_id"] for t in result.top}) == len(result.top)
 
 
+def test_each_generation_trains_its_longest_candidates_first(tmp_path):
+    fit = Counting()
+    run = tmp_path / "run"
+    run_search(SearchConfig(**{**CHEAP, "population": 6, "generations": 3}), out=run,
+               progress=False, fitness=fit)
+    generation = {(r["expression"], tuple(json.loads(r["params"]))): r["generation"]
+                  for r in rows(run, "duplicate_of IS NULL AND started_at IS NOT NULL")}
+    assert len(generation) == len(fit.calls)
+    for g in sorted(set(generation.values())):
+        costs = [Activation.from_string(e, "pangaea", p).estimated_cost
+                 for e, p in fit.calls if generation[(e, p)] == g]
+        assert len(costs) > 1 and len(set(costs)) > 1  # there is an order to check
+        assert costs == sorted(costs, reverse=True), f"generation {g}: {costs}"
+
+
 def test_parametric_variants_share_a_dedup_key_whichever_way_written():
     a = Activation.from_string("mul(x, sigmoid(x))", params=[3])  # x·σ(p·x)
     b = Activation.from_string("mul(sigmoid(x), x)", params=[2])  # σ(p·x)·x
