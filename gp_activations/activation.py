@@ -298,6 +298,29 @@ class Activation:
         """
         return export_torch_source(self, values, class_name)
 
+    EXPORT_FORMATS = ("latex", "sympy", "torch", "json")
+
+    def export(self, fmt: str, values=None) -> str:
+        """The one export entry point: ``fmt`` is latex, sympy, torch or json.
+
+        ``values``: learned scalars -- one dict for the whole function, or (torch) a list of
+        dicts, one per activation site; latex/sympy take one dict (a list is averaged over
+        sites by the caller).
+        """
+        one = values if isinstance(values, dict) else None
+        if fmt == "latex":
+            return self.latex(values=one)
+        if fmt == "sympy":
+            return str(self.sympy(values=one))
+        if fmt == "torch":
+            return self.torch_source(values=values)
+        if fmt == "json":
+            data = self.to_dict()
+            if values is not None:
+                data["learned"] = values
+            return json.dumps(data, indent=2)
+        raise UserError(f"unknown format {fmt!r}; choose {', '.join(self.EXPORT_FORMATS)}")
+
     def to_dict(self) -> dict:
         return {"format": JSON_FORMAT, "version": 1, "expression": self.expression,
                 "primitives": self.primitives, "params": list(self.params),

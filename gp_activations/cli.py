@@ -86,26 +86,10 @@ def cmd_zoo(args) -> int:
 
 def _activation_from_args(args):
     from . import zoo
-    from .activation import Activation
 
     if args.expr is None:
         raise UserError("export: give --expr EXPR (an expression or zoo name) or a RUN directory")
-    text = args.expr
-    if text in zoo.names() and args.primitives == "pangaea" and not args.params:
-        return zoo.get(text)
-    return Activation.from_string(text, args.primitives, _parse_int_list(args.params, "--params"))
-
-
-def render(act, fmt: str, values=None) -> str:
-    if fmt == "latex":
-        return act.latex(values=values if isinstance(values, dict) else None)
-    if fmt == "sympy":
-        return str(act.sympy(values=values if isinstance(values, dict) else None))
-    if fmt == "torch":
-        return act.torch_source(values=values)
-    if fmt == "json":
-        return act.to_json()
-    raise UserError(f"unknown format {fmt!r}; choose latex, sympy, torch or json")
+    return zoo.resolve(args.expr, args.primitives, _parse_int_list(args.params, "--params"))
 
 
 def cmd_export(args) -> int:
@@ -119,7 +103,7 @@ def cmd_export(args) -> int:
         text = export_from_run(args.run, rank=args.rank, fmt=args.format,
                                with_learned=args.with_learned_params)
     else:
-        text = render(_activation_from_args(args), args.format)
+        text = _activation_from_args(args).export(args.format)
     _write_output(text, args.out)
     return 0
 
@@ -139,7 +123,6 @@ def cmd_train(args) -> int:
     import json
 
     from . import zoo
-    from .activation import Activation
     from .data import dataset_names, get_dataset_info
     from .train import check_model, default_config, resolve_device, train
 
@@ -148,11 +131,7 @@ def cmd_train(args) -> int:
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     device = resolve_device(args.device)
-    params = _parse_int_list(args.params, "--params")
-    if args.act in zoo.names() and not params and args.primitives == "pangaea":
-        act = zoo.get(args.act)
-    else:
-        act = Activation.from_string(args.act, args.primitives, params)
+    act = zoo.resolve(args.act, args.primitives, _parse_int_list(args.params, "--params"))
     overrides = {"epochs": args.epochs, "per_channel": args.per_channel or None,
                  "fused": args.fused or None, "threads": args.threads, "lr": args.lr,
                  "batch_size": args.batch_size, "time_limit": args.time_limit}
@@ -214,7 +193,8 @@ def _add_data_args(p) -> None:
 # ---------------------------------------------------------------------------------------------
 _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", "budget",
                  "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
-                 "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download")
+                 "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download",
+                 "param_variants", "allow_linear")
 
 
 def cmd_search(args) -> int:
@@ -261,6 +241,10 @@ def cmd_search(args) -> int:
         print(f"\ninterrupted: finished work is saved. Resume with:\n"
               f"  gp-activations search --out {out} --resume", file=sys.stderr)
         return 130
+    if result.all_failed:
+        print(f"\n{PROG}: error: no candidate of {out} trained successfully; the reasons:\n"
+              f"{result.failure_summary()}\n(details in {Path(out) / 'search.log'})", file=sys.stderr)
+        return 1
     print(f"next: gp-activations evaluate {out}   (retrain the top functions and baselines on "
           f"the test set)")
     return 0
@@ -355,7 +339,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="network (default: the dataset's), or file.py:function")
     p.add_argument("--primitives", help="built-in search space (default pangaea), .py file or "
                    "module:attr")
-    p.add_argument("--population", type=int, help="functions kept per generation (default 16)")
+    p.add_argument("--population", type=int, help="functions kept per generation, and new "
+                   "functions per generation (default 16); each new function costs 1 + "
+                   "--param-variants trainings (the plain function and its placements of "
+                   "learnable scalars)")
+    p.add_argument("--param-variants", type=int, help="placements of learnable scalars trained "
+                   "per new function besides the plain one (default 3; 0: plain functions only)")
+    p.add_argument("--allow-linear", action=argparse.BooleanOptionalAction, default=None,
+                   help="rank affine functions (x, 2x + 1: the network becomes linear) as "
+                   "discoveries, flagged (default: no)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--generations", type=int, help="generations (default 8)")
     g.add_argument("--budget", type=int, help="stop after this many trainings (instead of a "
@@ -369,10 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, help="CPU threads per evaluation (default 1)")
     p.add_argument("--device", help="auto (default), cpu or cuda")
     p.add_argument("--seed", type=int, help="evolution seed (default 0)")
-    p.add_argument("--per-channel", action="store_true", default=None,
+    p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                    help="learnable scalars per channel instead of per layer")
-    p.add_argument("--fused", action="store_true", default=None,
-                   help="torch.compile each candidate's activation (pays off on GPUs)")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile each candidate's activation (pays off on GPUs); "
+                   "--no-fused turns off a config's fused = true")
     p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed "
                    "(default: 24 h, or twice the training time limit)")
     p.add_argument("--ray-address", help="join an existing Ray cluster")

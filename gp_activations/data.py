@@ -87,6 +87,11 @@ DIGITS_TEST_FRACTION = 0.2
 DIGITS_TEST_SEED = 0  # the digits test split is fixed, whatever ``seed`` is
 VAL_FRACTION = 0.1
 CIFAR_VAL = 5_000
+#: A user's data without a test split: this fraction of the given (training) samples is
+#: carved off as the test set, with a fixed seed (whatever the run's seed), before the
+#: validation split is drawn from the rest -- the search never sees it.
+CUSTOM_TEST_FRACTION = 0.15
+CUSTOM_TEST_SEED = 0
 
 
 class ChecksumNotVerifiedWarning(UserWarning):
@@ -153,6 +158,20 @@ def _canonical_name(name) -> str:
     return key
 
 
+def describe_test_split(source) -> str:
+    """Where the test split of ``source`` (a dataset name, a Dataset, or a user's data as
+    :func:`as_dataset` takes it) comes from -- what reports print next to test accuracy."""
+    if isinstance(source, str) and ":" not in source:
+        key = _canonical_name(source)
+        if key == "mnist1d":
+            return "the mnist1d package's 2,000-sample test part"
+        if key == "digits":
+            return (f"{DIGITS_TEST_FRACTION:.0%} of the digits, stratified, fixed seed "
+                    f"{DIGITS_TEST_SEED}")
+        return "the official 10,000-image test files"
+    return as_dataset(source).test_source
+
+
 def get_dataset_info(name: str) -> DatasetInfo:
     """The :class:`DatasetInfo` for ``name`` (case-insensitive); UserError if unknown."""
     return DATASETS[_canonical_name(name)]
@@ -191,6 +210,9 @@ class Dataset:
     augment: bool = False
     mean: tuple = ()
     std: tuple = ()
+    #: Where the test split comes from, as reports print it ("the package's 2,000-sample test
+    #: part", "carved: 15 % of the given data, fixed seed 0", ...).
+    test_source: str = "given"
 
     @property
     def input_shape(self) -> tuple:
@@ -323,7 +345,8 @@ def _load_mnist1d(seed: int) -> Dataset:
         return torch.tensor(a[:, None, :], dtype=torch.float32)
 
     return Dataset("mnist1d", 10, xs(x[tr]), _labels(y[tr]), xs(x[va]), _labels(y[va]),
-                   xs(x_test), _labels(y_test), augment=False, mean=(0.0,), std=(1.0,))
+                   xs(x_test), _labels(y_test), augment=False, mean=(0.0,), std=(1.0,),
+                   test_source=f"the mnist1d package's {len(y_test):,}-sample test part")
 
 
 @functools.lru_cache(maxsize=None)
@@ -357,7 +380,9 @@ def _load_digits(seed: int) -> Dataset:
         return t.sub_(mean).div_(std)
 
     return Dataset("digits", 10, xs(tr), _labels(y[tr]), xs(va), _labels(y[va]),
-                   xs(test), _labels(y[test]), augment=False, mean=(mean,), std=(std,))
+                   xs(test), _labels(y[test]), augment=False, mean=(mean,), std=(std,),
+                   test_source=f"{len(test)} samples ({DIGITS_TEST_FRACTION:.0%}, stratified, "
+                               f"fixed seed {DIGITS_TEST_SEED})")
 
 
 # ----------------------------------------------------------------------------- CIFAR
@@ -509,7 +534,8 @@ def _load_cifar(key: str, *, data_dir, download: bool, verify: bool, seed: int) 
         _cifar_to_tensor(x_tr[tr], mean, std), _labels(y_tr[tr]),
         _cifar_to_tensor(x_tr[va], mean, std), _labels(y_tr[va]),
         _cifar_to_tensor(x_te, mean, std), _labels(y_te),
-        augment=True, mean=tuple(mean), std=tuple(std))
+        augment=True, mean=tuple(mean), std=tuple(std),
+        test_source=f"the official {len(y_te):,}-image test files")
 
 
 # ------------------------------------------------------------------------ augmentation
@@ -583,9 +609,14 @@ def as_dataset(source, name: str = "custom", num_classes: Optional[int] = None,
 
     ``source`` may be a :class:`Dataset`; a callable returning any of these (called once);
     a tuple/list of tensors ``(x_train, y_train, x_val, y_val[, x_test, y_test])`` or
-    ``(x_train, y_train)`` (a validation split is then carved with ``seed``); a dict with
-    those keys; or a tuple of torchvision-style datasets ``(train[, val[, test]])`` whose
-    items are ``(tensor, label)`` pairs.  Missing test data reuses the validation split.
+    ``(x_train, y_train)``; a dict with those keys; or a tuple of torchvision-style datasets
+    ``(train[, val[, test]])`` whose items are ``(tensor, label)`` pairs.
+
+    The test split is never the selection split: without test data,
+    :data:`CUSTOM_TEST_FRACTION` (15 %) of the given training samples is carved off as the test
+    set with the fixed seed :data:`CUSTOM_TEST_SEED`; without validation data,
+    ``val_fraction`` of the remaining training samples becomes the validation split (drawn
+    with ``seed``).  :attr:`Dataset.test_source` records which happened.
     """
     if isinstance(source, Dataset):
         return source
@@ -619,13 +650,24 @@ def as_dataset(source, name: str = "custom", num_classes: Optional[int] = None,
         if len(x) != len(y):
             raise UserError(f"custom data: {len(x)} inputs but {len(y)} labels")
     xs = [x.float() for x in xs]
-    if len(xs) == 1:
-        n_val = max(1, int(round(len(ys[0]) * val_fraction)))
-        tr, va = (torch.from_numpy(i) for i in _split_indices(len(ys[0]), n_val, seed))
-        xs, ys = [xs[0][tr], xs[0][va]], [ys[0][tr], ys[0][va]]
-    if len(xs) == 2:
-        xs, ys = xs + [xs[1]], ys + [ys[1]]
+    test_source = "given"
+    if len(xs) < 3:  # no test data: carve it from the training samples, fixed seed
+        n = len(ys[0])
+        n_test = int(round(n * CUSTOM_TEST_FRACTION))
+        if n_test < 1 or n - n_test < 2:
+            raise UserError(f"custom data: {n} training samples are too few to carve a test split "
+                            f"({CUSTOM_TEST_FRACTION:.0%}) from; give (x_test, y_test) as well")
+        rest, te = (torch.from_numpy(i) for i in _split_indices(n, n_test, CUSTOM_TEST_SEED))
+        test = (xs[0][te], ys[0][te])
+        xs, ys = [xs[0][rest]] + xs[1:], [ys[0][rest]] + ys[1:]
+        test_source = (f"carved: {len(te)} samples ({CUSTOM_TEST_FRACTION:.0%}) of the given "
+                       f"training data, fixed seed {CUSTOM_TEST_SEED}; never seen by the search")
+        if len(xs) == 1:
+            n_val = max(1, int(round(len(ys[0]) * val_fraction)))
+            tr, va = (torch.from_numpy(i) for i in _split_indices(len(ys[0]), n_val, seed))
+            xs, ys = [xs[0][tr], xs[0][va]], [ys[0][tr], ys[0][va]]
+        xs, ys = xs + [test[0]], ys + [test[1]]
     if num_classes is None:
         num_classes = int(max(int(y.max()) for y in ys)) + 1
     return Dataset(name=name, num_classes=int(num_classes), x_train=xs[0], y_train=ys[0],
-                   x_val=xs[1], y_val=ys[1], x_test=xs[2], y_test=ys[2])
+                   x_val=xs[1], y_val=ys[1], x_test=xs[2], y_test=ys[2], test_source=test_source)

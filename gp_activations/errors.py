@@ -22,3 +22,11 @@ class ExpressionError(UserError, ValueError):
         if position is not None:
             message = f"{message} (at position {position})"
         super().__init__(message)
+
+
+def did_you_mean(word, choices) -> str:
+    """``"; did you mean 'population'?"`` for a near miss among ``choices``, else ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

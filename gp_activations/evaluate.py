@@ -18,7 +18,6 @@ import csv
 import json
 import math
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ from . import zoo
 from .data import get_dataset_info
 from .errors import UserError
 from .models import MODELS
-from .search.config import SearchConfig
+from .search.config import SearchConfig, is_object_label, object_label
 from .search.executors import make_executor
+from .search.ranking import ranked_functions
 from .search.store import RunStore
 
 DEFAULT_BASELINES = ("relu", "silu", "gelu", "elu", "selu", "softplus", "mish", "tanh")
@@ -48,6 +48,13 @@ class ResultRow:
     primitives: str = "pangaea"
     failed: int = 0  # seeds whose training diverged, timed out or crashed
     best: bool = False
+    equals: Optional[str] = None  # a found function equal to this baseline (trained once, as it)
+    linear: bool = False  # an affine function (only ranked with allow_linear)
+
+    @property
+    def display_label(self) -> str:
+        return self.label + (f" = {self.equals}" if self.equals else "") + \
+            (" (linear)" if self.linear else "")
 
     @property
     def n(self) -> int:
@@ -75,7 +82,7 @@ def _protocol(train_config: dict, dataset: str, model) -> str:
 
 def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = None,
                  epochs: Optional[float] = None, baselines: Optional[Sequence[str]] = None,
-                 model: Optional[str] = None, dataset: Optional[str] = None,
+                 model=None, dataset: Optional[str] = None, data=None,
                  executor: Optional[str] = None, workers: Optional[int] = None,
                  device: Optional[str] = None, data_dir: Optional[str] = None,
                  task_timeout: Optional[float] = None, progress: bool = True) -> list[ResultRow]:
@@ -86,14 +93,20 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
     the run's own evaluate a *transfer*: the target's own preset schedule is used (the run's
     ``[evaluate]`` epochs and training overrides describe the run's own model), and the results
     go to ``results_<dataset>_<model>.csv/.tex``.
+
+    A run that :func:`~gp_activations.search.run_search` made from Python objects
+    (``model=make_model, data=load_data``) is evaluated by passing the same objects here:
+    ``model`` may be a registered name, a ``file.py:function`` reference or a callable taking
+    an activation factory; ``data`` anything :func:`~gp_activations.data.as_dataset` accepts.
     """
     store = RunStore.open(run_dir)
     try:
-        plan = _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset)
+        plan = _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data)
         protocol, entries, seeds = plan["protocol"], plan["entries"], plan["seeds"]
-        _record_protocol(store, protocol, seeds, plan["own"])
-        _schedule_rows(store, protocol, entries, seeds)
-        labels = [e[0] for e in entries]
+        _record_protocol(store, protocol, seeds, plan["own"], plan["test_split"], plan["flags"],
+                         [e[0] for e in entries])
+        _schedule_rows(store, protocol, [e for e in entries if e[0] not in plan["aliases"]], seeds)
+        labels = [e[0] for e in entries if e[0] not in plan["aliases"]]
         marks = ", ".join("?" for _ in labels)
         pending = store.db.execute(
             f"SELECT * FROM final WHERE protocol = ? AND status = 'pending' AND seed < ? AND label "
@@ -101,9 +114,9 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
         done_before = len(labels) * seeds - len(pending)
         if pending:
             _run_trainings(store, plan["cfg"], pending, plan["train_cfg"], plan["dataset"],
-                           plan["model"], executor, workers, device, data_dir, task_timeout,
+                           plan["model_obj"], plan["data_obj"], executor, workers, device, data_dir, task_timeout,
                            progress, done_before)
-        rows = summarize(store, protocol, labels, seeds)
+        rows = summarize(store, protocol, [e[0] for e in entries], seeds)
         stem = "results" if plan["own"] else f"results_{plan['dataset']}_{plan['model']}"
         write_results(Path(run_dir), rows, plan["train_cfg"].epochs, plan["dataset"],
                       plan["model"], stem)
@@ -112,7 +125,7 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
         store.close()
 
 
-def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset) -> dict:
+def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=None) -> dict:
     """Validate everything and decide the schedule before any row is stored."""
     from .train import default_config
 
@@ -126,21 +139,30 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset) -> dict
     if cfg.fitness and not (dataset and model):
         raise UserError(f"{run_dir} was searched with a fitness function ({cfg.fitness}), not a "
                         f"dataset and model: give --dataset and --model to evaluate its functions")
+    model_obj = model
+    if model is not None and not isinstance(model, str):
+        if not callable(model):
+            raise UserError(f"model must be a registered name, 'file.py:function' or a callable "
+                            f"taking an activation factory, got {type(model).__name__}")
+        model = object_label(model)
+    given = {"model": model_obj, "data": data}
     for key in ("model", "data"):
-        if str(getattr(cfg, key) or "").startswith("<python object"):
-            raise UserError(f"{run_dir} was searched with a Python {key} object; evaluate it from "
-                            f"Python (gp_activations.evaluate.evaluate_run) or give --dataset/--model")
-    found = store.top_functions(top, cfg.variant_fitness) if top else []
+        stored = getattr(cfg, key)
+        if is_object_label(stored) and given[key] is None and not (dataset and model):
+            raise UserError(f"{run_dir} was searched with a Python {key} object ({stored}); pass the "
+                            f"same objects: evaluate_run({str(run_dir)!r}, model=..., data=...) "
+                            f"(or give another dataset and model)")
+    found = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)[0] if top else []
     if top and not found:
         raise UserError(f"{run_dir} has no finished candidates to evaluate yet; run or resume the "
                         f"search first (gp-activations search --out {run_dir} --resume)")
-    custom = bool(cfg.data) and not dataset
+    custom = (bool(cfg.data) or data is not None) and not dataset
     run_dataset = cfg.dataset if cfg.data else get_dataset_info(cfg.dataset).name
     dataset = run_dataset if custom else get_dataset_info(dataset or cfg.dataset).name
     default_model = None if custom else get_dataset_info(dataset).default_model
     run_model = cfg.model or (None if cfg.data else get_dataset_info(run_dataset).default_model)
     model = model or (run_model if dataset == run_dataset else None) or default_model
-    if model is not None and ":" not in str(model) and model not in MODELS:
+    if model is not None and ":" not in str(model) and model not in MODELS and not is_object_label(model):
         raise UserError(f"unknown model {model!r}; known models: {', '.join(MODELS)}")
     own = (dataset, model) == (run_dataset, run_model)
     overrides = dict(ev.get("train", {})) if own else {}
@@ -152,23 +174,47 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset) -> dict
                                                **{k: v for k, v in overrides.items() if v is not None})
     else:
         train_cfg = default_config(dataset, "train", **overrides)
+    if model_obj is None or isinstance(model_obj, str):
+        model_obj = model
+    if data is None and custom:
+        data = cfg.data
     entries = []  # (label, kind, expression, primitives, params, candidate_id)
+    aliases = {}  # found functions equal to a baseline that is trained anyway: trained once
     for rank, item in enumerate(found, 1):
         cand = item["candidate"]
-        entries.append((f"found #{rank}", "found", cand["expression"], cand["primitives"],
+        label = f"found #{rank}"
+        entries.append((label, "found", cand["expression"], cand["primitives"],
                         json.loads(cand["params"]), cand["id"]))
+        if item["equals"] or item["linear"]:
+            aliases[label] = {"equals": item["equals"], "linear": item["linear"],
+                              "expression": cand["expression"], "primitives": cand["primitives"],
+                              "params": json.loads(cand["params"]),
+                              "trained_as": item["equals"] if item["equals"] in baselines else None}
     for name in baselines:
         act = zoo.get(name)
         entries.append((name, "baseline", act.expression, "pangaea", list(act.params), None))
+    from .data import describe_test_split
+    from .references import resolve_reference
+
+    source = data if custom else dataset
+    if isinstance(source, str) and ":" in source:
+        source = resolve_reference(source)
     return {"cfg": cfg, "seeds": seeds, "dataset": dataset, "model": model, "own": own,
+            "test_split": describe_test_split(source), "flags": aliases,
+            "aliases": {k for k, v in aliases.items() if v["trained_as"]},
+            "model_obj": model_obj, "data_obj": data if custom else None,
             "train_cfg": train_cfg, "entries": entries,
             "protocol": _protocol(train_cfg.to_dict(), dataset, model)}
 
 
-def _record_protocol(store, protocol: str, seeds: int, own: bool) -> None:
-    """Remember how many seeds were asked for under each protocol (the report uses it)."""
+def _record_protocol(store, protocol: str, seeds: int, own: bool, test_split: str,
+                     flags: dict, labels: list) -> None:
+    """Remember, per protocol, how many seeds were asked for, where its test split comes from,
+    the labels in table order and the flagged found functions (``found #1 = silu``: trained
+    once, as the baseline) -- :func:`summarize` and the report read them back."""
     protocols = store.get_meta("final_protocols", {})
-    protocols[protocol] = {"seeds": seeds, "own": own}
+    protocols[protocol] = {"seeds": seeds, "own": own, "test_split": test_split,
+                           "flags": flags, "labels": labels}
     store.set_meta("final_protocols", protocols)
 
 
@@ -195,8 +241,8 @@ def _schedule_rows(store, protocol, entries, seeds) -> None:
                     (label, kind, expr, prims, json.dumps(params), cid, seed, protocol))
 
 
-def _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, workers, device,
-                   data_dir, task_timeout, progress, done_before) -> None:
+def _run_trainings(store, cfg, pending, train_cfg, dataset, model, data, executor, workers,
+                   device, data_dir, task_timeout, progress, done_before) -> None:
     from .search.executors import default_task_timeout
     from .train import resolve_device
 
@@ -208,17 +254,17 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, wor
         gpus = torch.cuda.device_count()
     kind = executor or cfg.executor
     n_workers = workers or cfg.workers
-    base = {"dataset": dataset, "model": model, "data": cfg.data, "fitness": None,
+    base = {"dataset": dataset, "model": model, "data": data, "fitness": None,
             "data_dir": data_dir or cfg.data_dir, "verify": cfg.verify, "download": cfg.download,
             "train": train_cfg.to_dict(), "device": dev.type, "threads": cfg.threads,
             "split": "test"}
     tasks = [{**base, "id": row["id"], "expression": row["expression"],
               "primitives": row["primitives"], "params": json.loads(row["params"]),
               "seed": row["seed"]} for row in pending]
-    from tqdm import tqdm
+    from .progress import progress_bar
 
-    bar = tqdm(total=done_before + len(tasks), initial=done_before, unit="run", desc="evaluate",
-               disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    bar = progress_bar(total=done_before + len(tasks), initial=done_before, unit="run",
+                       desc="evaluate", disable=not progress)
 
     def on_start(task):
         with store.db:
@@ -232,7 +278,8 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, wor
             store.db.execute("UPDATE final SET status = ?, accuracy = ?, metrics = ?, finished_at = ? "
                              "WHERE id = ?", (status, accuracy, json.dumps(
                                  {**metrics, "error": result.get("error", "")}), time.time(), result["id"]))
-        bar.update(1)
+        if bar is not None:
+            bar.update(1)
 
     timeout = task_timeout or cfg.task_timeout or default_task_timeout(kind, train_cfg)
     runner = make_executor(kind, workers=n_workers, threads=cfg.threads, timeout=timeout,
@@ -241,18 +288,25 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, executor, wor
         runner.run(tasks, on_start, on_result)
     finally:
         runner.close()
-        bar.close()
+        if bar is not None:
+            bar.close()
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
     """Two-sided Welch's t-test p-value, or None when it is undefined (n < 2)."""
     if len(a) < 2 or len(b) < 2:
         return None
+    import warnings
+
     from scipy import stats
 
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
         return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
-    return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
+    with warnings.catch_warnings():
+        # nearly identical samples make scipy warn about precision loss in its moment
+        # calculation; the p-value is still right (and zero-variance pairs are handled above)
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
 
 
 def summarize(store: RunStore, protocol: str, labels: Sequence[str],
@@ -268,17 +322,22 @@ def summarize(store: RunStore, protocol: str, labels: Sequence[str],
                               (protocol, limit)).fetchall():
         by_label.setdefault(r["label"], []).append(r)
     relu = [r["accuracy"] for r in by_label.get("relu", []) if r["status"] == "done"]
+    flags = store.get_meta("final_protocols", {}).get(protocol, {}).get("flags", {})
     for label in labels:
-        recs = by_label.get(label, [])
+        flag = flags.get(label, {})
+        recs = by_label.get(flag.get("trained_as") or label, [])
         if not recs:
             continue
         accs = [r["accuracy"] for r in recs if r["status"] == "done" and r["accuracy"] is not None]
         mean = statistics.fmean(accs) if accs else float("nan")
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         p = None if label == "relu" else welch_p(accs, relu)
-        rows.append(ResultRow(label, recs[0]["kind"], recs[0]["expression"], json.loads(recs[0]["params"]),
-                              accs, mean, std, p, recs[0]["primitives"],
-                              failed=sum(r["status"] == "failed" for r in recs)))
+        rows.append(ResultRow(label, "found" if flag else recs[0]["kind"],
+                              flag.get("expression", recs[0]["expression"]),
+                              flag.get("params", json.loads(recs[0]["params"])), accs, mean, std, p,
+                              flag.get("primitives", recs[0]["primitives"]),
+                              failed=sum(r["status"] == "failed" for r in recs),
+                              equals=flag.get("equals"), linear=bool(flag.get("linear"))))
     finite = [r for r in rows if not math.isnan(r.mean)]
     if finite:
         max(finite, key=lambda r: r.mean).best = True
@@ -292,7 +351,7 @@ def write_results(run_dir: Path, rows: Sequence[ResultRow], epochs, dataset, mod
         w.writerow(["label", "kind", "expression", "params", "n", "mean", "std", "p_vs_relu",
                     "best", "accuracies", "failed"])
         for r in rows:
-            w.writerow([r.label, r.kind, r.expression, json.dumps(r.params), r.n, f"{r.mean:.6f}",
+            w.writerow([r.display_label, r.kind, r.expression, json.dumps(r.params), r.n, f"{r.mean:.6f}",
                         f"{r.std:.6f}", "" if r.p_vs_relu is None else f"{r.p_vs_relu:.6g}",
                         int(r.best), " ".join(f"{a:.6f}" for a in r.accuracies), r.failed])
     (run_dir / f"{stem}.tex").write_text(latex_table(rows, epochs, dataset, model))
@@ -329,7 +388,7 @@ def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
         if r.best:
             acc = rf"\textbf{{{100 * r.mean:.2f}}} $\pm$ {100 * r.std:.2f}"
         p = format_p(r.p_vs_relu) or "--"
-        label = r.label.replace("#", r"\#").replace("_", r"\_")
+        label = r.display_label.replace("#", r"\#").replace("_", r"\_")
         lines.append(f"{label} & {tex_name(r)} & {acc} & {r.n} & {p} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)
@@ -341,7 +400,7 @@ def format_table(rows: Sequence[ResultRow]) -> str:
         p = format_p(r.p_vs_relu)
         mark = " *" if r.best else "  "
         failed = f" ({r.failed} failed)" if r.failed else ""
-        out.append(f"{r.label:12s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d}{failed} {p:>10s}  "
+        out.append(f"{r.display_label:12s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d}{failed} {p:>10s}  "
                    f"{r.expression}" + (f" @ params {r.params}" if r.params else ""))
     out.append("(* best mean)")
     return "\n".join(out)

@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -132,9 +132,11 @@ class ActivationFactory:
         self.factory = factory
         self.takes_channels = _accepts_num_channels(factory)
 
-    def __call__(self, num_channels: int) -> nn.Module:
-        num_channels = int(num_channels)
-        if self.takes_channels:
+    def __call__(self, num_channels: Optional[int] = None) -> nn.Module:
+        """A fresh module for one site.  ``num_channels`` may be omitted (a user's model that
+        calls ``act()``); the wrapped factory then gets no channel count either."""
+        num_channels = None if num_channels is None else int(num_channels)
+        if self.takes_channels and num_channels is not None:
             module = self.factory(num_channels=num_channels)
         else:
             module = self.factory()

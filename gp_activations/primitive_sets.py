@@ -23,14 +23,10 @@ from its ``spec`` string, so nothing but text crosses process boundaries.
 
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import inspect
 import math
 import os
 import re
-import sys
 import traceback
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -41,6 +37,7 @@ from deap import gp
 from . import operators as ops
 from .errors import UserError
 from .operators import Operator
+from .references import import_file, resolve_reference
 
 BUILTIN_DIR = Path(__file__).resolve().parent.parent / "primitives"
 
@@ -225,24 +222,6 @@ def load_primitive_set(spec="pangaea") -> ActivationPrimitiveSet:
                     f"or give a path to a .py file or module:attr")
 
 
-def import_file(path: Path, prefix: str):
-    """Execute a user's ``.py`` file as a fresh module and return it; its exceptions propagate.
-
-    The module is registered in ``sys.modules`` under a name unique to the path, so that the
-    functions it defines can be found again by name (e.g. when a worker unpickles a task)."""
-    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
-    name = f"{prefix}_{path.stem}_{digest}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        sys.modules.pop(name, None)
-        raise
-    return module
-
-
 def _load_file(path: Path, spec: str) -> ActivationPrimitiveSet:
     key = (str(path), path.stat().st_mtime_ns)
     if key in _CACHE:
@@ -268,18 +247,12 @@ def _load_file(path: Path, spec: str) -> ActivationPrimitiveSet:
 
 
 def _load_attr(text: str) -> ActivationPrimitiveSet:
-    module_name, _, attr = text.partition(":")
     if text in _CACHE:
         return _CACHE[text]
     try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001
-        raise UserError(f"primitives {text!r}: cannot import module {module_name!r}: "
-                        f"{_message(exc)}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise UserError(f"primitives {text!r}: module {module_name!r} has no attribute {attr!r}") from None
+        obj = resolve_reference(text)
+    except UserError as exc:
+        raise UserError(f"primitives {exc}") from None
     if callable(obj) and not isinstance(obj, (SearchSpace, gp.PrimitiveSet)):
         obj = obj()
     if isinstance(obj, SearchSpace):

@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 from .activation import Activation
 from .errors import UserError
 from .search.config import SearchConfig
+from .search.ranking import flag_text, ranked_functions, skipped_note
 from .search.store import RunStore
 
 
@@ -33,7 +34,8 @@ from .search.store import RunStore
 # ---------------------------------------------------------------------------------------------
 def _ranked(store: RunStore, k: Optional[int] = None) -> list[dict]:
     cfg = store.config()
-    top = store.top_functions(k, cfg.get("variant_fitness", "best"))
+    top, _ = ranked_functions(store, k, cfg.get("variant_fitness", "best"),
+                              cfg.get("allow_linear", False))
     if not top:
         raise UserError(f"{store.run_dir} has no finished candidates yet; run or resume the search "
                         f"first (gp-activations search --out {store.run_dir} --resume)")
@@ -82,8 +84,6 @@ def mean_values(sites: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------
 def export_from_run(run_dir, rank: int = 1, fmt: str = "latex", with_learned: bool = False) -> str:
     """The rank-``rank`` function of a run as LaTeX, sympy, standalone torch code or JSON."""
-    from .cli import render
-
     store = RunStore.open(run_dir)
     if rank < 1:
         raise UserError(f"--rank must be >= 1, got {rank}")
@@ -99,12 +99,10 @@ def export_from_run(run_dir, rank: int = 1, fmt: str = "latex", with_learned: bo
             raise UserError(f"no learned values recorded for rank {rank} of {run_dir}")
         values = sites if fmt == "torch" else mean_values(sites)
     if fmt == "json":
-        data = act.to_dict()
+        data = json.loads(act.export("json", values))
         data["fitness"] = top[rank - 1]["fitness"]
-        if values is not None:
-            data["learned"] = values
         return json.dumps(data, indent=2)
-    return render(act, fmt, values)
+    return act.export(fmt, values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,10 +265,11 @@ def _results_rows(store: RunStore):
     protocol = report_protocol(store)
     if protocol is None:
         return None, None
-    labels = [r[0] for r in store.db.execute("SELECT label FROM final WHERE protocol = ? GROUP BY label "
-                                             "ORDER BY MIN(id)", (protocol,))]
-    seeds = store.get_meta("final_protocols", {}).get(protocol, {}).get("seeds")
-    return summarize(store, protocol, labels, seeds), json.loads(protocol)
+    recorded = store.get_meta("final_protocols", {}).get(protocol, {})
+    labels = recorded.get("labels") or [r[0] for r in store.db.execute(
+        "SELECT label FROM final WHERE protocol = ? GROUP BY label ORDER BY MIN(id)", (protocol,))]
+    described = {**json.loads(protocol), "_test_split": recorded.get("test_split")}
+    return summarize(store, protocol, labels, recorded.get("seeds")), described
 
 
 def comparison_table(stores: Sequence[RunStore]) -> list[str]:
@@ -320,7 +319,10 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
              "| rank | fitness | function | LaTeX |", "|---:|---:|---|---|"]
     for i, item in enumerate(top, 1):
         act = _activation(item["candidate"])
-        lines.append(f"| {i} | {item['fitness']:.4f} | `{act}` | ${act.latex()}$ |")
+        lines.append(f"| {i} | {item['fitness']:.4f} | `{act}`{flag_text(item)} | ${act.latex()}$ |")
+    _, skipped = ranked_functions(store, k, cfg.variant_fitness, cfg.allow_linear)
+    if skipped:
+        lines += ["", f"Note: {skipped_note(skipped)}."]
     lines += ["", "![shapes of the top functions](shapes.png)", "",
               "## Fitness over the run", "", "![fitness of every candidate](fitness.png)", ""]
     if others:
@@ -331,18 +333,21 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
                   "![learned scalars over epochs](params_epochs.png)", ""]
     rows, protocol = _results_rows(store)
     if rows:
+        test_split = protocol.pop("_test_split", None) or "the dataset's test split"
         from .evaluate import format_p
 
         lines += ["## Final evaluation (test set)", "",
                   f"{protocol['dataset']} / {protocol['model'] or 'default model'}, "
-                  f"{protocol['epochs']:g} epochs; mean ± std over seeds; p: Welch's t-test vs ReLU.", "",
+                  f"{protocol['epochs']:g} epochs; mean ± std over seeds; p: Welch's t-test vs ReLU.  "
+                  f"Measured on the test split ({test_split}), which the search never used: its "
+                  f"fitness is validation accuracy.", "",
                   "| activation | test accuracy (%) | n | p vs ReLU | function |", "|---|---:|---:|---:|---|"]
         for r in rows:
             acc = f"{100 * r.mean:.2f} ± {100 * r.std:.2f}"
             acc = f"**{acc}**" if r.best else acc
             p = format_p(r.p_vs_relu)
             fn = f"`{r.expression}`" + (f" @ {r.params}" if r.params else "")
-            lines.append(f"| {r.label} | {acc} | {r.n} | {p} | {fn} |")
+            lines.append(f"| {r.display_label} | {acc} | {r.n} | {p} | {fn} |")
         lines.append("")
     else:
         lines += ["## Final evaluation", "", f"Not run yet: `gp-activations evaluate {run_dir}`.", ""]

@@ -31,8 +31,9 @@ from torch import nn
 
 from . import data as data_mod
 from . import models as models_mod
+from . import zoo
 from .activation import Activation, ActivationModule
-from .errors import UserError
+from .errors import UserError, did_you_mean
 
 # ---------------------------------------------------------------------------------------------
 # Configuration and presets
@@ -62,25 +63,30 @@ class TrainConfig:
     fused: bool = False  # torch.compile the activation functions
     chance_check: bool = True  # stop after epoch 1 when accuracy is at chance
     max_steps_per_epoch: Optional[int] = None  # for benchmarks: a slice of each epoch
+    preset: str = ""  # which preset the values started from (default_config); recorded in runs
 
     def __post_init__(self):
-        if not (isinstance(self.epochs, (int, float)) and self.epochs > 0):
-            raise UserError(f"epochs must be a positive number, got {self.epochs!r}")
+        if not (isinstance(self.epochs, (int, float)) and not isinstance(self.epochs, bool)
+                and math.isfinite(self.epochs) and self.epochs > 0):
+            raise UserError(f"epochs must be a positive, finite number, got {self.epochs!r}")
         if int(self.batch_size) < 1:
             raise UserError(f"batch_size must be >= 1, got {self.batch_size!r}")
         if self.optimizer not in ("sgd", "adam"):
             raise UserError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if self.schedule not in ("cosine", "linear", "constant"):
             raise UserError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
-        if not self.lr > 0:
+        if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"lr must be positive, got {self.lr!r}")
         if self.threads is not None and int(self.threads) < 1:
             raise UserError(f"threads must be >= 1, got {self.threads!r}")
 
     def replace(self, **changes) -> "TrainConfig":
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(changes) - known
         if unknown:
-            raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}")
+            first = sorted(unknown)[0]
+            raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}"
+                            f"{did_you_mean(first, known)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -104,6 +110,15 @@ _PRESETS = {
         "fitness": dict(epochs=6, batch_size=64, optimizer="adam", lr=3e-3, weight_decay=0.0,
                         warmup=0.05, schedule="cosine"),
     },
+    # A user's dataset without a preset of its own (bring-your-own-task) -- never MNIST-1D's:
+    # Adam at 3e-3 with a short warm-up and cosine decay, a robust default for small tabular,
+    # 1-D and image tasks.  Runs record the preset they used ("custom").
+    "custom": {
+        "train": dict(epochs=20, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                      warmup=0.05, schedule="cosine"),
+        "fitness": dict(epochs=8, batch_size=128, optimizer="adam", lr=3e-3, weight_decay=0.0,
+                        warmup=0.05, schedule="cosine"),
+    },
     "cifar": {
         "train": dict(epochs=200, batch_size=128, optimizer="sgd", lr=0.1, weight_decay=5e-4,
                       warmup=0.01, schedule="cosine"),
@@ -119,10 +134,12 @@ def default_config(dataset: str, purpose: str = "train", **overrides) -> TrainCo
     name = str(dataset).strip().lower()
     name = data_mod._ALIASES.get(name, name)  # "CIFAR-10" is cifar10, not the mnist1d preset
     key = "cifar" if name.startswith("cifar") else name
-    presets = _PRESETS.get(key, _PRESETS["mnist1d"])
+    if key not in _PRESETS:
+        key = "custom"  # a user's dataset: the documented custom preset, never MNIST-1D's
+    presets = _PRESETS[key]
     if purpose not in presets:
         raise UserError(f"purpose must be 'train' or 'fitness', got {purpose!r}")
-    values = dict(presets[purpose])
+    values = dict(presets[purpose], preset=f"{key}/{purpose}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)
 
@@ -194,11 +211,7 @@ def resolve_activation(activation, primitives="pangaea") -> Union[Activation, Ca
     if isinstance(activation, Activation) or callable(activation):
         return activation
     if isinstance(activation, str):
-        from . import zoo
-
-        if activation in zoo.names():
-            return zoo.get(activation)
-        return Activation.from_string(activation, primitives)
+        return zoo.resolve(activation, primitives)
     raise UserError(f"activation must be an expression, a zoo name or a factory, "
                     f"got {type(activation).__name__}")
 
@@ -234,14 +247,16 @@ def build_network(model, act_factory, ds: data_mod.Dataset) -> nn.Module:
         kwargs = {}
         if "num_classes" in params:
             kwargs["num_classes"] = ds.num_classes
-        return model(act_factory, **kwargs)
+        # A user's model may call act(), act(C) or act(num_channels=C), whatever the factory
+        # underneath accepts (nn.ReLU takes no channel count; an Activation's factory does).
+        return model(models_mod.as_site_factory(act_factory), **kwargs)
     raise UserError(f"model must be a name ({', '.join(models_mod.model_names())}) or a callable")
 
 
 def check_model(model, dataset, *, data_dir=None, verify=True, download=False) -> None:
     """Fail fast, with one line, when ``model`` cannot take ``dataset``'s inputs -- instead of
     every candidate of a search failing the same way.  One forward pass of two samples."""
-    from .search.worker import resolve_reference
+    from .references import resolve_reference
 
     if isinstance(dataset, str) and ":" in dataset:  # a user's loader, "file.py:function"
         dataset = resolve_reference(dataset)

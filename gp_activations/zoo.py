@@ -77,3 +77,18 @@ def get(name: str) -> Activation:
 def reference(name: str) -> Callable:
     """The torch implementation the zoo entry is tested against."""
     return entry(name).reference
+
+
+def resolve(text, primitives="pangaea", params=()) -> Activation:
+    """The one "zoo name or expression" resolver of the command line and the library: a zoo
+    name (over ``pangaea``, without extra ``params``) gives that entry, with its own learnable
+    scalars; any other text is parsed as an expression over ``primitives``.  An
+    :class:`Activation` passes through."""
+    if isinstance(text, Activation):
+        return text
+    if not isinstance(text, str):
+        raise UserError(f"activation must be an expression or a zoo name, got {type(text).__name__}")
+    params = list(params)
+    if text.strip() in ENTRIES and not params and primitives in ("pangaea", None):
+        return get(text.strip())
+    return Activation.from_string(text, primitives or "pangaea", params)

@@ -19,6 +19,7 @@ Unknown keys and values of the wrong type are reported as one line naming the ke
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -26,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..errors import UserError
+from ..errors import UserError, did_you_mean
 from ..train import TrainConfig
 from .evolution import MUTATIONS, SHAPES
 
@@ -65,6 +66,7 @@ class SearchConfig:
     param_variants: int = 3  # parametric variants per new function, besides the plain one
     max_params: int = 3  # learnable scalars per variant (1..max_params, random)
     variant_fitness: str = "best"  # "best" variant or the "plain" function's fitness
+    allow_linear: bool = False  # rank affine functions (x, 2x + 1) as discoveries (flagged)
     per_channel: bool = False
     # screening
     max_forward_cost: float = 400.0  # reject trees estimated slower than this many ReLUs (0: off)
@@ -99,7 +101,7 @@ class SearchConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"config: {key!r} must be one of {', '.join(allowed)}, "
-                                f"got {getattr(self, key)!r}")
+                                f"got {getattr(self, key)!r}{did_you_mean(getattr(self, key), allowed)}")
         positive = ("population", "generations", "workers", "threads", "max_height", "max_size",
                     "tournament_size")
         for key in positive:
@@ -109,8 +111,8 @@ class SearchConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise UserError(f"config: {key!r} must be >= 1, got {value!r}")
-        if self.epochs is not None and not self.epochs > 0:
-            raise UserError(f"config: 'epochs' must be positive, got {self.epochs!r}")
+        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise UserError(f"config: 'epochs' must be a positive, finite number, got {self.epochs!r}")
         if not self.temperature > 0:
             raise UserError(f"config: 'temperature' must be positive, got {self.temperature!r}")
         if not 0 <= self.crossover <= 1:
@@ -119,7 +121,8 @@ class SearchConfig:
             raise UserError("config: 'elitism' and 'param_variants' must be >= 0, 'max_params' >= 1")
         for name, weight in self.mutation_weights.items():
             if name not in MUTATIONS:
-                raise UserError(f"config: unknown mutation {name!r} in 'mutation_weights' "
+                raise UserError(f"config: unknown mutation {name!r} in 'mutation_weights'"
+                                f"{did_you_mean(name, MUTATIONS)} "
                                 f"(known: {', '.join(MUTATIONS)})")
             if not isinstance(weight, (int, float)) or weight < 0:
                 raise UserError(f"config: mutation_weights.{name} must be a number >= 0")
@@ -135,16 +138,18 @@ class SearchConfig:
                  "train": dict}
         for key, value in ev.items():
             if key not in known:
-                raise UserError(f"config: unknown key {key!r} in [evaluate] (known: "
-                                f"{', '.join(known)})")
+                raise UserError(f"config: unknown key {key!r} in [evaluate]{did_you_mean(key, known)} "
+                                f"(known: {', '.join(known)})")
             if isinstance(value, bool) or not isinstance(value, known[key]):
                 raise UserError(f"config: [evaluate] {key!r} has the wrong type: {value!r}")
-        if ev.get("top", 0) < 0 or ev.get("seeds", 1) < 1 or ev.get("epochs", 1) <= 0:
-            raise UserError("config: [evaluate] needs top >= 0, seeds >= 1 and epochs > 0")
+        if ev.get("top", 0) < 0 or ev.get("seeds", 1) < 1 or not (
+                math.isfinite(ev.get("epochs", 1)) and ev.get("epochs", 1) > 0):
+            raise UserError("config: [evaluate] needs top >= 0, seeds >= 1 and a finite epochs > 0")
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = set(ev.get("train", {})) - fields
         if unknown:
-            raise UserError(f"config: unknown key {sorted(unknown)[0]!r} in [evaluate.train]")
+            key = sorted(unknown)[0]
+            raise UserError(f"config: unknown key {key!r} in [evaluate.train]{did_you_mean(key, fields)}")
 
     @property
     def n_offspring(self) -> int:
@@ -158,7 +163,8 @@ class SearchConfig:
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = set(overrides) - known
         if unknown:
-            raise UserError(f"config: unknown key {sorted(unknown)[0]!r} in [train] "
+            key = sorted(unknown)[0]
+            raise UserError(f"config: unknown key {key!r} in [train]{did_you_mean(key, known)} "
                             f"(known: {', '.join(sorted(known))})")
         if self.epochs is not None:
             overrides["epochs"] = self.epochs
@@ -181,7 +187,8 @@ class SearchConfig:
         clean = {}
         for key, value in values.items():
             if key not in known:
-                raise UserError(f"{where}: unknown key {key!r} (known: {', '.join(sorted(known))})")
+                raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, known)} "
+                                f"(known: {', '.join(sorted(known))})")
             clean[key] = _coerce(key, value, hints[key], where)
         return cls(**clean)
 
@@ -221,6 +228,15 @@ def _coerce(key: str, value, hint, where: str):
         raise UserError(f"{where}: {key!r} must be {names.get(expected, expected.__name__)}, "
                         f"got {value!r}")
     return value
+
+
+def object_label(obj) -> str:
+    """How a run names a Python object it was given (the object itself is not stored)."""
+    return f"<python object {getattr(obj, '__qualname__', type(obj).__name__)}>"
+
+
+def is_object_label(value) -> bool:
+    return isinstance(value, str) and value.startswith("<python object")
 
 
 def cpu_count() -> int:

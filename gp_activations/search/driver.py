@@ -20,7 +20,6 @@ import json
 import logging
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +29,14 @@ from .. import zoo
 from ..activation import Activation
 from ..errors import UserError
 from ..primitive_sets import load_primitive_set
-from .config import SearchConfig
+from .config import SearchConfig, is_object_label, object_label
 from .evolution import (choose_param_edges, crossover, make_toolbox, mutate,
                         select_softmax, select_tournament)
 from .executors import default_task_timeout, make_executor
+from .ranking import flag_text, ranked_functions, skipped_note
 from .screening import screen
 from .store import RunStore, is_run_dir
-from .worker import resolve_reference
+from ..references import resolve_reference
 
 log = logging.getLogger("gp_activations.search")
 
@@ -54,13 +54,28 @@ class SearchResult:
     interrupted: bool = False
     wall_time: float = 0.0
 
+    skipped_note: str = ""  # affine functions left out of the ranking
+    failures: list = field(default_factory=list)  # (reason, count), most common first
+
+    @property
+    def all_failed(self) -> bool:
+        """Nothing trained successfully although something was tried."""
+        return self.counts.get("done", 0) == 0 and bool(self.failures)
+
+    def failure_summary(self, limit: int = 5) -> str:
+        lines = [f"  {n:4d} x {reason}" for reason, n in self.failures[:limit]]
+        more = len(self.failures) - limit
+        return "\n".join(lines + ([f"  ... and {more} other reasons"] if more > 0 else []))
+
     def table(self) -> str:
         lines = [f"{'rank':>4s}  {'fitness':>7s}  function", ]
         for row in self.top:
-            lines.append(f"{row['rank']:4d}  {row['fitness']:7.4f}  {row['label']}")
+            lines.append(f"{row['rank']:4d}  {row['fitness']:7.4f}  {row['label']}{row.get('flags', '')}")
             lines.append(f"{'':15s}{row['latex']}")
         relu = "n/a" if self.relu_fitness is None else f"{self.relu_fitness:.4f}"
         lines.append(f"{'':4s}  {relu:>7s}  relu(x)  (ReLU under the same budget)")
+        if self.skipped_note:
+            lines.append(f"note: {self.skipped_note}")
         return "\n".join(lines)
 
 
@@ -102,7 +117,7 @@ class Search:
         self.fitness = fitness if fitness is not None else self.config.fitness
         for key in ("model", "data", "fitness"):
             value = getattr(self, key)
-            if isinstance(value, str) and value.startswith("<python object"):
+            if is_object_label(value):
                 raise UserError(f"this run was started from Python with a {key} object; resume "
                                 f"it from Python passing the same {key}=")
             if isinstance(value, str) and ":" in value:
@@ -146,7 +161,7 @@ class Search:
         values = config.to_dict()
         for key, obj in (("model", self.model), ("data", self.data), ("fitness", self.fitness)):
             if obj is not None and not isinstance(obj, str):
-                values[key] = f"<python object {getattr(obj, '__qualname__', type(obj).__name__)}>"
+                values[key] = object_label(obj)
             elif isinstance(obj, str) and ".py:" in obj:
                 path, _, attr = obj.rpartition(":")
                 values[key] = f"{Path(path).expanduser().resolve()}:{attr}"
@@ -464,13 +479,13 @@ class Search:
     def _open_progress(self) -> None:
         if not self.progress:
             return
-        from tqdm import tqdm
+        from ..progress import progress_bar
 
         finished = self.store.db.execute(
             "SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL AND started_at IS NOT NULL "
             "AND status IN ('done', 'failed')").fetchone()[0]
-        self.bar = tqdm(total=self._progress_total(), initial=finished, unit="eval",
-                        desc="search", dynamic_ncols=True, file=sys.stderr)
+        self.bar = progress_bar(total=self._progress_total(), initial=finished, unit="eval",
+                                desc="search")
         if self.best is not None:
             self.bar.set_postfix(best=f"{self.best:.4f}")
 
@@ -493,15 +508,36 @@ class Search:
 
     def result(self, interrupted: bool = False, wall_time: float = 0.0, k: int = 5) -> SearchResult:
         top = []
-        for rank, item in enumerate(self.store.top_functions(k, self.config.variant_fitness), 1):
+        ranked, skipped = ranked_functions(self.store, k, self.config.variant_fitness,
+                                           self.config.allow_linear)
+        for rank, item in enumerate(ranked, 1):
             cand = item["candidate"]
             act = Activation.from_string(cand["expression"], self.pset, json.loads(cand["params"]))
             top.append({"rank": rank, "fitness": item["fitness"], "expression": cand["expression"],
                         "params": json.loads(cand["params"]), "candidate_id": cand["id"],
                         "function_id": item["function_id"], "label": _label(cand["expression"], cand["params"]),
-                        "latex": act.latex()})
+                        "latex": _latex_or_note(act), "linear": item["linear"],
+                        "equals": item["equals"], "flags": flag_text(item)})
+            if item["linear"] or item["equals"]:
+                log.info("rank %d %s is flagged:%s", rank, top[-1]["label"], top[-1]["flags"])
+        note = skipped_note(skipped)
+        if note:
+            log.warning(note)
+        reasons: dict = {}
+        for row in self.store.candidates("status IN ('failed', 'rejected') AND duplicate_of IS NULL"):
+            reason = (row["error"] or row["status"]).strip().splitlines()[0][:160]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        failures = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
         return SearchResult(self.run_dir, top, relu_fitness(self.store), self.store.status_counts(),
-                            self.store.get_meta("dedup_hits", 0), interrupted, wall_time)
+                            self.store.get_meta("dedup_hits", 0), interrupted, wall_time, note,
+                            failures)
+
+
+def _latex_or_note(act: Activation) -> str:
+    try:
+        return act.latex()
+    except UserError as exc:  # e.g. a tree too deep for sympy
+        return f"(no LaTeX: {exc})"
 
 
 def relu_fitness(store: RunStore) -> Optional[float]:

@@ -75,6 +75,9 @@ def dedup_key(act: Activation, plain: Optional[str] = None) -> str:
 def screen(act: Activation, *, max_forward_cost: float = 400.0,
            constant_tol: float = 1e-3) -> Screening:
     """Decide whether ``act`` is worth training; compute its dedup keys."""
+    problem = _shape_problem(act)
+    if problem:
+        return Screening(False, problem, failed=True)
     try:
         plain = function_key(act)
         keys = (dedup_key(act, plain), plain)
@@ -86,6 +89,47 @@ def screen(act: Activation, *, max_forward_cost: float = 400.0,
         return Screening(False, f"{type(exc).__name__}: {exc}".splitlines()[0], failed=True,
                          dedup_key=keys[0], function_key=keys[1])
     return Screening(reason is None, reason or "", dedup_key=keys[0], function_key=keys[1])
+
+
+_SHAPE_PROBE = PROBE[:48].to(torch.float32).view(2, 3, 8)
+
+
+def _shape_problem(act: Activation) -> Optional[str]:
+    """An operator (a user's, typically) that does not return its input's shape breaks the
+    network far from its cause: name it here, before any training."""
+    from deap import gp
+
+    for node in act.tree:
+        if not isinstance(node, gp.Primitive):
+            continue
+        op = act.pset.operators[node.name]
+        key = (node.name, id(op))
+        if key not in _SHAPE_CHECKED:
+            _SHAPE_CHECKED[key] = _operator_shape_problem(node.name, op)
+        if _SHAPE_CHECKED[key]:
+            return _SHAPE_CHECKED[key]
+    return None
+
+
+_SHAPE_CHECKED: dict = {}
+
+
+def _operator_shape_problem(name: str, op) -> Optional[str]:
+    x = _SHAPE_PROBE
+    try:
+        with torch.no_grad():
+            out = op(*([x] * op.arity), params=[x.new_tensor(float(v)) for _, v in op.params])
+    except Exception as exc:  # noqa: BLE001 -- reported as this candidate's failure
+        first = (str(exc).strip().splitlines() or [""])[0]
+        return (f"operator {name!r} raised {type(exc).__name__} for an input of shape "
+                f"{tuple(x.shape)}: {first}")
+    if not isinstance(out, torch.Tensor):
+        return (f"operator {name!r} returned {type(out).__name__}, not a tensor, for an input of "
+                f"shape {tuple(x.shape)}")
+    if out.shape != x.shape:
+        return (f"operator {name!r} returned shape {tuple(out.shape)} for input of shape "
+                f"{tuple(x.shape)}; an operator must work elementwise and keep its input's shape")
+    return None
 
 
 def _rejection_reason(act, max_forward_cost, constant_tol) -> Optional[str]:
@@ -115,3 +159,51 @@ def _rejection_reason(act, max_forward_cost, constant_tol) -> Optional[str]:
         return (f"forward pass too slow: estimated {act.estimated_cost:.0f} ReLUs "
                 f"(limit {max_forward_cost:g})")
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# What a finished function *is*: affine (the network becomes linear), or a known baseline
+# ---------------------------------------------------------------------------------------------
+def _values(act: Activation, x: torch.Tensor, values: Optional[dict]) -> np.ndarray:
+    with torch.no_grad():
+        return act(x, values=values).to(torch.float64).numpy()
+
+
+def is_affine(act: Activation, tol: float = 1e-6) -> bool:
+    """True when ``act`` is a·x + b on [-5, 5] -- with its scalars at their initial values and
+    moved off them -- so that a network using it is a linear (affine) map: ``x``, ``mul(2, x)``,
+    ``sub(x, one)``, ``tanh(zero) + x``.  Such a "winner" is no activation function."""
+    x = _GRID.to(torch.float64)
+    design = np.stack([x.numpy(), np.ones(len(x))], axis=1)
+    settings = [None]
+    if act.slots:
+        settings.append({s.name: s.init * _PARAM_FACTOR if s.init else _PARAM_FACTOR - 1.0
+                         for s in act.slots})
+    for values in settings:
+        try:
+            y = _values(act, x, values)
+        except Exception:  # noqa: BLE001 -- a failing function is not affine
+            return False
+        if not np.isfinite(y).all():
+            return False
+        coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+        if np.abs(design @ coef - y).max() > tol * max(1.0, np.abs(y).max()):
+            return False
+    return True
+
+
+_ZOO_KEYS: dict = {}
+
+
+def equal_baseline(act: Activation) -> Optional[str]:
+    """The zoo activation that ``act`` equals as a (parametric) function, e.g. ``"silu"`` for
+    ``mul(x, sigmoid(x))`` or ``mul(sigmoid(x), x)``; None when there is none."""
+    from .. import zoo
+
+    if not _ZOO_KEYS:
+        for name in zoo.names():
+            _ZOO_KEYS.setdefault(dedup_key(zoo.get(name)), name)
+    try:
+        return _ZOO_KEYS.get(dedup_key(act))
+    except Exception:  # noqa: BLE001
+        return None

@@ -8,46 +8,12 @@ no DEAP individual, tensor or activation object crosses a process boundary.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import math
 import os
 import time
-from pathlib import Path
 
 from ..errors import UserError
-from ..primitive_sets import import_file
-
-_RESOLVED: dict = {}
-
-
-def resolve_reference(ref: str):
-    """``package.module:attr`` or ``path/to/file.py:attr`` -> the object (cached)."""
-    if ref in _RESOLVED:
-        return _RESOLVED[ref]
-    module_part, sep, attr = ref.rpartition(":")
-    if not sep or not module_part or not attr:
-        raise UserError(f"{ref!r} is not a reference of the form module:function or file.py:function")
-    if module_part.endswith(".py"):
-        path = Path(module_part).expanduser().resolve()
-        if not path.is_file():
-            raise UserError(f"{ref!r}: file {path} not found")
-        try:
-            module = import_file(path, "_gp_activations_task")
-        except Exception as exc:  # noqa: BLE001
-            raise UserError(f"{ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from None
-    else:
-        try:
-            module = importlib.import_module(module_part)
-        except ImportError as exc:
-            raise UserError(f"{ref!r}: cannot import {module_part!r}: {exc}") from None
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise UserError(f"{ref!r}: {module_part} has no attribute {attr!r}") from None
-    _RESOLVED[ref] = obj
-    return obj
-
+from ..references import resolve_reference
 
 def _resolve(value):
     return resolve_reference(value) if isinstance(value, str) and ":" in value else value

@@ -1,0 +1,67 @@
+"""A run's discovered functions, ranked -- with what a reader must know about each.
+
+Two things are flagged instead of being reported as discoveries:
+
+* an **affine** function (``x``, ``2x + 1``): the network becomes linear; by default it is not
+  ranked as a discovered activation at all (``allow_linear = true`` in the config ranks it,
+  still flagged);
+* a function **equal to a baseline** (``mul(x, sigmoid(x))`` is SiLU): ranked, marked
+  ``= silu``, and the final evaluation trains it once, as the baseline.
+
+The search table, ``evaluate``, ``report`` and ``export`` all rank through
+:func:`ranked_functions`, so they agree on what "rank 1" is.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from ..activation import Activation
+from .screening import equal_baseline, is_affine
+from .store import RunStore
+
+
+def describe(item: dict) -> dict:
+    """``item`` (a :meth:`RunStore.top_functions` entry) with ``activation``, ``linear`` and
+    ``equals`` (a zoo name or None) added."""
+    cand = item["candidate"]
+    act = Activation.from_string(cand["expression"], cand["primitives"], json.loads(cand["params"]))
+    return {**item, "activation": act, "linear": is_affine(act), "equals": equal_baseline(act)}
+
+
+def ranked_functions(store: RunStore, k: Optional[int] = None, mode: str = "best",
+                     allow_linear: bool = False) -> tuple[list[dict], list[dict]]:
+    """``(ranked, skipped)``: the top ``k`` functions (all when ``k`` is None), each described,
+    and the affine functions that were better than the last one ranked but left out (empty
+    when ``allow_linear``)."""
+    ranked, skipped = [], []
+    for item in store.top_functions(None, mode):
+        if k is not None and len(ranked) >= k:
+            break
+        item = describe(item)
+        if item["linear"] and not allow_linear:
+            skipped.append(item)
+            continue
+        ranked.append(item)
+    return ranked, skipped
+
+
+def flag_text(item: dict) -> str:
+    """" (= silu)", " (linear)" or "" -- appended to a function's label in tables."""
+    parts = []
+    if item.get("linear"):
+        parts.append("linear: the network becomes affine")
+    if item.get("equals"):
+        parts.append(f"= {item['equals']}")
+    return f"  ({'; '.join(parts)})" if parts else ""
+
+
+def skipped_note(skipped: list[dict]) -> str:
+    """One line about the affine functions left out of a ranking, or ''."""
+    if not skipped:
+        return ""
+    best = skipped[0]
+    return (f"{len(skipped)} affine function(s) not ranked (best: {best['activation']}, fitness "
+            f"{best['fitness']:.4f}): a linear network is no activation result; set "
+            f"allow_linear = true in the config to rank them")
