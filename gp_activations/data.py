@@ -118,6 +118,11 @@ DATASETS: dict = {
         "mnist1d", 10, "cnn1d",
         "MNIST-1D: 10,000 generated 1-D digit signals of length 40 (no download, seconds)",
         (1, 40)),
+    "mnist1d_hard": DatasetInfo(
+        "mnist1d_hard", 10, "resnet1d",
+        "MNIST-1D with doubled noise (corr 0.4, iid 0.04) and a 4,000-sample test set, "
+        "for normalised residual networks (generated, no download)",
+        (1, 40)),
     "digits": DatasetInfo(
         "digits", 10, "cnn_digits",
         "scikit-learn 8x8 handwritten digits: 1,797 grey images (bundled, no download)",
@@ -165,6 +170,8 @@ def describe_test_split(source) -> str:
         key = _canonical_name(source)
         if key == "mnist1d":
             return "the mnist1d package's 2,000-sample test part"
+        if key == "mnist1d_hard":
+            return "the generator's 4,000-sample test part (mnist1d_hard)"
         if key == "digits":
             return (f"{DIGITS_TEST_FRACTION:.0%} of the digits, stratified, fixed seed "
                     f"{DIGITS_TEST_SEED}")
@@ -259,8 +266,8 @@ def load_dataset(name: str = DEFAULT_DATASET, *, data_dir=None, download: bool =
     :class:`~gp_activations.errors.UserError` with a one-line message.
     """
     key = _canonical_name(name)
-    if key == "mnist1d":
-        ds = _load_mnist1d(seed)
+    if key in ("mnist1d", "mnist1d_hard"):
+        ds = _load_mnist1d(seed, key)
     elif key == "digits":
         ds = _load_digits(seed)
     else:
@@ -282,21 +289,35 @@ def _labels(y) -> torch.Tensor:
     return torch.tensor(np.asarray(y), dtype=torch.int64)  # a writable copy
 
 
+#: ``mnist1d_hard``: MNIST-1D with more correlated and i.i.d. noise (the generator's
+#: ``corr_noise_scale`` 0.25 -> 0.4, ``iid_noise_scale`` 0.02 -> 0.04), so that a normalised
+#: residual network lands clearly below the ceiling, and a 4,000-sample test set (one sample =
+#: 0.025 points): 12,000 generated, 8,000 for training (7,000 train + 1,000 validation).
+MNIST1D_HARD = dict(num_samples=12_000, train_split=2 / 3, corr_noise_scale=0.4,
+                    iid_noise_scale=0.04)
+
+
 @functools.lru_cache(maxsize=None)
-def _mnist1d_arrays(num_samples: int = MNIST1D_NUM_SAMPLES, gen_seed: int = MNIST1D_SEED):
+def _mnist1d_arrays(num_samples: int = MNIST1D_NUM_SAMPLES, gen_seed: int = MNIST1D_SEED,
+                    train_split: float = 0.8, corr_noise_scale: float = 0.25,
+                    iid_noise_scale: float = 0.02):
     """MNIST-1D as read-only arrays: generated once per machine, then read from an ``.npz``
     in the data directory (~3 s to generate, ~10 ms to read -- it is paid by every worker
     process of a search otherwise).  Cached per process as well.
     """
     from importlib.metadata import version
 
-    path = default_data_dir() / f"mnist1d-{num_samples}-{gen_seed}-v{version('mnist1d')}.npz"
+    variant = ((train_split, corr_noise_scale, iid_noise_scale) != (0.8, 0.25, 0.02))
+    tag = f"-s{train_split:.4f}-c{corr_noise_scale:g}-i{iid_noise_scale:g}" if variant else ""
+    path = default_data_dir() / f"mnist1d-{num_samples}-{gen_seed}{tag}-v{version('mnist1d')}.npz"
     keys = ("x", "y", "x_test", "y_test")
     try:
         with np.load(path, allow_pickle=False) as npz:  # plain arrays only: nothing unpickled
             out = tuple(np.asarray(npz[k]) for k in keys)
     except (OSError, KeyError, ValueError):
-        out = _generate_mnist1d(num_samples, gen_seed)
+        out = _generate_mnist1d(num_samples, gen_seed, train_split=train_split,
+                                corr_noise_scale=corr_noise_scale,
+                                iid_noise_scale=iid_noise_scale)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
@@ -309,7 +330,7 @@ def _mnist1d_arrays(num_samples: int = MNIST1D_NUM_SAMPLES, gen_seed: int = MNIS
     return out
 
 
-def _generate_mnist1d(num_samples: int, gen_seed: int):
+def _generate_mnist1d(num_samples: int, gen_seed: int, **generator_args):
     """Generate MNIST-1D with the ``mnist1d`` package.
 
     Calls ``make_dataset`` directly: ``mnist1d.data.get_dataset`` would download a pickle
@@ -323,6 +344,8 @@ def _generate_mnist1d(num_samples: int, gen_seed: int):
     args.num_samples = int(num_samples)
     args.seed = int(gen_seed)
     args.url = None  # never used by make_dataset; make sure nothing could fetch it
+    for key, value in generator_args.items():
+        setattr(args, key, value)
     py_state, np_state = random.getstate(), np.random.get_state()
     try:
         raw = make_dataset(args)
@@ -337,14 +360,15 @@ def _generate_mnist1d(num_samples: int, gen_seed: int):
     )
 
 
-def _load_mnist1d(seed: int) -> Dataset:
-    x, y, x_test, y_test = _mnist1d_arrays()
+def _load_mnist1d(seed: int, name: str = "mnist1d") -> Dataset:
+    variant = MNIST1D_HARD if name == "mnist1d_hard" else {}
+    x, y, x_test, y_test = _mnist1d_arrays(**variant)
     tr, va = _split_indices(len(y), MNIST1D_VAL, seed)
 
     def xs(a):  # (N, 40) -> (N, 1, 40), a fresh writable float32 tensor
         return torch.tensor(a[:, None, :], dtype=torch.float32)
 
-    return Dataset("mnist1d", 10, xs(x[tr]), _labels(y[tr]), xs(x[va]), _labels(y[va]),
+    return Dataset(name, 10, xs(x[tr]), _labels(y[tr]), xs(x[va]), _labels(y[va]),
                    xs(x_test), _labels(y_test), augment=False, mean=(0.0,), std=(1.0,),
                    test_source=f"the mnist1d package's {len(y_test):,}-sample test part")
 

@@ -54,7 +54,7 @@ def _assert_same(a: Dataset, b: Dataset):
 
 def test_registry():
     assert dataset_names()[0] == "mnist1d" == D.DEFAULT_DATASET
-    assert set(dataset_names()) == {"mnist1d", "digits", "cifar10", "cifar100"}
+    assert set(dataset_names()) == {"mnist1d", "mnist1d_hard", "digits", "cifar10", "cifar100"}
     assert DATASETS["mnist1d"].default_model == "cnn1d"
     assert DATASETS["digits"].default_model == "cnn_digits"
     assert DATASETS["cifar10"].default_model == DATASETS["cifar100"].default_model == "resnet20"
@@ -369,3 +369,15 @@ def test_mnist1d_is_generated_once_then_read_from_an_npz(tmp_path, monkeypatch):
         assert np.load(cache, allow_pickle=False)["x"].shape == (8000, 40)
     finally:
         data_mod._mnist1d_arrays.cache_clear()
+
+
+def test_mnist1d_hard_is_noisier_with_a_larger_test_set():
+    from gp_activations.data import describe_test_split, get_dataset_info, load_dataset
+
+    hard, plain = load_dataset("mnist1d_hard"), load_dataset("mnist1d")
+    assert (len(hard.y_train), len(hard.y_val), len(hard.y_test)) == (7000, 1000, 4000)
+    assert hard.input_shape == plain.input_shape == (1, 40) and hard.num_classes == 10
+    assert get_dataset_info("mnist1d_hard").default_model == "resnet1d"
+    assert not torch.equal(hard.x_test[:100], plain.x_test[:100])
+    assert "4,000" in describe_test_split("mnist1d_hard") and "4,000" in hard.test_source
+    assert torch.equal(load_dataset("mnist1d_hard", seed=1).x_test, hard.x_test)

@@ -24,6 +24,8 @@ IMAGE_MODELS = [n for n in MODELS if MODELS[n].input_kind == "image"]
 # Derived from the definitions (see the module docstring / reference/architectures.md).
 EXPECTED_SITES = {
     "cnn1d": 3,
+    "resnet1d": 7,  # stem + 2 x 3 blocks
+    "mlp": 2,
     "cnn_digits": 3,
     "allcnnc": 9,
     "wrn10_4": 7,  # 2 per block, 3 blocks, + final BN-act
@@ -87,6 +89,12 @@ class RecordingFactory:
         ("resnet56_v2", 10, 1_663_338),
         ("resnet20", 10, 269_722),
         ("cnn1d", 10, 5_210),
+        # stem 1*32*5 + BN 64; block 1: 2 convs 32*32*3 + 2 BN; blocks 2-3 also a 1x1 shortcut
+        # conv 32*32 + BN; linear 32*10 + 10
+        ("resnet1d", 10, 224 + 6_272 + 2 * (6_272 + 1_088) + 330),
+        ("resnet1d", 100, 224 + 6_272 + 2 * (6_272 + 1_088) + 3_300),
+        ("mlp", 10, (40 * 256 + 256) + (256 * 256 + 256) + (256 * 10 + 10)),
+        ("mlp", 100, (40 * 256 + 256) + (256 * 256 + 256) + (256 * 100 + 100)),
         ("cnn_digits", 10, 85_066),
     ],
 )
@@ -266,3 +274,25 @@ def test_unknown_model_raises_user_error():
     assert "resnet1000" in message
     for name in model_names():
         assert name in message
+
+
+@pytest.mark.parametrize("name, floor", [("resnet1d", 0.5), ("mlp", 0.2)])
+def test_mnist1d_models_learn_in_one_epoch(name, floor):
+    from gp_activations.train import train
+
+    rec = train("relu", "mnist1d", name, epochs=1, seed=0, threads=1)
+    assert rec.status == "ok" and rec.accuracy > floor, (rec.status, rec.accuracy)
+    silu = train("silu", "mnist1d", name, epochs=1, seed=0, threads=1)
+    assert silu.status == "ok" and silu.accuracy != rec.accuracy  # the activation is used
+
+
+def test_resnet1d_is_normalised_and_residual():
+    model = build_model("resnet1d", nn.ReLU)
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in model.modules()) == 1 + 2 * 3 + 2
+    blocks = [m for m in model.modules() if type(m).__name__ == "_BasicBlock1d"]
+    assert len(blocks) == 3
+    x = torch.randn(5, 32, 40)
+    block = blocks[0].eval()
+    with torch.no_grad():  # the identity shortcut: zeroing the residual branch returns act(x)
+        block.bn2.weight.zero_()
+        assert torch.allclose(block(x), torch.relu(x))
