@@ -62,6 +62,10 @@ class TrainConfig:
     per_channel: bool = False  # learnable scalars per channel instead of per layer
     fused: bool = False  # torch.compile the activation functions
     chance_check: bool = True  # stop after epoch 1 when accuracy is at chance
+    # End the run as "diverged" before its first step when, on one training batch at
+    # initialisation, an activation site's output RMS exceeds this (x³, eˣ through a residual
+    # stack reach 1e4-1e33 where ReLU stays near 1) or is not finite.  None: no check.
+    blowup_limit: Optional[float] = None
     max_steps_per_epoch: Optional[int] = None  # for benchmarks: a slice of each epoch
     preset: str = ""  # which preset the values started from (default_config); recorded in runs
 
@@ -139,6 +143,7 @@ _PRESETS = {
 def default_config(dataset: str, purpose: str = "train", **overrides) -> TrainConfig:
     """The preset budget of ``dataset`` for ``purpose`` ("train" or "fitness")."""
     overrides.setdefault("chance_check", purpose == "fitness")
+    overrides.setdefault("blowup_limit", 1e4 if purpose == "fitness" else None)
     name = str(dataset).strip().lower()
     name = data_mod._ALIASES.get(name, name)  # "CIFAR-10" is cifar10, not the mnist1d preset
     key = "cifar" if name.startswith("cifar") else name
@@ -448,6 +453,10 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
     gen.manual_seed(seed)
     chance = float(torch.bincount(y_eval, minlength=ds.num_classes).max().item()) / max(1, len(y_eval))
 
+    if config.blowup_limit:
+        blowup = _blowup_at_init(net, x_train[:batch], config.blowup_limit, channels_last)
+        if blowup:
+            return _finish(record, "diverged", blowup, started, 0.0, 0)
     sites = site_parameters(net)
     if sites:
         record.param_trajectory.append(sites)
@@ -510,6 +519,37 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
     except Exception as exc:  # noqa: BLE001 -- e.g. a user operator raising
         return _failed(record, exc, started)
     return _finish(record, "ok", "", started, train_time, samples)
+
+
+def _blowup_at_init(net: nn.Module, xb: torch.Tensor, limit: float, channels_last: bool):
+    """The reason a network blows up at initialisation (one forward pass, no gradient), or
+    None: the first activation site whose output is not finite or has an RMS above ``limit``."""
+    sites = models_mod.activation_sites(net) or [
+        (n, m) for n, m in net.named_modules() if isinstance(m, ActivationModule)]
+    if not sites:
+        return None
+    found: list = []
+
+    def hook(name, index):
+        def check(_module, _inputs, output):
+            if found or not isinstance(output, torch.Tensor):
+                return
+            rms = output.detach().double().pow(2).mean().sqrt().item()
+            if not math.isfinite(rms) or rms > limit:
+                found.append(f"activations blow up at initialisation: output RMS {rms:.3g} at "
+                             f"site {index + 1} of {len(sites)} ({name}), limit {limit:g}")
+        return check
+
+    handles = [m.register_forward_hook(hook(n, i)) for i, (n, m) in enumerate(sites)]
+    try:
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            net(xb)  # train mode: the batch statistics a first step would see
+    finally:
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
 
 
 def _finish(record: TrainResult, status: str, reason: str, started: float, train_time: float,

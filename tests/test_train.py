@@ -470,3 +470,24 @@ def test_only_the_fitness_schedule_gives_up_at_chance():
         assert default_config(dataset, "fitness").chance_check is True
         assert default_config(dataset, "train").chance_check is False
         assert default_config(dataset, "train", chance_check=True).chance_check is True
+
+
+@pytest.mark.parametrize("model, expr", [("resnet1d", "cube(x)"), ("resnet1d", "exp(x)"),
+                                         ("cnn1d", "cube(x)")])
+def test_functions_that_blow_up_through_the_network_end_before_training(model, expr):
+    fitness = default_config("mnist1d", "fitness", epochs=3, threads=1)
+    assert fitness.blowup_limit == 1e4
+    rec = train(expr, "mnist1d", model, fitness, seed=0)
+    assert rec.status == "diverged" and rec.epochs_done == 0 and rec.loss_curve == []
+    assert rec.reason.startswith("activations blow up at initialisation: output RMS ")
+    assert "limit 10000" in rec.reason and " of " in rec.reason
+    assert rec.wall_time < 5  # one forward pass, not a training
+    relu = train("relu", "mnist1d", model, fitness.replace(epochs=1), seed=0)
+    assert relu.status == "ok"  # ReLU's activations stay near 1
+
+
+def test_the_full_schedule_has_no_blowup_check():
+    full = default_config("mnist1d", "train", epochs=0.1, threads=1)
+    assert full.blowup_limit is None
+    rec = train("cube(x)", "mnist1d", "resnet1d", full, seed=0)
+    assert rec.status != "diverged" or "initialisation" not in rec.reason

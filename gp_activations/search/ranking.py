@@ -52,9 +52,17 @@ def flag_text(item: dict) -> str:
     parts = []
     if item.get("linear"):
         parts.append("linear: the network becomes affine")
-    if item.get("equals"):
+    if item.get("equals") and not _is_that_baseline(item):
         parts.append(f"= {item['equals']}")
     return f"  ({'; '.join(parts)})" if parts else ""
+
+
+def _is_that_baseline(item: dict) -> bool:
+    """The zoo entry itself (``relu(x)`` is ReLU): nothing worth a mark in the search table."""
+    from .. import zoo
+
+    act = item.get("activation")
+    return act is not None and act == zoo.get(item["equals"])
 
 
 def skipped_note(skipped: list[dict]) -> str:
