@@ -170,10 +170,10 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
         epochs = ev.get("epochs")
     overrides.update(epochs=epochs, per_channel=cfg.per_channel, fused=cfg.fused, threads=cfg.threads)
     if custom:  # no preset for a user's data: the search's own schedule, run to the end
-        train_cfg = cfg.train_config().replace(chance_check=False,
+        train_cfg = cfg.train_config().replace(chance_check=False, blowup_limit=None,
                                                **{k: v for k, v in overrides.items() if v is not None})
     else:
-        train_cfg = default_config(dataset, "train", **overrides)
+        train_cfg = default_config(dataset, "train", model, **overrides)
     if model_obj is None or isinstance(model_obj, str):
         model_obj = model
     if data is None and custom:

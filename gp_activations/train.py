@@ -140,8 +140,13 @@ _PRESETS = {
 }
 
 
-def default_config(dataset: str, purpose: str = "train", **overrides) -> TrainConfig:
-    """The preset budget of ``dataset`` for ``purpose`` ("train" or "fitness")."""
+# Per-model refinements of a dataset's preset (the model's own best schedule on that data).
+_MODEL_PRESETS: dict = {}
+
+
+def default_config(dataset: str, purpose: str = "train", model=None, **overrides) -> TrainConfig:
+    """The preset budget of ``dataset`` (refined for ``model`` where the model has its own)
+    for ``purpose`` ("train" or "fitness"); ``overrides`` replace single fields."""
     overrides.setdefault("chance_check", purpose == "fitness")
     overrides.setdefault("blowup_limit", 1e4 if purpose == "fitness" else None)
     name = str(dataset).strip().lower()
@@ -153,6 +158,9 @@ def default_config(dataset: str, purpose: str = "train", **overrides) -> TrainCo
     if purpose not in presets:
         raise UserError(f"purpose must be 'train' or 'fitness', got {purpose!r}")
     values = dict(presets[purpose], preset=f"{key}/{purpose}")
+    refined = _MODEL_PRESETS.get((key, model), {}).get(purpose) if isinstance(model, str) else None
+    if refined:
+        values.update(refined, preset=f"{key}+{model}/{purpose}")
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)
 
@@ -394,7 +402,7 @@ def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfi
     ds_name = (dataset.name if isinstance(dataset, data_mod.Dataset)
                else data_mod.get_dataset_info(dataset).name)
     if config is None:
-        config = default_config(ds_name, "train")
+        config = default_config(ds_name, "train", model if isinstance(model, str) else None)
     if overrides:
         config = config.replace(**overrides)
     act = resolve_activation(activation, primitives)

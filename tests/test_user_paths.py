@@ -155,7 +155,7 @@ def test_unknown_dataset_gets_the_documented_custom_preset_not_mnist1ds():
 # ---------------------------------------------------------------------------------------------
 def linear_favouring_fitness(act, seed):
     """The identity scores best (as a linear network once did on digits)."""
-    return {"x": 0.99, "mul(x, sigmoid(x))": 0.9}.get(act.expression, 0.5)
+    return {"x": 0.99, "mul(sigmoid(x), x)": 0.9}.get(act.expression, 0.5)
 
 
 def test_affine_and_baseline_equal_functions_are_recognised():
@@ -172,14 +172,14 @@ def test_affine_and_baseline_equal_functions_are_recognised():
 
 def test_linear_winner_is_flagged_not_ranked_unless_allowed(tmp_path, capsys):
     cfg = dict(CHEAP, generations=1, population=2, param_variants=0,
-               init_expressions=["x", "mul(x, sigmoid(x))"])
+               init_expressions=["x", "mul(sigmoid(x), x)"])
     result = run_search(SearchConfig(**cfg), out=tmp_path / "a", progress=False,
                         fitness=linear_favouring_fitness)
-    assert result.top[0]["expression"] == "mul(x, sigmoid(x))"
+    assert result.top[0]["expression"] == "mul(sigmoid(x), x)"
     assert "x" not in [t["expression"] for t in result.top]
     table = result.table()
     assert "1 affine function(s) not ranked (best: x, fitness 0.9900)" in table
-    assert "(= silu)" in table  # the winner is SiLU itself
+    assert "(= silu)" in table  # the winner is SiLU, written the other way round
     assert "not ranked" in (tmp_path / "a" / "search.log").read_text()
     allowed = run_search(SearchConfig(**cfg, allow_linear=True), out=tmp_path / "b",
                          progress=False, fitness=linear_favouring_fitness)
@@ -352,6 +352,8 @@ def test_one_zoo_or_expression_resolver():
     assert zoo.resolve("silu") == zoo.get("silu")
     assert zoo.resolve("swish_beta").params == (3,)
     assert zoo.resolve("mul(x, erf(x))", params=[2]).params == (2,)
-    assert zoo.resolve("relu", "minimal").primitives == "minimal"  # a name over another space
+    assert zoo.resolve("relu(x)", "minimal").primitives == "minimal"
+    with pytest.raises(UserError, match="takes 1 argument"):
+        zoo.resolve("relu", "minimal")  # zoo names are pangaea trees
     with pytest.raises(UserError):
         zoo.resolve(3)

@@ -172,7 +172,10 @@ class SearchConfig:
         overrides.setdefault("fused", self.fused)
         overrides.setdefault("threads", self.threads)
         try:
-            return default_config(self.dataset, "fitness", **overrides)
+            model = self.model
+            if model is None and self.dataset in _dataset_names():
+                model = _default_model(self.dataset)
+            return default_config(self.dataset, "fitness", model, **overrides)
         except TypeError as exc:
             raise UserError(f"config: bad value in [train]: {exc}") from None
 
@@ -228,6 +231,18 @@ def _coerce(key: str, value, hint, where: str):
         raise UserError(f"{where}: {key!r} must be {names.get(expected, expected.__name__)}, "
                         f"got {value!r}")
     return value
+
+
+def _dataset_names():
+    from ..data import dataset_names
+
+    return dataset_names()
+
+
+def _default_model(dataset: str) -> str:
+    from ..data import get_dataset_info
+
+    return get_dataset_info(dataset).default_model
 
 
 def object_label(obj) -> str:
