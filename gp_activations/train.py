@@ -108,10 +108,11 @@ _PRESETS = {
         "fitness": dict(epochs=8, batch_size=100, optimizer="adam", lr=1e-2, weight_decay=0.0,
                         warmup=0.02, schedule="cosine"),
     },
-    # The noisier MNIST-1D for normalised residual networks: MNIST-1D's schedule for now
-    # (per-model tuning of resnet1d / mlp is measured separately).
+    # The noisier MNIST-1D for normalised residual networks (default model resnet1d).  Tuned
+    # on validation accuracy, 3 seeds: Adam 1e-2 beat 3e-3 and 2e-2; at 8 epochs ReLU / SiLU
+    # reach 89.6 / 90.1 %, at 12 epochs 90.6 / 90.7, at 20 no more (89.7 / 90.3).
     "mnist1d_hard": {
-        "train": dict(epochs=30, batch_size=100, optimizer="adam", lr=1e-2, weight_decay=0.0,
+        "train": dict(epochs=15, batch_size=100, optimizer="adam", lr=1e-2, weight_decay=0.0,
                       warmup=0.02, schedule="cosine"),
         "fitness": dict(epochs=8, batch_size=100, optimizer="adam", lr=1e-2, weight_decay=0.0,
                         warmup=0.02, schedule="cosine"),
@@ -141,7 +142,12 @@ _PRESETS = {
 
 
 # Per-model refinements of a dataset's preset (the model's own best schedule on that data).
-_MODEL_PRESETS: dict = {}
+_MODEL_PRESETS: dict = {
+    # The unnormalised MLP learns MNIST-1D slowly: validation accuracy (3 seeds, Adam 1e-2)
+    # ReLU / SiLU 71.8 / 74.4 % at 8 epochs, 75.6 / 77.5 at 15, 77.2 / 78.9 at 40, 77.7 / 79.0
+    # at 60; lr 3e-2 is worse (73.1 / 71.8 at 40), 3e-3 slower.
+    ("mnist1d", "mlp"): {"train": dict(epochs=40), "fitness": dict(epochs=15)},
+}
 
 
 def default_config(dataset: str, purpose: str = "train", model=None, **overrides) -> TrainConfig:
