@@ -15,7 +15,8 @@ __version__ = "0.1.0"
 from .errors import ExpressionError, UserError  # noqa: E402
 from .operators import Operator  # noqa: E402
 from .primitive_sets import ActivationPrimitiveSet, SearchSpace, load_primitive_set  # noqa: E402
-from .activation import Activation, replace_activations  # noqa: E402
+from .activation import Activation  # noqa: E402
+from .replace import replace_activations  # noqa: E402
 from . import zoo  # noqa: E402
 
 __all__ = [

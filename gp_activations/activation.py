@@ -13,11 +13,14 @@ parametric function equals the plain one at initialisation.  Operators with thei
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import json
+import math
 import os
 import textwrap
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional
 
 import sympy
 import torch
@@ -257,44 +260,37 @@ class Activation:
 
     # -- symbolic ------------------------------------------------------------------------------
     def sympy(self, simplify: bool = False, values: Optional[dict] = None) -> sympy.Expr:
-        """The mathematical form (protections omitted); scalars as symbols p_i, β_i or values."""
-        x = sympy.Symbol("x", real=True)
-        symbols = {s.name: _slot_symbol(s) for s in self.slots}
-        if values:
-            for name, v in values.items():
-                if name in symbols and isinstance(v, (int, float)):
-                    symbols[name] = _number(float(v), exact=False)
-        edge = {s.node: symbols[s.name] for s in self.slots if s.kind == "edge"}
-        own: dict[int, list] = {}
-        for s in self.slots:
-            if s.kind == "operator":
-                own.setdefault(s.node, []).append(symbols[s.name])
-        kids = children(self.tree)
-        value: list = [None] * len(self.tree)
-        for idx in range(len(self.tree) - 1, -1, -1):
-            node = self.tree[idx]
-            if isinstance(node, gp.Primitive):
-                op = self.pset.operators[node.name]
-                expr = op.sympy(*[value[k] for k in kids[idx]], *own.get(idx, []))
-            else:
-                v = leaf_value(node, self.pset)
-                expr = x if v is None else _number(v, exact=not is_literal(node))
-            value[idx] = expr * edge[idx] if idx in edge else expr
-        result = value[0]
-        return sympy.simplify(result) if simplify else result
+        """The mathematical form; scalars as symbols p_i, β_i or, with ``values``, numbers.
+
+        It is the function the module computes wherever no protection is active (an operand
+        beyond a clamp, a denominator within 1e-6 of 0, ...).  Where a protection is active at
+        a *constant* -- ``logabs(zero)``, ``div(x, zero)``, ``div(x, 1e-9)``, or ``sub(x, x)``
+        as a denominator -- the value the module uses there is written instead (see
+        :func:`_symbolic_tree`).  Too deep a tree for sympy is a :class:`UserError`.
+        """
+        with _symbolic_depth_guard(self):
+            result = _symbolic_tree(self, values)
+            return sympy.simplify(result) if simplify else result
 
     def latex(self, simplify: bool = False, values: Optional[dict] = None, digits: int = 4) -> str:
         """LaTeX as a paper would print it (σ, erf, |x|, fractions; floats to ``digits``)."""
-        expr = self.sympy(simplify=simplify, values=values)
-        expr = expr.xreplace({f: sympy.Float(f, digits) for f in expr.atoms(sympy.Float)})
-        return sympy.latex(expr)
+        with _symbolic_depth_guard(self):
+            expr = self.sympy(simplify=simplify, values=values)
+            expr = expr.xreplace({f: sympy.Float(f, digits) for f in expr.atoms(sympy.Float)})
+            return sympy.latex(expr)
 
     # -- export --------------------------------------------------------------------------------
     def torch_source(self, values=None, class_name: str = "EvolvedActivation") -> str:
         """A standalone Python file with one ``nn.Module`` class; imports only torch.
 
-        ``values``: learned scalars to bake in -- ``{name: float | [per-channel floats]}`` for
-        one site, or a list of such dicts, one per activation site (select with ``site=``).
+        ``values``: learned scalars to bake in.  One ``{name: float | [per-channel floats]}``
+        dict: every instance starts from it (``VALUES``).  Per activation site: a dict
+        ``{site name: {name: value}}`` in network order (what a run records; site names are
+        the qualified module names) or a list of dicts (named ``site0``, ``site1``, ...):
+        the file then has ``SITES``, ``LEARNED`` and ``LEARNED_MEAN``, the class takes
+        ``site=`` (an index or a name; None = the mean over sites; a site that does not exist
+        is a ValueError / KeyError listing them) and ``apply_to(model, by="name" | "order" |
+        "mean")`` maps the sites onto a network.  A missing parameter takes its initial value.
         """
         return export_torch_source(self, values, class_name)
 
@@ -311,7 +307,8 @@ class Activation:
         if fmt == "latex":
             return self.latex(values=one)
         if fmt == "sympy":
-            return str(self.sympy(values=one))
+            with _symbolic_depth_guard(self):
+                return str(self.sympy(values=one))
         if fmt == "torch":
             return self.torch_source(values=values)
         if fmt == "json":
@@ -361,6 +358,7 @@ def _slot_symbol(slot: ParamSlot) -> sympy.Symbol:
     return sympy.Symbol(f"{base}_{index}", real=True)
 
 
+@functools.lru_cache(maxsize=4096)  # nsimplify is slow; sympy numbers are immutable
 def _number(value: float, exact: bool) -> sympy.Expr:
     """A literal as sympy: small exact forms (1/2, √2/2) where they are exact, else a Float."""
     if value == int(value) and abs(value) < 1e15:
@@ -372,6 +370,179 @@ def _number(value: float, exact: bool) -> sympy.Expr:
     except (TypeError, ValueError, ZeroDivisionError):  # pragma: no cover - sympy quirks
         pass
     return sympy.Float(value, 15 if exact else 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The symbolic form
+# ---------------------------------------------------------------------------------------------
+class SymbolicDepthError(UserError):
+    """A tree too deep for sympy: its constructors and printers recurse once per level (or more),
+    so a few hundred nested levels exhaust Python's recursion limit.  The compiled module, the
+    torch export and JSON have no depth limit."""
+
+    def __init__(self, depth: int):
+        self.depth = depth
+        super().__init__(f"expression is {depth} levels deep; sympy/LaTeX cannot represent it "
+                         f"-- export it with --format torch or json")
+
+
+@contextlib.contextmanager
+def _symbolic_depth_guard(act: "Activation"):
+    """Turn sympy's RecursionError on a deep tree into one clear :class:`SymbolicDepthError`."""
+    try:
+        yield
+    except RecursionError:
+        raise SymbolicDepthError(act.height) from None
+
+
+def _docstring_latex(act: "Activation") -> str:
+    """The LaTeX line of the torch export's docstring, or a note where there is none."""
+    try:
+        return act.latex()
+    except SymbolicDepthError as exc:
+        return f"(omitted: the expression is {exc.depth} levels deep, too deep for sympy/LaTeX)"
+    except UserError as exc:
+        return f"(omitted: {exc})"
+
+
+#: Forms that are never the value of the (always finite) module.
+_NOT_FINITE = (sympy.S.ComplexInfinity, sympy.S.NaN, sympy.S.Infinity, sympy.S.NegativeInfinity,
+               sympy.S.ImaginaryUnit)
+#: Constant sub-forms kept symbolic (sin(1/2), √2/2) up to this many operations; longer ones,
+#: and every one the module computes differently, are written as the module's number.
+_MAX_CONSTANT_OPS = 8
+
+
+def _clamp(lo, hi):
+    return lambda v: min(max(v, lo), hi)
+
+
+#: Protections of built-in binary operators that act on one operand by itself: applied to an
+#: operand that is a number (the other depending on x), they change the function everywhere,
+#: so the symbolic form takes the operand the module uses -- div(x, 1e-9) is 1e6·x, not 1e9·x.
+_OPERAND_PROTECTIONS = {
+    "div": (_clamp(-1e15, 1e15), lambda b: min(b, -1e-6) if b < 0 else max(b, 1e-6)),
+    "interp": (_clamp(-1.5e38, 1.5e38), _clamp(-1.5e38, 1.5e38)),
+}
+
+
+def _finite_value(expr) -> Optional[float]:
+    """The value of a form without free symbols as a float, or None (symbolic, not finite,
+    not real)."""
+    expr = sympy.sympify(expr)
+    if expr.free_symbols:
+        return None
+    try:
+        value = complex(sympy.N(expr, 20))
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+    if value.imag != 0 or not math.isfinite(value.real):
+        return None
+    return value.real
+
+
+def _protected_value(op, operands: list, params: list) -> Optional[float]:
+    """The operator's protected torch form applied to numbers, in float64 (None if not finite)."""
+    def tensor(v):
+        return torch.tensor(v, dtype=torch.float64)
+
+    try:
+        with torch.no_grad():
+            value = float(op(*map(tensor, operands), params=list(map(tensor, params))))
+    except (RuntimeError, TypeError, ValueError, ArithmeticError):  # e.g. a user operator
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _plain_constant(exact, numbers: list) -> bool:
+    """Whether a constant form is worth keeping symbolic: short, and of moderate numbers only
+    (i1e(1e20) is e^{-10^20}·I₁(10^20): sympy evaluates such forms only at great cost)."""
+    def moderate(v, limit):
+        return v == 0 or 1e-30 <= abs(float(v)) <= limit
+
+    return (sympy.count_ops(exact) <= _MAX_CONSTANT_OPS
+            and all(moderate(v, 1e4) for v in numbers[:-1]) and moderate(numbers[-1], 1e30)
+            and all(moderate(f, 1e30) for f in exact.atoms(sympy.Float)))
+
+
+def _close(a: float, b: float) -> bool:
+    return a == b or abs(a - b) <= 1e-9 * max(abs(a), abs(b))
+
+
+def _symbolic_node(op, operands: list, numbers: list, params: list, where: str):
+    """(form, value) of one operator node from its operands' forms and values.
+
+    ``numbers[i]``: operand i's value where its form is a number (None where it depends on x).
+    An operator applied to numbers only is evaluated by its *protected* torch form -- the value
+    the module computes -- and written symbolically only where the mathematical form agrees:
+    log|0| is the module's log(1e-7), 0/0 its 0, never sympy's zoo or nan.
+    """
+    param_values = [_finite_value(p) for p in params]
+    if all(v is not None for v in numbers + param_values):
+        value = _protected_value(op, numbers, param_values)
+        try:
+            exact = op.sympy(*operands, *params)
+        except (TypeError, ValueError, ArithmeticError):
+            exact = None
+        if value is None:  # the module is not finite here either (a user operator): keep sympy's
+            if exact is None:
+                raise UserError(f"{where} has no value: its torch form is not finite there")
+            return exact, None
+        if exact is not None and _plain_constant(exact, numbers + param_values + [value]):
+            exact_value = _finite_value(exact)
+            # (a form whose value underflows to the float 0, e^{-10^40}, is not the module's 0)
+            if (exact_value is not None and _close(exact_value, value)
+                    and (exact_value != 0 or exact.is_zero)):
+                return exact, value
+        return _number(value, exact=True), value
+    operands = list(operands)
+    guards = _OPERAND_PROTECTIONS.get(op.name) if REGISTRY.get(op.name) is op else None
+    for i, v in enumerate(numbers):
+        if guards and v is not None and guards[i](v) != v:
+            operands[i] = _number(guards[i](v), exact=True)
+    try:
+        expr = op.sympy(*operands, *params)
+    except (TypeError, ValueError, ArithmeticError) as exc:
+        raise UserError(f"{where} has no symbolic form: {exc}") from None
+    if any(v is not None for v in numbers) and expr.has(*_NOT_FINITE):
+        raise UserError(f"{where} has no finite symbolic form (sympy gives {expr}); "
+                        f"export it with --format torch or json")
+    return expr, _finite_value(expr) if not expr.free_symbols else None
+
+
+def _symbolic_tree(act: "Activation", values: Optional[dict]) -> sympy.Expr:
+    """The sympy form of ``act``, built bottom-up without recursion (see Activation.sympy)."""
+    x = sympy.Symbol("x", real=True)
+    symbols = {s.name: _slot_symbol(s) for s in act.slots}
+    if values:
+        for name, v in values.items():
+            if name in symbols and isinstance(v, (int, float)):
+                symbols[name] = _number(float(v), exact=False)
+    edge = {s.node: symbols[s.name] for s in act.slots if s.kind == "edge"}
+    own: dict[int, list] = {}
+    for s in act.slots:
+        if s.kind == "operator":
+            own.setdefault(s.node, []).append(symbols[s.name])
+    kids = children(act.tree)
+    form: list = [None] * len(act.tree)
+    number: list = [None] * len(act.tree)  # the module's value where the form is a number
+    for idx in range(len(act.tree) - 1, -1, -1):
+        node = act.tree[idx]
+        if isinstance(node, gp.Primitive):
+            op = act.pset.operators[node.name]
+            expr, value = _symbolic_node(op, [form[k] for k in kids[idx]],
+                                         [number[k] for k in kids[idx]], own.get(idx, []),
+                                         f"{node.name} (node {idx})")
+        else:
+            value = leaf_value(node, act.pset)
+            expr = x if value is None else _number(value, exact=not is_literal(node))
+        if idx in edge:
+            expr = expr * edge[idx]
+            scale = _finite_value(edge[idx])
+            value = value * scale if value is not None and scale is not None else (
+                _finite_value(expr) if not expr.free_symbols else None)
+        form[idx], number[idx] = expr, value
+    return form[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -411,20 +582,196 @@ def _plain_value(name, value):
                         f"(one per channel), got {value!r}") from None
 
 
+def _learned_values(act: Activation, values):
+    """``(one, sites)`` from the ``values`` given to the torch export.
+
+    ``one``: a single ``{param: value}`` dict, every instance's values.  ``sites``: an ordered
+    ``{site name: {param: value}}`` -- given as such a dict (the run store's per-epoch record,
+    names = qualified module names in network order) or as a list of dicts (named ``site0``,
+    ``site1``, ...).  Every dict comes back complete, in slot order; a missing parameter takes
+    its initial value.  At most one of the two is not None.
+    """
+    if values is None or (isinstance(values, (dict, list, tuple)) and len(values) == 0):
+        return None, None
+    names = act.slot_names
+
+    def clean(site, where=""):
+        if not isinstance(site, dict):
+            raise UserError(f"learned values{where} must be a dict {{parameter: value}}, got "
+                            f"{type(site).__name__} (give one dict, a list of dicts, one per "
+                            f"site, or a dict {{site name: {{parameter: value}}}})")
+        unknown = set(site) - set(names)
+        if unknown:
+            raise UserError(f"learned values{where} name unknown parameters {sorted(unknown)}; "
+                            f"this activation has {names}")
+        return {s.name: _plain_value(s.name, site.get(s.name, s.init)) for s in act.slots}
+
+    if isinstance(values, (list, tuple)):
+        return None, {f"site{i}": clean(site, f" of site {i}") for i, site in enumerate(values)}
+    if isinstance(values, dict) and all(isinstance(v, dict) for v in values.values()):
+        bad = [k for k in values if not isinstance(k, str) or not k]
+        if bad:
+            raise UserError(f"learned values per site must be keyed by site name (a non-empty "
+                            f"string, the module's qualified name), got {bad[0]!r}")
+        return None, {name: clean(site, f" of site {name!r}") for name, site in values.items()}
+    return clean(values), None
+
+
+def _site_mean(sites: dict, slots) -> dict:
+    """Each scalar's mean over sites: element-wise when every site has the same shape for it
+    (all scalars, or per-channel lists of one length), else over sites and channels."""
+    out = {}
+    for slot in slots:
+        vals = [site[slot.name] for site in sites.values()]
+        lists = [v for v in vals if isinstance(v, list)]
+        if not lists:
+            out[slot.name] = sum(vals) / len(vals)
+        elif len(lists) == len(vals) and len({len(v) for v in vals}) == 1 and vals[0]:
+            out[slot.name] = [sum(col) / len(col) for col in zip(*vals)]
+        else:
+            flat = [x for v in vals for x in (v if isinstance(v, list) else [v])]
+            out[slot.name] = sum(flat) / len(flat) if flat else slot.init
+    return out
+
+
+def _dict_source(values: dict) -> str:
+    return "{" + ", ".join(f"{k!r}: {v!r}" for k, v in values.items()) + "}"
+
+
+def _sites_source(sites: dict, mean: dict) -> str:
+    rows = ["# Learned values of the scalars, one entry per activation site of the network they",
+            "# were trained in, in that network's forward order; a site's name is its qualified",
+            "# module name there (model.named_modules()).  LEARNED_MEAN: their mean over sites.",
+            "SITES = ["]
+    rows += [f"    {name!r}," for name in sites]
+    rows += ["]", "LEARNED = {"]
+    rows += [f"    {name!r}: {_dict_source(vals)}," for name, vals in sites.items()]
+    rows += ["}", f"LEARNED_MEAN = {_dict_source(mean)}"]
+    return "\n".join(rows)
+
+
+def _learned_doc(class_name: str, one, sites) -> list[str]:
+    """Lines of the exported file's docstring that say what its learned values are."""
+    if one is not None:
+        return ["", "Learned values: VALUES, every instance's initial values."]
+    if sites is None:
+        return []
+    return ["",
+            f"Learned values: {len(sites)} activation sites of the network they were trained in",
+            "(SITES and LEARNED, in forward order; a name is the site's qualified module name).",
+            f"{class_name}(site=i) or {class_name}(site=name) takes one site's values;",
+            "site=None, the default, takes LEARNED_MEAN, their mean over sites.  An index out of",
+            "range is a ValueError, an unknown name a KeyError; both list SITES.",
+            f"{class_name}.apply_to(model, by='name' | 'order' | 'mean') puts one module per",
+            "activation of another network: see its docstring."]
+
+
+_LEARNED_PARAMETER_SOURCE = '''\
+def _learned_parameter(value, num_channels, name, where):
+    """A learned value as a parameter: as learned, or num_channels values (a scalar repeats)."""
+    value = torch.tensor(value)
+    if num_channels is None:
+        return torch.nn.Parameter(value)
+    if value.dim() == 0:
+        return torch.nn.Parameter(value.expand(num_channels).clone())
+    if value.numel() != num_channels:
+        raise ValueError(f"{where}[{name!r}] has {value.numel()} per-channel values; "
+                         f"num_channels={num_channels} does not fit")
+    return torch.nn.Parameter(value)'''
+
+_SITES_CLASS_DOC = '''
+
+    With the scalars learned at __N__ activation sites (SITES, LEARNED).
+
+    ``site``: an index into SITES (negative counts from the end) or a site name takes that
+    site's values; None (the default) takes LEARNED_MEAN, the mean over sites (per channel
+    when every site has the same number of channels).  There is no fallback: an index out
+    of range is a ValueError, an unknown name a KeyError, both listing SITES.
+    ``num_channels``: C gives each parameter C values (a learned scalar repeats; values
+    learned per channel must have C entries); None keeps the values as learned.
+
+    __CLASS__.apply_to(model) replaces a network's activation modules, one site each.
+    '''
+
+_SITES_METHODS_SOURCE = '''
+    @staticmethod
+    def site_name(site):
+        """The name in SITES of ``site``, an index or a name; None stays None (the mean)."""
+        if site is None or isinstance(site, str):
+            if site is not None and site not in LEARNED:
+                raise KeyError(f"unknown site {site!r}; the {len(SITES)} learned sites are "
+                               f"{SITES}")
+            return site
+        if isinstance(site, bool) or not hasattr(site, "__index__"):
+            raise TypeError(f"site must be an index into SITES, a site name or None, "
+                            f"got {type(site).__name__}")
+        index = site.__index__()
+        if not -len(SITES) <= index < len(SITES):
+            raise ValueError(f"site {index} is out of range: {len(SITES)} sites were learned "
+                             f"(index 0..{len(SITES) - 1}): {SITES}")
+        return SITES[index]
+
+    @classmethod
+    def apply_to(cls, model, by="name", types=(torch.nn.ReLU, torch.nn.ReLU6, torch.nn.GELU,
+                                                torch.nn.SiLU)):
+        """Replace the activation modules of ``model`` by instances of this class, in place.
+
+        The targets are the modules of ``types`` (and of this class) in
+        ``model.named_modules(remove_duplicate=False)`` order; returns ``model``.
+
+        * ``by="name"``: the module named N takes site N.  For the network the values were
+          learned in (built again): its activation modules must be exactly SITES, else a
+          ValueError names the missing and the unknown ones.
+        * ``by="order"``: the i-th module takes SITES[i].  The counts must be equal, else a
+          ValueError; meaningful for a network with the same layout of activations.
+        * ``by="mean"``: every module takes LEARNED_MEAN (site=None); fits any network.
+
+        A module called at several places in forward is one target (torchvision's BasicBlock
+        calls self.relu twice): give every call its own module first, e.g.
+        ``model = gp_activations.replace_activations(model, torch.nn.ReLU)``.  New modules are
+        on the CPU: move the model afterwards as usual.
+        """
+        if by not in ("name", "order", "mean"):
+            raise ValueError(f"by must be 'name', 'order' or 'mean', got {by!r}")
+        types = tuple(types) + (cls,)
+        if isinstance(model, types):
+            raise ValueError(f"model is itself an activation module; use {cls.__name__}(site=...)")
+        targets = [name for name, module in model.named_modules(remove_duplicate=False)
+                   if isinstance(module, types)]
+        kinds = ", ".join(t.__name__ for t in types)
+        if by == "name":
+            missing = [s for s in SITES if s not in targets]
+            unknown = [t for t in targets if t not in LEARNED]
+            if missing or unknown:
+                raise ValueError(f"by='name': the activation modules of model ({kinds}) are not "
+                                 f"the learned sites: missing {missing}, not learned {unknown}; "
+                                 f"the {len(SITES)} learned sites are {SITES} (by='order' maps "
+                                 f"by position, by='mean' fits any network)")
+            chosen = targets
+        elif by == "order":
+            if len(targets) != len(SITES):
+                raise ValueError(f"by='order': model has {len(targets)} activation modules "
+                                 f"({kinds}) but {len(SITES)} sites were learned ({SITES}); "
+                                 f"by='mean' fits any network")
+            chosen = list(SITES)
+        else:
+            chosen = [None] * len(targets)
+        for name, site in zip(targets, chosen):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, cls(site=site))
+        return model
+
+    def extra_repr(self):
+        text = "site=None (mean over sites)" if self.site is None else f"site={self.site!r}"
+        return text + ("" if self.num_channels is None else f", num_channels={self.num_channels}")
+'''
+
+
 def export_torch_source(act: Activation, values=None, class_name="EvolvedActivation") -> str:
     program = act.program
     names = act.slot_names
-    per_site = isinstance(values, (list, tuple))
-    sites = list(values) if per_site else ([values] if values else [])
-    for site in sites:
-        if not isinstance(site, dict):
-            raise UserError(f"learned values must be a dict (one site) or a list of dicts, "
-                            f"got {type(site).__name__}")
-        unknown = set(site) - set(names)
-        if unknown:
-            raise UserError(f"learned values name unknown parameters {sorted(unknown)}; "
-                            f"this activation has {names}")
-    sites = [{k: _plain_value(k, v) for k, v in site.items()} for site in sites]
+    one, sites = _learned_values(act, values)
     doc_lines = [
         f"Activation function exported by gp-activations {__version__}.",
         "",
@@ -433,35 +780,45 @@ def export_torch_source(act: Activation, values=None, class_name="EvolvedActivat
     ]
     for slot in act.slots:
         doc_lines.append(f"Parameter {slot.name}: {slot.label}, init {slot.init:g}")
-    doc_lines += ["", "LaTeX:", f"    {act.latex()}"]
+    doc_lines += ["", "LaTeX:", f"    {_docstring_latex(act)}"]
+    doc_lines += _learned_doc(class_name, one, sites)
     parts = ['"""' + "\n".join(doc_lines).replace("\\", "\\\\") + '\n"""', "import torch"]
     parts += [_helper_source(fn, name).rstrip() for name, fn in program.helpers.items()]
     parts.append(program.source.rstrip())
-    if sites:
-        rows = ["# Learned values of the scalars, one dict per activation site.", "LEARNED = ["]
-        for site in sites:
-            rows.append("    {" + ", ".join(f"{k!r}: {v!r}" for k, v in site.items()) + "},")
-        parts.append("\n".join(rows + ["]"]))
-    init_args = "self, num_channels=None" + (", site=0" if sites else "")
+    if one is not None:
+        parts.append("# Learned values of the scalars: every instance starts from them.\n"
+                     f"VALUES = {_dict_source(one)}")
+        parts.append(_LEARNED_PARAMETER_SOURCE)
+    if sites is not None:
+        parts.append(_sites_source(sites, _site_mean(sites, act.slots)))
+        parts.append(_LEARNED_PARAMETER_SOURCE)
+    init_args = "self, num_channels=None" + (", site=None" if sites is not None else "")
+    doc = (_SITES_CLASS_DOC.replace("__CLASS__", class_name).replace("__N__", str(len(sites)))
+           if sites is not None else "")
     body = [f"class {class_name}(torch.nn.Module):",
-            f'    """{act.expression}"""',
+            f'    """{act.expression}{doc}"""',
             "",
             f"    expression = {act.expression!r}",
             "",
             f"    def __init__({init_args}):",
             "        super().__init__()",
-            "        self.num_channels = num_channels",
-            "        shape = () if num_channels is None else (num_channels,)"]
-    if sites:
-        body.append("        learned = LEARNED[site]")
-    for slot in act.slots:
-        init = f"torch.full(shape, {slot.init!r})"
-        if sites:
-            body.append(f"        value = torch.as_tensor(learned.get({slot.name!r}, {slot.init!r}))")
-            body.append(f"        self.{slot.name} = torch.nn.Parameter("
-                        f"value.expand(shape).clone() if value.dim() == 0 else value.clone())")
-        else:
-            body.append(f"        self.{slot.name} = torch.nn.Parameter({init})")
+            "        self.num_channels = num_channels"]
+    if sites is not None:
+        body += ["        self.site = self.site_name(site)",
+                 "        learned = LEARNED_MEAN if self.site is None else LEARNED[self.site]",
+                 "        where = 'LEARNED_MEAN' if self.site is None else f'LEARNED[{self.site!r}]'"]
+        for slot in act.slots:
+            body.append(f"        self.{slot.name} = _learned_parameter("
+                        f"learned[{slot.name!r}], num_channels, {slot.name!r}, where)")
+        body.append(_SITES_METHODS_SOURCE.rstrip("\n"))
+    elif one is not None:
+        for slot in act.slots:
+            body.append(f"        self.{slot.name} = _learned_parameter("
+                        f"VALUES[{slot.name!r}], num_channels, {slot.name!r}, 'VALUES')")
+    else:
+        body.append("        shape = () if num_channels is None else (num_channels,)")
+        for slot in act.slots:
+            body.append(f"        self.{slot.name} = torch.nn.Parameter(torch.full(shape, {slot.init!r}))")
     body += ["", "    def forward(self, x):"]
     if names:
         body.append(f"        params = [{', '.join('self.' + n for n in names)}]")
@@ -472,41 +829,3 @@ def export_torch_source(act: Activation, values=None, class_name="EvolvedActivat
         body.append(f"        return {program.function_name}(x)")
     parts.append("\n".join(body))
     return "\n\n\n".join(parts[:1]) + "\n\n" + "\n\n\n".join(parts[1:]) + "\n"
-
-
-def replace_activations(model: nn.Module, act, types: Sequence[type] = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU),
-                        fused: bool = False) -> nn.Module:
-    """Swap every module of ``types`` in ``model`` for a fresh instance of ``act``.
-
-    ``act`` is an :class:`Activation` (each site gets its own module and scalars), an expression
-    string over ``pangaea``, a zoo name, or any factory returning a module.  Returns ``model``
-    (or the new module, when ``model`` itself is one of ``types``).
-
-        >>> import torchvision
-        >>> net = torchvision.models.resnet18(num_classes=10)
-        >>> replace_activations(net, Activation.from_string("mul(x, erf(x))"))
-    """
-    if isinstance(act, str):
-        from . import zoo
-
-        act = zoo.get(act) if act in zoo.names() else Activation.from_string(act)
-    if isinstance(act, Activation):
-        make = lambda: act.module(fused=fused)  # noqa: E731
-    elif callable(act):
-        make = act
-    else:
-        raise UserError(f"replace_activations: expected an Activation, expression, zoo name or "
-                        f"factory, got {type(act).__name__}")
-    types = tuple(types)
-    # remove_duplicate=False: one module instance registered at several places (a shared
-    # nn.ReLU) is several sites, each of which gets its own module.
-    if isinstance(model, types):  # the model is itself one activation: nothing to swap inside
-        return make()
-    targets = [(name, mod) for name, mod in model.named_modules(remove_duplicate=False)
-               if isinstance(mod, types)]
-    for name, _ in targets:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, make())
-    return model
-

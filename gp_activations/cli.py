@@ -135,8 +135,8 @@ def cmd_train(args) -> int:
     overrides = {"epochs": args.epochs, "per_channel": args.per_channel or None,
                  "fused": args.fused or None, "threads": args.threads, "lr": args.lr,
                  "batch_size": args.batch_size, "time_limit": args.time_limit}
-    config = default_config(args.dataset, args.budget, **overrides)
     model = args.model or get_dataset_info(args.dataset).default_model
+    config = default_config(args.dataset, args.budget, model, **overrides)
     check_model(model, args.dataset, data_dir=args.data_dir, verify=not args.no_verify,
                 download=args.download)
     records = []
@@ -230,9 +230,13 @@ def cmd_search(args) -> int:
           + f", {cfg.executor} x{cfg.workers}; run directory {out}", file=sys.stderr)
     result = search.run()
     print()
-    print(f"Top functions of {out} (fitness = validation accuracy after "
+    network = _network_label(cfg, search.model)
+    print(f"Top functions of {out} for {network} (fitness = validation accuracy after "
           f"{search.train_config.epochs:g} epochs):")
     print(result.table())
+    if not cfg.fitness:
+        print(f"(selected for {network}: specialised to that network and task until evaluated "
+              f"elsewhere -- gp-activations evaluate {out} --model NAME tests a transfer)")
     counts = result.counts
     print(f"\n{counts['done']} done, {counts['failed']} failed, {counts['rejected']} rejected "
           f"before training, {counts['duplicates'] + result.dedup_hits} duplicates not trained; "
@@ -248,6 +252,21 @@ def cmd_search(args) -> int:
     print(f"next: gp-activations evaluate {out}   (retrain the top functions and baselines on "
           f"the test set)")
     return 0
+
+
+def _network_label(cfg, model) -> str:
+    from .data import dataset_names, get_dataset_info
+    from .search.config import is_object_label
+
+    if cfg.fitness:
+        return f"the fitness function {cfg.fitness}"
+    if model is None and cfg.dataset in dataset_names():
+        model = get_dataset_info(cfg.dataset).default_model
+    if model is not None and not isinstance(model, str):
+        model = getattr(model, "__name__", "a custom model")
+    elif is_object_label(model) or (isinstance(model, str) and ":" in model):
+        model = model.rpartition(":")[2].strip("<>")
+    return f"{cfg.dataset} / {model or 'a custom model'}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,7 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", default="latex", choices=["latex", "sympy", "torch", "json"])
     p.add_argument("--rank", type=int, default=1, help="with RUN: which function (1 = best)")
     p.add_argument("--with-learned-params", action="store_true",
-                   help="with RUN and --format torch: bake in the learned scalars per site")
+                   help="with RUN: the scalars learned in training. torch: one set per "
+                   "activation site of the trained network, named by module (SITES, LEARNED); "
+                   "EvolvedActivation(site=INDEX or NAME) picks one, site=None their mean, "
+                   "EvolvedActivation.apply_to(model, by='name'|'order'|'mean') maps them onto "
+                   "a network. latex, sympy, json: the mean over sites")
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_export)
 

@@ -94,10 +94,13 @@ def export_from_run(run_dir, rank: int = 1, fmt: str = "latex", with_learned: bo
     act = _activation(cand)
     values = None
     if with_learned and act.slots:
-        sites = site_values(learned_trajectory(store, rank, cand)[0])
-        if not sites:
+        trajectory = learned_trajectory(store, rank, cand)[0]
+        if not trajectory or not trajectory[-1]:
             raise UserError(f"no learned values recorded for rank {rank} of {run_dir}")
-        values = sites if fmt == "torch" else mean_values(sites)
+        # torch: every site's values under its name in the trained network, in network order
+        # (the exported file's SITES / LEARNED); the other formats print one function, the mean.
+        named = trajectory[-1]
+        values = named if fmt == "torch" else mean_values(list(named.values()))
     if fmt == "json":
         data = json.loads(act.export("json", values))
         data["fitness"] = top[rank - 1]["fitness"]

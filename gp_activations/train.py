@@ -468,7 +468,10 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
     chance = float(torch.bincount(y_eval, minlength=ds.num_classes).max().item()) / max(1, len(y_eval))
 
     if config.blowup_limit:
-        blowup = _blowup_at_init(net, x_train[:batch], config.blowup_limit, channels_last)
+        try:
+            blowup = _blowup_at_init(net, x_train[:batch], config.blowup_limit, channels_last)
+        except Exception as exc:  # noqa: BLE001 -- e.g. a user operator raising: this candidate fails
+            return _failed(record, exc, started)
         if blowup:
             return _finish(record, "diverged", blowup, started, 0.0, 0)
     sites = site_parameters(net)

@@ -28,6 +28,8 @@ from gp_activations.activation import Activation
 from gp_activations.cli import main
 from gp_activations.errors import UserError
 from gp_activations.evaluate import _protocol, evaluate_run, welch_p
+from gp_activations.data import get_dataset_info
+from gp_activations.models import activation_sites, build_model
 from gp_activations.report import export_from_run, write_report
 from gp_activations.search import RunStore, SearchConfig, run_search
 
@@ -320,9 +322,16 @@ def test_export_torch_with_learned_params(run, tmp_path, capsys):
     assert any(v != 1.0 for site in sites for v in site.values())  # really learned
     exported = _import_file(target)
     assert len(exported.LEARNED) == len(sites)
+    # the sites carry their names in the trained network (cnn_digits), in network order
+    net = build_model(get_dataset_info("digits").default_model, torch.nn.ReLU)
+    names = [name for name, _ in activation_sites(net)]
+    assert exported.SITES == list(exported.LEARNED) == names
+    assert [exported.LEARNED[n] for n in names] == sites
     x = torch.linspace(-4, 4, 101).reshape(1, 101)
     for i, values in enumerate(sites):
         layer = exported.EvolvedActivation(site=i)
+        assert layer.site == names[i]
+        assert torch.equal(exported.EvolvedActivation(site=names[i])(x), layer(x))
         reference = act.module()
         with torch.no_grad():
             for name, value in values.items():
@@ -331,6 +340,20 @@ def test_export_torch_with_learned_params(run, tmp_path, capsys):
             assert torch.allclose(got, reference(x), atol=1e-6)
             assert torch.allclose(got, act(x, values=values), atol=1e-6)
             assert not torch.allclose(got, act(x), atol=1e-4)  # not the initial function
+    # no silent fallback: a site that does not exist is an error naming the sites
+    with pytest.raises(ValueError, match=r"site 3 is out of range: 3 sites"):
+        exported.EvolvedActivation(site=3)
+    with pytest.raises(KeyError, match="unknown site 'layer1.0.act1'"):
+        exported.EvolvedActivation(site="layer1.0.act1")
+    # site=None: the mean over sites, the function the latex/json exports print
+    default = exported.EvolvedActivation()
+    for k in act.slot_names:
+        assert getattr(default, k).item() == pytest.approx(statistics.fmean(s[k] for s in sites))
+    # onto the network they were learned in, by module name
+    exported.EvolvedActivation.apply_to(net)
+    applied = [(n, m.site) for n, m in net.named_modules()
+               if isinstance(m, exported.EvolvedActivation)]
+    assert applied == list(zip(names, names))
     # before the final evaluation, the values came from the fitness training
     mean = {k: statistics.fmean(s[k] for s in fitness_sites) for k in act.slot_names}
     assert run.learned_before == pytest.approx(mean)
