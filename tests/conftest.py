@@ -10,6 +10,7 @@ write_fake_cifar``) or use the ``fake_cifar_writer`` fixture.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import pickle
 from pathlib import Path
 
@@ -139,3 +140,12 @@ def imported_modules(source: str) -> set:
         elif isinstance(node, ast.ImportFrom):
             names.add(node.module)
     return names
+
+
+def load_exported(source: str, path, name: str):
+    """Write an exported torch source to ``path`` and import it as module ``name``."""
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -4,14 +4,13 @@ JSON round trips, modules (fresh, per-channel, fused, copied, saved) and replace
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import math
 import random
 
 import numpy as np
 import pytest
-from conftest import imported_modules
+from conftest import load_exported, imported_modules
 import sympy
 import torch
 from deap import gp
@@ -56,12 +55,6 @@ def protected_eval(act: Activation, x: torch.Tensor, values: dict | None = None)
     return out[0] + torch.zeros_like(x)
 
 
-def load_exported(source: str, path, name: str):
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def value_and_grad(fn, x, params=()):

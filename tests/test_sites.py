@@ -5,13 +5,12 @@ index or name, ``apply_to``) and ``replace_activations`` giving every *call* its
 from __future__ import annotations
 
 import copy
-import importlib.util
 import io
 import warnings
 
 import pytest
 import torch
-from conftest import imported_modules
+from conftest import load_exported, imported_modules
 from torch import nn
 
 from gp_activations import Activation, UserError, replace_activations
@@ -24,12 +23,6 @@ SWISH_BETA = ("mul(x, sigmoid(x))", "pangaea", [3])  # x·σ(p0·x); p0 = 1 is S
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def load_exported(source: str, path, name: str):
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def swish_beta() -> Activation:
