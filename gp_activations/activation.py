@@ -829,3 +829,12 @@ def export_torch_source(act: Activation, values=None, class_name="EvolvedActivat
         body.append(f"        return {program.function_name}(x)")
     parts.append("\n".join(body))
     return "\n\n\n".join(parts[:1]) + "\n\n" + "\n\n\n".join(parts[1:]) + "\n"
+
+
+def latex_or_note(act: Activation) -> str:
+    """``act.latex()``, or a short note for tables and plots where no LaTeX can be produced
+    (a tree too deep for sympy): a report must not fail on one such function."""
+    try:
+        return act.latex()
+    except UserError as exc:
+        return f"(no LaTeX: {exc})"

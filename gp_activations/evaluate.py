@@ -370,12 +370,12 @@ def format_p(p: Optional[float]) -> str:
 
 
 def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
-    from .activation import Activation
+    from .activation import Activation, latex_or_note
 
     def tex_name(r: ResultRow) -> str:
         if r.kind == "baseline":
             return r.label.replace("_", r"\_")
-        return f"${Activation.from_string(r.expression, r.primitives, r.params).latex()}$"
+        return f"${latex_or_note(Activation.from_string(r.expression, r.primitives, r.params))}$"
 
     lines = [r"\begin{table}[t]", r"\centering",
              rf"\caption{{Test accuracy (\%) on {_tex_escape(dataset)} / {_tex_escape(model)}, "

@@ -22,7 +22,7 @@ import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .activation import Activation
+from .activation import Activation, latex_or_note
 from .errors import UserError
 from .search.config import SearchConfig
 from .search.ranking import flag_text, ranked_functions, skipped_note
@@ -144,7 +144,7 @@ def plot_shapes(store: RunStore, path: Path, k: int = 4) -> None:
             if sites:
                 ax.plot(x, act(x, values=mean_values(sites)), lw=1.5,
                         label="learned scalars (mean over sites)")
-        ax.set_title(f"#{i + 1} (fitness {item['fitness']:.4f}): " + _mathtext(act.latex()), fontsize=9)
+        ax.set_title(f"#{i + 1} (fitness {item['fitness']:.4f}): " + _mathtext(latex_or_note(act)), fontsize=9)
         ax.set_xlabel("$x$")
         ax.set_ylabel("$f(x)$")
         ax.grid(alpha=0.3)
@@ -221,7 +221,7 @@ def plot_params(store: RunStore, depth_path: Path, epochs_path: Path) -> Optiona
     ax.set_xticks(range(len(sites)), sites, rotation=30, ha="right", fontsize=7)
     ax.set_xlabel("activation site (input → output)")
     ax.set_ylabel("learned value (mean over channels)")
-    ax.set_title(f"#{rank}: " + _mathtext(act.latex()), fontsize=9)
+    ax.set_title(f"#{rank}: " + _mathtext(latex_or_note(act)), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -322,7 +322,7 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
              "| rank | fitness | function | LaTeX |", "|---:|---:|---|---|"]
     for i, item in enumerate(top, 1):
         act = _activation(item["candidate"])
-        lines.append(f"| {i} | {item['fitness']:.4f} | `{act}`{flag_text(item)} | ${act.latex()}$ |")
+        lines.append(f"| {i} | {item['fitness']:.4f} | `{act}`{flag_text(item)} | ${latex_or_note(act)}$ |")
     _, skipped = ranked_functions(store, k, cfg.variant_fitness, cfg.allow_linear)
     if skipped:
         lines += ["", f"Note: {skipped_note(skipped)}."]

@@ -357,3 +357,19 @@ def test_one_zoo_or_expression_resolver():
         zoo.resolve("relu", "minimal")  # zoo names are pangaea trees
     with pytest.raises(UserError):
         zoo.resolve(3)
+
+
+def test_tables_and_reports_survive_a_function_without_latex(tmp_path):
+    from gp_activations.activation import latex_or_note
+
+    deep = Activation.from_string("sin(" * 3000 + "x" + ")" * 3000)
+    note = latex_or_note(deep)
+    assert note.startswith("(no LaTeX: expression is") and "--format torch or json" in note
+    assert latex_or_note(zoo.get("silu")) == zoo.get("silu").latex()
+    run = tmp_path / "run"
+    cfg = dict(CHEAP, generations=1, population=1, param_variants=0,
+               init_expressions=["sin(" * 3000 + "x" + ")" * 3000], max_height=4000, max_size=4000)
+    result = run_search(SearchConfig(**cfg), out=run, progress=False,
+                        fitness=f"{HELPERS}:score_fitness")
+    assert "(no LaTeX" in result.table() or all(t["expression"] != deep.expression for t in result.top)
+    assert write_report(run, k=2).is_file()

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from .. import zoo
-from ..activation import Activation
+from ..activation import Activation, latex_or_note
 from ..errors import UserError
 from ..primitive_sets import load_primitive_set
 from .config import SearchConfig, is_object_label, object_label
@@ -516,7 +516,7 @@ class Search:
             top.append({"rank": rank, "fitness": item["fitness"], "expression": cand["expression"],
                         "params": json.loads(cand["params"]), "candidate_id": cand["id"],
                         "function_id": item["function_id"], "label": _label(cand["expression"], cand["params"]),
-                        "latex": _latex_or_note(act), "linear": item["linear"],
+                        "latex": latex_or_note(act), "linear": item["linear"],
                         "equals": item["equals"], "flags": flag_text(item)})
             if item["linear"] or item["equals"]:
                 log.info("rank %d %s is flagged:%s", rank, top[-1]["label"], top[-1]["flags"])
@@ -531,13 +531,6 @@ class Search:
         return SearchResult(self.run_dir, top, relu_fitness(self.store), self.store.status_counts(),
                             self.store.get_meta("dedup_hits", 0), interrupted, wall_time, note,
                             failures)
-
-
-def _latex_or_note(act: Activation) -> str:
-    try:
-        return act.latex()
-    except UserError as exc:  # e.g. a tree too deep for sympy
-        return f"(no LaTeX: {exc})"
 
 
 def relu_fitness(store: RunStore) -> Optional[float]:
