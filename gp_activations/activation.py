@@ -266,7 +266,8 @@ class Activation:
         beyond a clamp, a denominator within 1e-6 of 0, ...).  Where a protection is active at
         a *constant* -- ``logabs(zero)``, ``div(x, zero)``, ``div(x, 1e-9)``, or ``sub(x, x)``
         as a denominator -- the value the module uses there is written instead (see
-        :func:`_symbolic_tree`).  Too deep a tree for sympy is a :class:`UserError`.
+        :func:`_symbolic_tree`).  A tree too deep for sympy (:class:`SymbolicDepthError`) or
+        whose form would be too large (:class:`SymbolicSizeError`) is a :class:`UserError`.
         """
         with _symbolic_depth_guard(self):
             result = _symbolic_tree(self, values)
@@ -395,12 +396,34 @@ def _symbolic_depth_guard(act: "Activation"):
         raise SymbolicDepthError(act.height) from None
 
 
+class SymbolicSizeError(UserError):
+    """A tree whose symbolic form grows beyond what sympy builds and prints in reasonable time:
+    an operator that uses its operand twice (i0e is e^{-|x|} I₀(x)) doubles the form per level."""
+
+    def __init__(self, size: int, where: str):
+        self.size = size
+        super().__init__(f"the sympy/LaTeX form of this expression would have more than {size} "
+                         f"operations (exceeded at {where}; operators that repeat their operand, "
+                         f"like i0e, double it per level): too large for sympy/LaTeX -- export "
+                         f"it with --format torch or json")
+
+
+#: The torch export's docstring shows LaTeX for trees up to this many nodes: sympy's cost grows
+#: faster than linearly (scale(scale(...)) of 3000 levels: a minute), the export's must not.
+_DOCSTRING_LATEX_NODES = 1000
+
+
 def _docstring_latex(act: "Activation") -> str:
     """The LaTeX line of the torch export's docstring, or a note where there is none."""
+    if act.size > _DOCSTRING_LATEX_NODES:
+        return (f"(omitted for an expression of {act.size} nodes; "
+                f"gp-activations export --format latex prints it where sympy can)")
     try:
         return act.latex()
     except SymbolicDepthError as exc:
         return f"(omitted: the expression is {exc.depth} levels deep, too deep for sympy/LaTeX)"
+    except SymbolicSizeError as exc:
+        return f"(omitted: the form would have more than {exc.size} operations)"
     except UserError as exc:
         return f"(omitted: {exc})"
 
@@ -411,6 +434,28 @@ _NOT_FINITE = (sympy.S.ComplexInfinity, sympy.S.NaN, sympy.S.Infinity, sympy.S.N
 #: Constant sub-forms kept symbolic (sin(1/2), √2/2) up to this many operations; longer ones,
 #: and every one the module computes differently, are written as the module's number.
 _MAX_CONSTANT_OPS = 8
+
+
+#: Largest symbolic form built, in operations counted as printed (a shared subexpression each
+#: time it occurs): this many, or 4 per tree node for bigger trees.
+_MAX_FORM_SIZE = 20000
+
+
+def _form_size(expr, memo: dict) -> int:
+    """Operations in ``expr`` as printed, iteratively, each distinct subexpression visited once."""
+    stack = [expr]
+    while stack:
+        e = stack[-1]
+        if e in memo:
+            stack.pop()
+            continue
+        pending = [a for a in e.args if a not in memo]
+        if pending:
+            stack.extend(pending)
+            continue
+        memo[e] = 1 + sum(memo[a] for a in e.args)
+        stack.pop()
+    return memo[expr]
 
 
 def _clamp(lo, hi):
@@ -526,6 +571,8 @@ def _symbolic_tree(act: "Activation", values: Optional[dict]) -> sympy.Expr:
     kids = children(act.tree)
     form: list = [None] * len(act.tree)
     number: list = [None] * len(act.tree)  # the module's value where the form is a number
+    sizes: dict = {}
+    max_size = max(_MAX_FORM_SIZE, 4 * len(act.tree))
     for idx in range(len(act.tree) - 1, -1, -1):
         node = act.tree[idx]
         if isinstance(node, gp.Primitive):
@@ -533,6 +580,8 @@ def _symbolic_tree(act: "Activation", values: Optional[dict]) -> sympy.Expr:
             expr, value = _symbolic_node(op, [form[k] for k in kids[idx]],
                                          [number[k] for k in kids[idx]], own.get(idx, []),
                                          f"{node.name} (node {idx})")
+            if _form_size(expr, sizes) > max_size:
+                raise SymbolicSizeError(max_size, f"{node.name} (node {idx})")
         else:
             value = leaf_value(node, act.pset)
             expr = x if value is None else _number(value, exact=not is_literal(node))

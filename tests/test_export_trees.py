@@ -265,7 +265,8 @@ def test_protected_constant_values_are_printed():
     assert Activation.from_string("div(x, sub(x, x))").latex() == "1000000 x"
     assert Activation.from_string("max(x, div(zero, zero))").export("sympy") == "Max(0, x)"
     # exact constants stay exact where the module agrees with them
-    assert Activation.from_string("mul(x, sin(0.5))").latex() == r"x \sin{\left(\frac{1}{2} \right)}"
+    sin_half = Activation.from_string("mul(x, sin(0.5))").latex()
+    assert sin_half == r"x \sin{\left(\frac{1}{2} \right)}"
     assert Activation.from_string("add(x, exp(one))").export("sympy") == "x + E"
 
 
@@ -305,7 +306,7 @@ def test_deep_tree_torch_and_json_export(op, tmp_path):
     act = Activation.from_string(deep(op), "pangaea")
     assert act.height == DEPTH and str(act.tree) == deep(op)
     source = act.export("torch")
-    assert "levels deep" in source and f"{DEPTH}" in source  # the docstring's note, no LaTeX
+    assert f"LaTeX:\n    (omitted for an expression of {DEPTH + 1} nodes;" in source
     path = tmp_path / "deep_export.py"
     path.write_text(source)
     namespace: dict = {}
@@ -333,6 +334,25 @@ def test_deep_tree_symbolic_export_is_one_user_error(fmt):
         act.sympy()
     with pytest.raises(UserError, match="levels deep"):
         act.latex()
+
+
+def test_torch_export_notes_why_latex_is_missing():
+    # deeper than sympy's recursion allows, small enough for the docstring to try
+    source = Activation.from_string(deep("sin", 600)).torch_source()
+    assert ("LaTeX:\n    (omitted: the expression is 600 levels deep, too deep for sympy/LaTeX)"
+            in source)
+    # i0e is e^{-|x|} I0(x): its operand twice, so the symbolic form doubles per level
+    act = Activation.from_string(deep("i0e", 14))
+    with pytest.raises(UserError, match="would have more than 20000 operations .*too large for "
+                                        "sympy/LaTeX -- export it with --format torch or json"):
+        act.latex()
+    source = act.torch_source()
+    assert "LaTeX:\n    (omitted: the form would have more than 20000 operations)" in source
+    namespace: dict = {}
+    exec(compile(source, "<export>", "exec"), namespace)  # noqa: S102 -- our own export
+    x = torch.linspace(-3, 3, 13)
+    assert torch.equal(namespace["EvolvedActivation"]()(x), act.module()(x))
+    assert Activation.from_string(deep("i0e", 4)).latex().count("I_{0}") == 2 ** 4 - 1
 
 
 def test_deep_constant_tree_exports_its_value():
@@ -365,6 +385,16 @@ def test_cli_deep_expression(capsys, tmp_path):
         assert out == ""
         assert err.count("\n") == 1 and "Traceback" not in err
         assert f"expression is {DEPTH} levels deep" in err and "--format torch or json" in err
+
+
+def test_cli_too_large_form(capsys):
+    text = deep("i0e", 14)
+    assert cli.main(["export", "--expr", text, "--format", "latex"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and "too large for sympy/LaTeX" in err
+    assert cli.main(["export", "--expr", text, "--format", "torch"]) == 0
+    out, err = capsys.readouterr()
+    assert out.count("torch.special.i0e(") == 14 and not err
 
 
 def test_cli_protected_constant(capsys):
