@@ -339,9 +339,12 @@ def test_deep_tree_symbolic_export_is_one_user_error(fmt):
 def test_torch_export_notes_why_latex_is_missing():
     # deeper than sympy's recursion allows, small enough for the docstring to try
     # (where sympy's recursion gives out depends on what it has cached: either is right)
+    # (the source doubles LaTeX's backslashes: it is a Python docstring)
     source = Activation.from_string(deep("sin", 600)).torch_source()
     assert ("LaTeX:\n    (omitted: the expression is 600 levels deep, too deep for sympy/LaTeX)"
-            in source) or "LaTeX:\n    \\sin" in source
+            in source) or "LaTeX:\n    \\\\sin{\\\\left(" in source
+    shallow = Activation.from_string(deep("sin", 5)).torch_source()
+    assert "LaTeX:\n    \\\\sin{\\\\left(\\\\sin{" in shallow
     # i0e is e^{-|x|} I0(x): its operand twice, so the symbolic form doubles per level
     act = Activation.from_string(deep("i0e", 14))
     with pytest.raises(UserError, match="would have more than 20000 operations .*too large for "
