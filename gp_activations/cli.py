@@ -225,16 +225,27 @@ def cmd_search(args) -> int:
     cfg = search.config
     stop = [f"{cfg.generations} generations"] if cfg.generations < 1_000_000 else []
     stop += [f"budget {cfg.budget} trainings"] if cfg.budget else []
-    print(f"search: {cfg.strategy} on {cfg.dataset} ({cfg.primitives}), population "
+    where = (" + ".join(t["name"] for t in search.tasks) if search.tasks else cfg.dataset)
+    print(f"search: {cfg.strategy} on {where} ({cfg.primitives}), population "
           f"{cfg.population}, {', '.join(stop)}"
           + f", {cfg.executor} x{cfg.workers}; run directory {out}", file=sys.stderr)
     result = search.run()
     print()
     network = _network_label(cfg, search.model)
-    print(f"Top functions of {out} for {network} (fitness = validation accuracy after "
-          f"{search.train_config.epochs:g} epochs):")
-    print(result.table())
-    if not cfg.fitness:
+    if search.tasks:
+        how = ("weighted mean" if len({t["weight"] for t in search.tasks}) > 1 else "mean") \
+            if cfg.task_aggregate == "mean" else "minimum"
+        print(f"Top functions of {out} for {len(search.tasks)} tasks (fitness = the {how} over "
+              f"tasks of validation accuracy / ReLU's, each task's fitness budget):")
+        print(result.table())
+        print(result.task_table())
+        print(f"(selected to do well on every one of these tasks -- gp-activations evaluate "
+              f"{out} retrains them on each task's test set)")
+    else:
+        print(f"Top functions of {out} for {network} (fitness = validation accuracy after "
+              f"{search.train_config.epochs:g} epochs):")
+        print(result.table())
+    if not cfg.fitness and not search.tasks:
         print(f"(selected for {network}: specialised to that network and task until evaluated "
               f"elsewhere -- gp-activations evaluate {out} --model NAME tests a transfer)")
     counts = result.counts
@@ -273,14 +284,21 @@ def _network_label(cfg, model) -> str:
 # evaluate / report
 # ---------------------------------------------------------------------------------------------
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run, format_table
+    from .evaluate import evaluate_run, evaluate_tasks, format_table
 
-    rows = evaluate_run(args.run, top=args.top, seeds=args.seeds, epochs=args.epochs,
-                        baselines=args.baselines, model=args.model, dataset=args.dataset,
-                        executor=args.executor, workers=args.workers, device=args.device,
-                        data_dir=args.data_dir, task_timeout=args.task_timeout,
-                        progress=not args.no_progress)
-    print(format_table(rows))
+    common = dict(top=args.top, seeds=args.seeds, epochs=args.epochs, baselines=args.baselines,
+                  executor=args.executor, workers=args.workers, device=args.device,
+                  data_dir=args.data_dir, task_timeout=args.task_timeout,
+                  progress=not args.no_progress)
+    if args.model or args.dataset:
+        results = [(None, evaluate_run(args.run, model=args.model, dataset=args.dataset,
+                                       **common))]
+    else:
+        results = evaluate_tasks(args.run, **common)
+    for name, rows in results:
+        if len(results) > 1:
+            print(f"\n{name} (test accuracy, {rows[0].n if rows else 0} seeds):")
+        print(format_table(rows))
     csv_path = max(Path(args.run).glob("results*.csv"), key=lambda p: p.stat().st_mtime)
     print(f"\nwrote {csv_path} and {csv_path.with_suffix('.tex')}; "
           f"next: gp-activations report {args.run}")

@@ -125,6 +125,21 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
         store.close()
 
 
+def evaluate_tasks(run_dir, **kwargs) -> list[tuple[str, list[ResultRow]]]:
+    """A multi-task run's evaluation: :func:`evaluate_run` on each of its tasks in turn (each
+    with its own full schedule), as ``[(task name, rows), ...]``; a single-task run gives one."""
+    store = RunStore.open(run_dir)
+    try:
+        cfg = SearchConfig.from_dict(store.config(), where=f"{run_dir} config")
+    finally:
+        store.close()
+    if not cfg.multi_task:
+        rows = evaluate_run(run_dir, **kwargs)
+        return [(cfg.task_list()[0]["name"], rows)]
+    return [(task["name"], evaluate_run(run_dir, dataset=task["dataset"], model=task["model"],
+                                        **kwargs)) for task in cfg.task_list()]
+
+
 def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=None) -> dict:
     """Validate everything and decide the schedule before any row is stored."""
     from .train import default_config
@@ -136,6 +151,10 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     if top < 0 or seeds < 1:
         raise UserError(f"--top must be >= 0 and --seeds >= 1 (got {top}, {seeds})")
     baselines = parse_baselines(baselines or ev.get("baselines") or DEFAULT_BASELINES)
+    if cfg.multi_task and not (dataset or model):
+        raise UserError(f"{run_dir} searched {len(cfg.tasks)} tasks "
+                        f"({', '.join(t['name'] for t in cfg.task_list())}): evaluate each with "
+                        f"evaluate_tasks({str(run_dir)!r}), or give dataset= and model=")
     if cfg.fitness and not (dataset and model):
         raise UserError(f"{run_dir} was searched with a fitness function ({cfg.fitness}), not a "
                         f"dataset and model: give --dataset and --model to evaluate its functions")
@@ -164,7 +183,7 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     model = model or (run_model if dataset == run_dataset else None) or default_model
     if model is not None and ":" not in str(model) and model not in MODELS and not is_object_label(model):
         raise UserError(f"unknown model {model!r}; known models: {', '.join(MODELS)}")
-    own = (dataset, model) == (run_dataset, run_model)
+    own = (dataset, model) == (run_dataset, run_model) and not cfg.multi_task
     overrides = dict(ev.get("train", {})) if own else {}
     if epochs is None and own:
         epochs = ev.get("epochs")

@@ -262,10 +262,28 @@ def report_protocol(store: RunStore, own_only: bool = False) -> Optional[str]:
     return None if own_only or not latest else latest[0]
 
 
-def _results_rows(store: RunStore):
+def _results_tables(store: RunStore, cfg: SearchConfig) -> list:
+    """[(rows, protocol described)]: the final evaluation to report -- for a multi-task run the
+    latest of each task, in the run's task order."""
+    if not cfg.multi_task:
+        rows, described = _results_rows(store)
+        return [(rows, described)] if rows else []
+    latest = [r[0] for r in store.db.execute(
+        "SELECT protocol FROM final WHERE status = 'done' GROUP BY protocol ORDER BY MAX(finished_at) DESC")]
+    out = []
+    for task in cfg.task_list():
+        mine = [p for p in latest if (json.loads(p)["dataset"], json.loads(p)["model"])
+                == (task["dataset"], task["model"])]
+        if mine:
+            rows, described = _results_rows(store, mine[0])
+            out.append((rows, described))
+    return out
+
+
+def _results_rows(store: RunStore, protocol: Optional[str] = None):
     from .evaluate import summarize
 
-    protocol = report_protocol(store)
+    protocol = protocol or report_protocol(store)
     if protocol is None:
         return None, None
     recorded = store.get_meta("final_protocols", {}).get(protocol, {})
@@ -310,19 +328,40 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     params_caption = plot_params(store, out / "params_depth.png", out / "params_epochs.png")
 
     counts = store.status_counts()
+    tasks = cfg.task_list() if cfg.multi_task else []
+    where = (" + ".join(f"**{t['name']}**" for t in tasks) if tasks
+             else f"**{cfg.dataset}** / {cfg.model or 'default model'}")
     lines = [f"# Search report: `{Path(run_dir).name}`", "",
-             f"{cfg.strategy} on **{cfg.dataset}** / {cfg.model or 'default model'}, search space "
+             f"{cfg.strategy} on {where}, search space "
              f"`{cfg.primitives}`, population {cfg.population}"
              + (f", {cfg.generations} generations" if cfg.generations < 1_000_000 else "")
              + (f", budget {cfg.budget} trainings" if cfg.budget else "") + ".  "
              f"{counts['done']} candidates trained, {counts['failed']} failed, {counts['rejected']} "
              f"rejected before training, {counts['duplicates'] + store.get_meta('dedup_hits', 0)} "
              "duplicates skipped.", "",
-             "## Top functions (search fitness = validation accuracy after brief training)", "",
-             "| rank | fitness | function | LaTeX |", "|---:|---:|---|---|"]
+             "## Top functions (search fitness = validation accuracy after brief training)", ""]
+    if tasks:
+        refs = {t: r["accuracy"] for t, r in store.task_runs(0).items()}
+        lines[-2] = (f"## Top functions (search fitness = the {cfg.task_aggregate} over tasks of "
+                     f"validation accuracy / ReLU's, after brief training)")
+        lines += ["| rank | fitness | " + " | ".join(t["name"] for t in tasks) + " | function | LaTeX |",
+                  "|---:|---:|" + "---:|" * len(tasks) + "---|---|"]
+    else:
+        lines += ["| rank | fitness | function | LaTeX |", "|---:|---:|---|---|"]
     for i, item in enumerate(top, 1):
         act = _activation(item["candidate"])
-        lines.append(f"| {i} | {item['fitness']:.4f} | `{act}`{flag_text(item)} | ${latex_or_note(act)}$ |")
+        per_task = ""
+        if tasks:
+            metrics = json.loads(item["candidate"]["metrics"] or "{}")
+            accs = {t["task"]: t.get("accuracy") for t in metrics.get("tasks", [])}
+            per_task = "".join(" n/a |" if accs.get(t["name"]) is None
+                               else f" {accs[t['name']]:.4f} |" for t in tasks)
+        lines.append(f"| {i} | {item['fitness']:.4f} |{per_task} `{act}`{flag_text(item)} | "
+                     f"${latex_or_note(act)}$ |")
+    if tasks:
+        lines += ["", "ReLU's validation accuracy per task (the normaliser): " + ", ".join(
+            f"{t['name']} {refs[i]:.4f}" for i, t in enumerate(tasks) if refs.get(i) is not None)
+            + "."]
     _, skipped = ranked_functions(store, k, cfg.variant_fitness, cfg.allow_linear)
     if skipped:
         lines += ["", f"Note: {skipped_note(skipped)}."]
@@ -334,12 +373,14 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
         lines += ["## Learned parameters", "", f"{params_caption}.", "",
                   "![learned scalars per site](params_depth.png)", "",
                   "![learned scalars over epochs](params_epochs.png)", ""]
-    rows, protocol = _results_rows(store)
-    if rows:
+    tables = _results_tables(store, cfg)
+    for rows, protocol in tables:
         test_split = protocol.pop("_test_split", None) or "the dataset's test split"
         from .evaluate import format_p
 
-        lines += ["## Final evaluation (test set)", "",
+        title = (f"## Final evaluation on {protocol['dataset']} / {protocol['model']} (test set)"
+                 if cfg.multi_task else "## Final evaluation (test set)")
+        lines += [title, "",
                   f"{protocol['dataset']} / {protocol['model'] or 'default model'}, "
                   f"{protocol['epochs']:g} epochs; mean ± std over seeds; p: Welch's t-test vs ReLU.  "
                   f"Measured on the test split ({test_split}), which the search never used: its "
@@ -352,7 +393,7 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
             fn = f"`{r.expression}`" + (f" @ {r.params}" if r.params else "")
             lines.append(f"| {r.display_label} | {acc} | {r.n} | {p} | {fn} |")
         lines.append("")
-    else:
+    if not tables:
         lines += ["## Final evaluation", "", f"Not run yet: `gp-activations evaluate {run_dir}`.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

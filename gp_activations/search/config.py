@@ -46,6 +46,10 @@ class SearchConfig:
     verify: bool = True
     download: bool = False
     primitives: str = "pangaea"
+    # several tasks at once (a "general" function): [{dataset, model, weight, epochs, train}];
+    # fitness = the weighted mean (or the min) over tasks of accuracy / ReLU's accuracy there
+    tasks: Optional[list] = None
+    task_aggregate: str = "mean"  # or "min"
     # evolution
     strategy: str = "evolution"  # or "random": the same space and budget, no selection
     population: int = 16
@@ -97,7 +101,8 @@ class SearchConfig:
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
         choices = {"strategy": ("evolution", "random"), "selection": ("softmax", "tournament"),
-                   "variant_fitness": ("best", "plain"), "executor": ("serial", "process", "ray")}
+                   "variant_fitness": ("best", "plain"), "executor": ("serial", "process", "ray"),
+                   "task_aggregate": ("mean", "min")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"config: {key!r} must be one of {', '.join(allowed)}, "
@@ -129,8 +134,100 @@ class SearchConfig:
         if self.mutation_weights and not any(
                 self.mutation_weights.get(m, 1.0 if m != "subtree" else 0.0) > 0 for m in MUTATIONS):
             raise UserError("config: every mutation weight is 0; at least one must be positive")
+        self._validate_tasks()
         self.train_config()  # validates the [train] table
         self._validate_evaluate()
+
+    def _validate_tasks(self) -> None:
+        if self.tasks is None:
+            return
+        if not self.tasks:
+            raise UserError("config: 'tasks' is empty; list at least one {dataset, model} table "
+                            "(or leave 'tasks' out for a single-task search)")
+        for key in ("model", "data", "fitness"):
+            if getattr(self, key) is not None:
+                raise UserError(f"config: give each task's model in its 'tasks' entry, not a "
+                                f"top-level {key!r} (a multi-task search uses registered datasets "
+                                f"and models)")
+        known = {"dataset": str, "model": str, "weight": (int, float), "epochs": (int, float),
+                 "train": dict}
+        seen = set()
+        for i, entry in enumerate(self.tasks):
+            where = f"config: tasks[{i}]"
+            if not isinstance(entry, dict):
+                raise UserError(f"{where} must be a table like {{dataset = \"mnist1d\", model = "
+                                f"\"cnn1d\"}}, got {entry!r}")
+            for key, value in entry.items():
+                if key not in known:
+                    raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, known)} "
+                                    f"(known: {', '.join(known)})")
+                if isinstance(value, bool) or not isinstance(value, known[key]):
+                    raise UserError(f"{where}: {key!r} has the wrong type: {value!r}")
+            if "dataset" not in entry:
+                raise UserError(f"{where} has no 'dataset' (e.g. dataset = \"mnist1d\")")
+            names = _dataset_names()
+            from ..data import get_dataset_info
+
+            try:
+                info = get_dataset_info(entry["dataset"])
+            except UserError:
+                raise UserError(f"{where}: unknown dataset {entry['dataset']!r}"
+                                f"{did_you_mean(entry['dataset'], names)} (known: "
+                                f"{', '.join(names)})") from None
+            from ..models import MODELS
+
+            model = entry.get("model", info.default_model)
+            if model not in MODELS:
+                raise UserError(f"{where}: unknown model {model!r}{did_you_mean(model, MODELS)} "
+                                f"(known: {', '.join(MODELS)})")
+            weight = entry.get("weight", 1.0)
+            if not (math.isfinite(weight) and weight > 0):
+                raise UserError(f"{where}: 'weight' must be a positive number, got {weight!r}")
+            epochs = entry.get("epochs", 1.0)
+            if not (math.isfinite(epochs) and epochs > 0):
+                raise UserError(f"{where}: 'epochs' must be a positive, finite number, got {epochs!r}")
+            if (info.name, model) in seen:
+                raise UserError(f"{where}: {info.name}/{model} is listed twice")
+            seen.add((info.name, model))
+        if self.task_aggregate == "min" and any(e.get("weight", 1.0) != 1.0 for e in self.tasks):
+            raise UserError("config: task weights apply to task_aggregate = \"mean\" only; "
+                            "remove them or use the mean")
+        self.dataset = get_dataset_info(self.tasks[0]["dataset"]).name
+        self.task_list()  # validates each task's [train] table
+
+    def task_list(self) -> list:
+        """The tasks of a multi-task search as dicts: name ("dataset/model"), dataset, model,
+        weight and train (its TrainConfig as a dict: the dataset's fitness preset for that
+        model, then the search's [train] and epochs, then the task's own train and epochs).
+        A single-task search is the one task it has."""
+        from ..data import get_dataset_info
+        from ..train import default_config
+
+        if self.tasks is None:
+            model = self.model or (_default_model(self.dataset) if self.dataset in _dataset_names()
+                                   and not self.data else None)
+            name = f"{self.dataset}/{model}" if isinstance(model, str) else self.dataset
+            return [{"name": name, "dataset": self.dataset, "model": model, "weight": 1.0,
+                     "train": self.train_config().to_dict()}]
+        out = []
+        for i, entry in enumerate(self.tasks):
+            info = get_dataset_info(entry["dataset"])
+            model = entry.get("model", info.default_model)
+            overrides = self._train_overrides(f"tasks[{i}].train", {**self.train,
+                                                                   **entry.get("train", {})})
+            if "epochs" in entry:
+                overrides["epochs"] = entry["epochs"]
+            try:
+                train = default_config(info.name, "fitness", model, **overrides)
+            except TypeError as exc:
+                raise UserError(f"config: tasks[{i}]: bad value in train: {exc}") from None
+            out.append({"name": f"{info.name}/{model}", "dataset": info.name, "model": model,
+                        "weight": float(entry.get("weight", 1.0)), "train": train.to_dict()})
+        return out
+
+    @property
+    def multi_task(self) -> bool:
+        return self.tasks is not None
 
     def _validate_evaluate(self) -> None:
         ev = self.evaluate
@@ -159,25 +256,31 @@ class SearchConfig:
         """The fitness budget: the dataset's "fitness" preset, then [train], then epochs."""
         from ..train import default_config
 
-        overrides = dict(self.train)
+        overrides = self._train_overrides("[train]", self.train)
+        try:
+            model = self.model
+            if self.tasks:  # the first task's (the driver trains each task with its own)
+                model = self.tasks[0].get("model")
+            if model is None and self.dataset in _dataset_names():
+                model = _default_model(self.dataset)
+            return default_config(self.dataset, "fitness", model, **overrides)
+        except TypeError as exc:
+            raise UserError(f"config: bad value in [train]: {exc}") from None
+
+    def _train_overrides(self, where: str, table: dict) -> dict:
+        overrides = dict(table)
         known = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = set(overrides) - known
         if unknown:
             key = sorted(unknown)[0]
-            raise UserError(f"config: unknown key {key!r} in [train]{did_you_mean(key, known)} "
+            raise UserError(f"config: unknown key {key!r} in {where}{did_you_mean(key, known)} "
                             f"(known: {', '.join(sorted(known))})")
         if self.epochs is not None:
             overrides["epochs"] = self.epochs
         overrides.setdefault("per_channel", self.per_channel)
         overrides.setdefault("fused", self.fused)
         overrides.setdefault("threads", self.threads)
-        try:
-            model = self.model
-            if model is None and self.dataset in _dataset_names():
-                model = _default_model(self.dataset)
-            return default_config(self.dataset, "fitness", model, **overrides)
-        except TypeError as exc:
-            raise UserError(f"config: bad value in [train]: {exc}") from None
+        return overrides
 
     # -- (de)serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -193,6 +296,13 @@ class SearchConfig:
                 raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, known)} "
                                 f"(known: {', '.join(sorted(known))})")
             clean[key] = _coerce(key, value, hints[key], where)
+        tasks = clean.get("tasks")
+        if tasks and "dataset" in clean and isinstance(tasks[0], dict) and "dataset" in tasks[0]:
+            from ..data import get_dataset_info
+
+            if get_dataset_info(clean["dataset"]).name != get_dataset_info(tasks[0]["dataset"]).name:
+                raise UserError(f"{where}: 'dataset' and 'tasks' are both given; a multi-task "
+                                f"search takes each dataset from its 'tasks' entry")
         return cls(**clean)
 
     @classmethod

@@ -56,6 +56,25 @@ class SearchResult:
 
     skipped_note: str = ""  # affine functions left out of the ranking
     failures: list = field(default_factory=list)  # (reason, count), most common first
+    tasks: list = field(default_factory=list)  # multi-task: names; top rows carry "tasks"
+    references: dict = field(default_factory=dict)  # multi-task: ReLU's accuracy per task name
+
+    def task_table(self) -> str:
+        """A multi-task search's top functions, one column per task (validation accuracy)."""
+        if not self.tasks:
+            return ""
+        width = max(9, *(len(t) for t in self.tasks))
+        lines = ["per task (validation accuracy; ReLU's below):",
+                 f"{'rank':>4s}  " + "  ".join(f"{t:>{width}s}" for t in self.tasks)]
+        for row in self.top:
+            accs = {t["task"]: t.get("accuracy") for t in row.get("tasks", [])}
+            lines.append(f"{row['rank']:4d}  " + "  ".join(
+                f"{'n/a' if accs.get(t) is None else format(accs[t], '.4f'):>{width}s}"
+                for t in self.tasks))
+        lines.append(f"{'relu':>4s}  " + "  ".join(
+            f"{'n/a' if self.references.get(t) is None else format(self.references[t], '.4f'):>{width}s}"
+            for t in self.tasks))
+        return "\n".join(lines)
 
     @property
     def all_failed(self) -> bool:
@@ -133,7 +152,17 @@ class Search:
                 Activation.from_string(text, self.pset)
             except UserError as exc:
                 raise UserError(f"init_expressions: {text!r}: {exc}") from None
-        if not self.fitness and not resume:
+        self.tasks = cfg.task_list() if cfg.multi_task else None
+        if self.tasks and not resume:
+            from ..train import check_model
+
+            for i, task in enumerate(self.tasks):
+                try:
+                    check_model(task["model"], task["dataset"], data_dir=cfg.data_dir,
+                                verify=cfg.verify, download=cfg.download)
+                except UserError as exc:
+                    raise UserError(f"config: tasks[{i}] ({task['name']}): {exc}") from None
+        elif not self.fitness and not resume:
             from ..train import check_model
 
             check_model(self.model, self.data if self.data is not None else cfg.dataset,
@@ -416,8 +445,115 @@ class Search:
         # the order changes the wall time only, never a result.
         rows = sorted(rows, key=lambda r: -Activation.from_string(
             r["expression"], self.pset, json.loads(r["params"])).estimated_cost)
+        if self.tasks:
+            self._evaluate_tasks(generation, rows, base)
+            return
         tasks = [self._task(r, base) for r in rows]
         self.executor.run(tasks, self._on_start, self._on_result)
+
+    # -- multi-task fitness ----------------------------------------------------------------------
+    # Each candidate trains once per task, every training an executor task of its own (id
+    # "CID/T"), committed to ``task_runs`` as it finishes; ReLU's reference trainings (id
+    # "0/T") go first.  A candidate is scored once all its tasks and the references are in, so
+    # a resumed search redoes only the trainings that had not finished.
+    def _task_base(self, index: int, base: dict) -> dict:
+        task = self.tasks[index]
+        return {**base, "dataset": task["dataset"], "model": task["model"], "train": task["train"],
+                "task_index": index}
+
+    def _evaluate_tasks(self, generation: int, rows, base: dict) -> None:
+        work = []
+        refs = self.store.task_runs(0)
+        relu = zoo.get("relu")
+        for t in range(len(self.tasks)):
+            if t not in refs:
+                work.append({**self._task_base(t, base), "id": f"0/{t}", "primitives": "pangaea",
+                             "expression": relu.expression, "params": []})
+        for row in rows:
+            if self._is_reference(row):
+                continue  # plain ReLU: scored from the reference trainings
+            finished = self.store.task_runs(row["id"])
+            if any(r["status"] == "failed" for r in finished.values()):
+                continue  # failed on one task: scored below without training the others
+            for t in range(len(self.tasks)):
+                if t not in finished:
+                    work.append({**self._task_base(t, base), **{
+                        "id": f"{row['id']}/{t}", "expression": row["expression"],
+                        "params": json.loads(row["params"])}})
+        if work:
+            self.executor.run(work, self._on_task_start, self._on_task_result)
+        for row in self.store.pending(generation) + self.store.candidates(
+                "status = 'running' AND duplicate_of IS NULL AND generation = ?", (generation,)):
+            self._score_tasks(row["id"])
+
+    def _is_reference(self, row) -> bool:
+        return row["expression"] == "relu(x)" and json.loads(row["params"]) == [] and \
+            self.pset.name == "pangaea"
+
+    def _on_task_start(self, task: dict) -> None:
+        cid = int(str(task["id"]).split("/")[0])
+        if cid and self.store.candidate(cid)["status"] == "pending":
+            self.store.mark_running(cid)
+
+    def _on_task_result(self, result: dict) -> None:
+        cid, t = (int(v) for v in str(result["id"]).split("/"))
+        metrics = result.get("metrics")
+        status = "done" if result["status"] == "done" else "failed"
+        self.store.record_task_run(cid, t, self.tasks[t]["name"], status, result.get("fitness"),
+                                   result.get("error", ""), metrics, result.get("started_at"),
+                                   result.get("finished_at"))
+        seconds = (result.get("finished_at") or 0) - (result.get("started_at") or 0)
+        what = "ReLU reference" if cid == 0 else f"candidate {cid}"
+        log.info("%s on %s: %s accuracy=%s (%.1f s)%s", what, self.tasks[t]["name"], status,
+                 "n/a" if result.get("fitness") is None else f"{result['fitness']:.4f}", seconds,
+                 f" error: {result['error']}" if result.get("error") else "")
+        if cid == 0:
+            for row in self.store.candidates("status IN ('pending', 'running') AND "
+                                             "duplicate_of IS NULL"):
+                self._score_tasks(row["id"])  # the candidates that waited for this reference
+        else:
+            self._score_tasks(cid)
+
+    def _score_tasks(self, cid: int) -> None:
+        """Score candidate ``cid`` if all it needs has finished (else leave it for later)."""
+        row = self.store.candidate(cid)
+        if row["status"] not in ("pending", "running"):
+            return
+        refs = self.store.task_runs(0)
+        failed_ref = [r for r in refs.values() if r["status"] == "failed"]
+        if failed_ref:
+            r = failed_ref[0]
+            raise UserError(f"ReLU, the reference of the multi-task fitness, failed on "
+                            f"{r['name']}: {r['error']}; check that task's settings")
+        runs = refs if self._is_reference(row) else self.store.task_runs(cid)
+        failed = [r for r in runs.values() if r["status"] == "failed"]
+        n = len(self.tasks)
+        if not failed and (len(runs) < n or len(refs) < n):
+            return
+        per_task = []
+        for t, task in enumerate(self.tasks):
+            r = runs.get(t)
+            entry = {"task": task["name"], "weight": task["weight"],
+                     "status": None if r is None else r["status"],
+                     "accuracy": None if r is None else r["accuracy"],
+                     "relu": refs[t]["accuracy"] if t in refs else None}
+            if entry["accuracy"] is not None and entry["relu"]:
+                entry["normalised"] = entry["accuracy"] / entry["relu"]
+            per_task.append(entry)
+        started = min((r["started_at"] for r in runs.values() if r["started_at"]), default=None)
+        finished = max((r["finished_at"] for r in runs.values() if r["finished_at"]), default=None)
+        seconds = sum((r["finished_at"] or 0) - (r["started_at"] or 0) for r in runs.values())
+        metrics = {"tasks": per_task, "aggregate": self.config.task_aggregate,
+                   "seconds": seconds, "trained_as": "relu reference" if runs is refs else None}
+        if failed:
+            r = failed[0]
+            error = f"{r['name']}: {r['error']}"
+            self._on_result({"id": cid, "status": "failed", "fitness": None, "metrics": metrics,
+                             "error": error, "started_at": started, "finished_at": finished})
+            return
+        self._on_result({"id": cid, "status": "done", "metrics": metrics, "error": "",
+                         "fitness": aggregate_fitness(per_task, self.config.task_aggregate),
+                         "started_at": started, "finished_at": finished})
 
     def _on_start(self, task: dict) -> None:
         self.store.mark_running(task["id"])
@@ -513,7 +649,9 @@ class Search:
         for rank, item in enumerate(ranked, 1):
             cand = item["candidate"]
             act = Activation.from_string(cand["expression"], self.pset, json.loads(cand["params"]))
+            metrics = json.loads(cand["metrics"]) if cand["metrics"] else {}
             top.append({"rank": rank, "fitness": item["fitness"], "expression": cand["expression"],
+                        "tasks": metrics.get("tasks", []) if self.tasks else [],
                         "params": json.loads(cand["params"]), "candidate_id": cand["id"],
                         "function_id": item["function_id"], "label": _label(cand["expression"], cand["params"]),
                         "latex": latex_or_note(act), "linear": item["linear"],
@@ -528,9 +666,20 @@ class Search:
             reason = (row["error"] or row["status"]).strip().splitlines()[0][:160]
             reasons[reason] = reasons.get(reason, 0) + 1
         failures = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        names = [t["name"] for t in self.tasks] if self.tasks else []
+        refs = {r["name"]: r["accuracy"] for r in self.store.task_runs(0).values()} if names else {}
         return SearchResult(self.run_dir, top, relu_fitness(self.store), self.store.status_counts(),
                             self.store.get_meta("dedup_hits", 0), interrupted, wall_time, note,
-                            failures)
+                            failures, names, refs)
+
+
+def aggregate_fitness(per_task: list, how: str) -> float:
+    """The multi-task fitness: the weighted mean (``how = "mean"``) or the minimum of each
+    task's accuracy divided by ReLU's accuracy on that task (so ReLU scores 1.0)."""
+    values = [(t["normalised"], t["weight"]) for t in per_task]
+    if how == "min":
+        return min(v for v, _ in values)
+    return sum(v * w for v, w in values) / sum(w for _, w in values)
 
 
 def relu_fitness(store: RunStore) -> Optional[float]:

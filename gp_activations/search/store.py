@@ -14,6 +14,8 @@ Tables:
 ``generations`` one row per generation: ``state`` (created|done) and the evolution RNG state
                 (JSON) saved after the generation's candidates were created.
 ``population``  which functions (by ``function_id``) survived each generation, ranked.
+``task_runs``   a multi-task search's trainings, one row per (candidate, task) as it finishes;
+                ReLU's reference trainings are ``candidate_id = 0``.
 ``final``       final evaluation results (``gp-activations evaluate``): one row per training.
 """
 
@@ -73,6 +75,18 @@ CREATE TABLE IF NOT EXISTS population (
     function_id INTEGER NOT NULL REFERENCES candidates(id),
     fitness REAL,
     PRIMARY KEY (generation, rank)
+);
+CREATE TABLE IF NOT EXISTS task_runs (
+    candidate_id INTEGER NOT NULL,
+    task INTEGER NOT NULL,
+    name TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done','failed')),
+    accuracy REAL,
+    error TEXT,
+    metrics TEXT,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (candidate_id, task)
 );
 CREATE TABLE IF NOT EXISTS final (
     id INTEGER PRIMARY KEY,
@@ -288,6 +302,27 @@ class RunStore:
                                   "status = 'done' AND fitness IS NOT NULL ORDER BY fitness DESC, id "
                                   "LIMIT 1", (function_id,)).fetchone()
         return (row[0], row[1]) if row else (None, None)
+
+    # -- multi-task searches -------------------------------------------------------------------
+    def record_task_run(self, cid: int, task: int, name: str, status: str, accuracy, error: str,
+                        metrics: Optional[dict], started_at=None, finished_at=None) -> None:
+        """One task's training of a candidate (``cid = 0``: ReLU's reference), committed now."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO task_runs(candidate_id, task, name, status, accuracy, error, metrics, "
+                "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT"
+                "(candidate_id, task) DO UPDATE SET status = excluded.status, accuracy = "
+                "excluded.accuracy, error = excluded.error, metrics = excluded.metrics, "
+                "started_at = excluded.started_at, finished_at = excluded.finished_at",
+                (cid, task, name, status, accuracy, error or None,
+                 json.dumps(metrics) if metrics is not None else None, started_at,
+                 finished_at or time.time()))
+
+    def task_runs(self, cid: int) -> dict:
+        """{task index: row} of the finished trainings of candidate ``cid``."""
+        rows = self.db.execute("SELECT * FROM task_runs WHERE candidate_id = ? ORDER BY task",
+                               (cid,)).fetchall()
+        return {r["task"]: r for r in rows}
 
     # -- generations and populations -------------------------------------------------------------
     def generation_rows(self) -> list[sqlite3.Row]:
