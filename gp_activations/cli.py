@@ -313,6 +313,20 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_transfer(args) -> int:
+    from .transfer import run_transfer
+
+    table = run_transfer(args.runs, args.tasks, args.out, top=args.top, seeds=args.seeds,
+                         baselines=args.baselines, epochs=args.epochs, executor=args.executor,
+                         workers=args.workers, device=args.device, task_timeout=args.task_timeout,
+                         progress=not args.no_progress)
+    print(table.text())
+    out = Path(args.out)
+    print(f"\nwrote {out / 'transfer.md'} and {out / 'transfer.csv'} (trainings in "
+          f"{out / 'transfer.sqlite'}: a rerun resumes)")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Discover activation functions with evolution "
@@ -443,6 +457,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare", action="append", metavar="RUN",
                    help="another run to compare with (e.g. random search); repeatable")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("transfer", help="train the top functions of several runs on every task, "
+                       "against the baselines (specialised vs general)")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="search run directories")
+    p.add_argument("--tasks", required=True, help="comma-separated DATASET/MODEL pairs, e.g. "
+                   "mnist1d/cnn1d,mnist1d/mlp,mnist1d_hard/resnet1d")
+    p.add_argument("--out", required=True, help="directory of the transfer's results (resumable)")
+    p.add_argument("--top", type=int, default=1, help="functions per run (default 1)")
+    p.add_argument("--seeds", type=int, default=10, help="seeds per function and task (default 10)")
+    p.add_argument("--epochs", type=float, help="epochs (default: each task's full schedule)")
+    p.add_argument("--baselines", help="comma-separated zoo names (default: relu,silu,gelu,elu,"
+                   "selu,softplus,mish,tanh)")
+    p.add_argument("--executor", choices=["serial", "process", "ray"], default="serial")
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_transfer)
 
     return parser
 

@@ -1,0 +1,418 @@
+"""Transfer: the functions found by several runs, each trained on every task, against baselines.
+
+``gp-activations transfer RUN... --tasks mnist1d/cnn1d,mnist1d/mlp,mnist1d_hard/resnet1d``
+takes each run's top functions (with their best placement of learnable scalars), adds the
+baselines, and trains every one on every task under the task's full schedule for N seeds,
+scored on the **test** split -- the paper's question of specialised vs general functions.
+
+Every training is a row of ``OUT/transfer.sqlite`` committed as it finishes, keyed by
+function, seed and protocol (the schedule, dataset and model), so an interrupted transfer
+resumes without redoing any; a training that ``gp-activations evaluate`` already did in one of
+the runs under the same protocol is copied, not repeated.  The table (``OUT/transfer.md``,
+``OUT/transfer.csv``) gives mean ± std per function and task, and Welch's t-test against ReLU
+and against the best baseline of that task.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sqlite3
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence
+
+from . import zoo
+from .errors import UserError, did_you_mean
+
+DB_NAME = "transfer.sqlite"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trainings (
+    id INTEGER PRIMARY KEY,
+    expression TEXT NOT NULL,
+    primitives TEXT NOT NULL,
+    params TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    protocol TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending','running','done','failed')),
+    accuracy REAL,
+    error TEXT,
+    source TEXT,
+    finished_at REAL,
+    UNIQUE (expression, primitives, params, seed, protocol)
+);
+"""
+
+
+@dataclass
+class Function:
+    label: str  # "resnet1d #1" or a baseline's name
+    kind: str  # "found" or "baseline"
+    expression: str
+    primitives: str
+    params: list
+    found_on: str = ""  # the task(s) the run searched
+
+    @property
+    def key(self) -> tuple:
+        return (self.expression, self.primitives, json.dumps(self.params))
+
+
+@dataclass
+class Cell:
+    accuracies: list
+    failed: int
+    mean: float
+    std: float
+    p_vs_relu: Optional[float] = None
+    p_vs_best: Optional[float] = None
+    best: bool = False  # the best baseline of its task (the "vs best" reference)
+    mean_vs_relu_up: bool = False  # mean above ReLU's
+    beats_best: bool = False  # mean above the best baseline's
+
+
+@dataclass
+class TransferTable:
+    tasks: list  # names "dataset/model"
+    functions: list  # Function
+    cells: dict = field(default_factory=dict)  # (label, task) -> Cell
+    best_baseline: dict = field(default_factory=dict)  # task -> label
+    seeds: int = 0
+
+    def markdown(self) -> str:
+        head = "| function | found on | " + " | ".join(self.tasks) + " |"
+        lines = [head, "|---|---|" + "---:|" * len(self.tasks)]
+        for fn in self.functions:
+            cells = []
+            for task in self.tasks:
+                c = self.cells.get((fn.label, task))
+                cells.append(_cell_text(c, fn.label == "relu"))
+            name = fn.label if fn.kind == "baseline" else f"{fn.label} `{_short(fn)}`"
+            lines.append(f"| {name} | {fn.found_on or '--'} | " + " | ".join(cells) + " |")
+        lines += ["", f"Test accuracy (%), mean ± std over {self.seeds} seeds (n < {self.seeds}: "
+                      f"seeds that diverged are left out and counted as failed).  ▲/▼: better/worse "
+                      f"than ReLU, Welch's t-test p < 0.05; **bold**: better than the task's best "
+                      f"baseline ("
+                  + ", ".join(f"{t}: {self.best_baseline.get(t, 'n/a')}" for t in self.tasks)
+                  + ") with p < 0.05; p-values in transfer.csv."]
+        return "\n".join(lines)
+
+    def text(self) -> str:
+        width = max(12, *(len(f.label) for f in self.functions))
+        col = max(18, *(len(t) for t in self.tasks))
+        lines = [f"{'function':{width}s}  " + "  ".join(f"{t:>{col}s}" for t in self.tasks)]
+        for fn in self.functions:
+            parts = []
+            for task in self.tasks:
+                parts.append(f"{_cell_text(self.cells.get((fn.label, task)), fn.label == 'relu', plain=True):>{col}s}")
+            lines.append(f"{fn.label:{width}s}  " + "  ".join(parts))
+        lines.append("(test accuracy %, mean ± std; +/-: better/worse than ReLU, p < 0.05; "
+                     "!: better than the task's best baseline, p < 0.05)")
+        for fn in self.functions:
+            if fn.kind == "found":
+                lines.append(f"  {fn.label}: {fn.expression}"
+                             + (f" @ params {fn.params}" if fn.params else "")
+                             + f"  (found on {fn.found_on})")
+        return "\n".join(lines)
+
+
+def _short(fn: Function) -> str:
+    text = fn.expression if len(fn.expression) <= 60 else fn.expression[:57] + "..."
+    return text + (f" @ {fn.params}" if fn.params else "")
+
+
+def _cell_text(c: Optional[Cell], is_relu: bool, plain: bool = False) -> str:
+    if c is None:
+        return "n/a"
+    if not c.accuracies:
+        return f"failed ({c.failed})"
+    text = f"{100 * c.mean:.2f} ± {100 * c.std:.2f}"
+    if c.failed:
+        text += f" ({c.failed} failed)"
+    if not is_relu and c.p_vs_relu is not None and c.p_vs_relu < 0.05:
+        text += ("+" if plain else " ▲") if c.mean_vs_relu_up else ("-" if plain else " ▼")
+    if c.p_vs_best is not None and c.p_vs_best < 0.05 and c.beats_best:
+        text = (text + "!") if plain else f"**{text}**"
+    return text
+
+
+def parse_tasks(text) -> list[dict]:
+    """``"mnist1d/cnn1d,mnist1d_hard"`` -> [{name, dataset, model}]; one line on a bad entry."""
+    from .data import dataset_names, get_dataset_info
+    from .models import MODELS
+
+    entries = [e.strip() for e in (text.split(",") if isinstance(text, str) else text) if e.strip()]
+    if not entries:
+        raise UserError("--tasks is empty; give DATASET/MODEL pairs, e.g. "
+                        "--tasks mnist1d/cnn1d,mnist1d/mlp,mnist1d_hard/resnet1d")
+    out = []
+    for entry in entries:
+        dataset, _, model = entry.partition("/")
+        try:
+            info = get_dataset_info(dataset)
+        except UserError:
+            raise UserError(f"--tasks: {entry!r}: unknown dataset {dataset!r}"
+                            f"{did_you_mean(dataset, dataset_names())} (known: "
+                            f"{', '.join(dataset_names())})") from None
+        model = model or info.default_model
+        if model not in MODELS:
+            raise UserError(f"--tasks: {entry!r}: unknown model {model!r}"
+                            f"{did_you_mean(model, MODELS)} (known: {', '.join(MODELS)})")
+        name = f"{info.name}/{model}"
+        if any(t["name"] == name for t in out):
+            raise UserError(f"--tasks: {name} is listed twice")
+        out.append({"name": name, "dataset": info.name, "model": model})
+    return out
+
+
+def _found_functions(runs: Sequence, top: int) -> list[Function]:
+    from .search.config import SearchConfig
+    from .search.ranking import ranked_functions
+    from .search.store import RunStore
+
+    out, seen_labels = [], set()
+    for run in runs:
+        store = RunStore.open(run)
+        try:
+            cfg = SearchConfig.from_dict(store.config(), where=f"{run} config")
+            ranked, _ = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)
+        finally:
+            store.close()
+        if not ranked:
+            raise UserError(f"{run} has no finished candidates to transfer yet; run or resume "
+                            f"its search first")
+        found_on = " + ".join(t["name"] for t in cfg.task_list())
+        name = Path(run).resolve().name
+        for rank, item in enumerate(ranked, 1):
+            cand = item["candidate"]
+            label = f"{name} #{rank}"
+            if label in seen_labels:
+                raise UserError(f"two runs are named {name!r}; give run directories with "
+                                f"different names")
+            seen_labels.add(label)
+            out.append(Function(label, "found", cand["expression"], cand["primitives"],
+                                json.loads(cand["params"]), found_on))
+    return out
+
+
+def _protocol(task: dict, epochs: Optional[float]) -> tuple[str, object]:
+    from .evaluate import _protocol as protocol_key
+    from .train import default_config
+
+    train_cfg = default_config(task["dataset"], "train", task["model"], epochs=epochs,
+                               per_channel=False, fused=False, threads=1)
+    return protocol_key(train_cfg.to_dict(), task["dataset"], task["model"]), train_cfg
+
+
+class _Store:
+    def __init__(self, out: Path):
+        out.mkdir(parents=True, exist_ok=True)
+        self.db = sqlite3.connect(str(out / DB_NAME), timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA journal_mode=WAL")
+        with self.db:
+            self.db.executescript(_SCHEMA)
+
+    def row(self, fn: Function, seed: int, protocol: str):
+        return self.db.execute("SELECT * FROM trainings WHERE expression = ? AND primitives = ? "
+                               "AND params = ? AND seed = ? AND protocol = ?",
+                               (*fn.key, seed, protocol)).fetchone()
+
+    def close(self):
+        self.db.close()
+
+
+def _copy_from_runs(store: _Store, runs: Sequence, wanted: dict) -> int:
+    """Copy the finished ``final`` rows of the runs that match a wanted (function, seed,
+    protocol); returns how many were copied."""
+    copied = 0
+    for run in runs:
+        db = sqlite3.connect(str(Path(run) / "run.sqlite"), timeout=30)
+        db.row_factory = sqlite3.Row
+        try:
+            for r in db.execute("SELECT * FROM final WHERE status = 'done'"):
+                key = (r["expression"], r["primitives"], r["params"], r["seed"], r["protocol"])
+                if key in wanted and store.db.execute(
+                        "SELECT 1 FROM trainings WHERE expression = ? AND primitives = ? AND "
+                        "params = ? AND seed = ? AND protocol = ? AND status IN ('done', 'failed')",
+                        key).fetchone() is None:
+                    with store.db:
+                        store.db.execute("DELETE FROM trainings WHERE expression = ? AND "
+                                         "primitives = ? AND params = ? AND seed = ? AND "
+                                         "protocol = ?", key)
+                        store.db.execute(
+                            "INSERT INTO trainings(expression, primitives, params, seed, protocol, "
+                            "status, accuracy, source, finished_at) VALUES (?, ?, ?, ?, ?, 'done', "
+                            "?, ?, ?)", (*key, r["accuracy"], str(run), r["finished_at"]))
+                    copied += 1
+        finally:
+            db.close()
+    return copied
+
+
+def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
+                 baselines: Optional[Sequence[str]] = None, epochs: Optional[float] = None,
+                 executor: str = "serial", workers: int = 1, device: str = "auto",
+                 task_timeout: Optional[float] = None, progress: bool = True) -> TransferTable:
+    """Train each run's top functions and the baselines on every task; return the table."""
+    from .evaluate import DEFAULT_BASELINES, parse_baselines
+
+    if not runs:
+        raise UserError("transfer needs at least one run directory")
+    if top < 1 or seeds < 2:
+        raise UserError(f"--top must be >= 1 and --seeds >= 2 (a t-test needs two), got "
+                        f"{top} and {seeds}")
+    if epochs is not None and not (math.isfinite(epochs) and epochs > 0):
+        raise UserError(f"--epochs must be a positive, finite number, got {epochs!r}")
+    tasks = parse_tasks(tasks) if not (tasks and isinstance(tasks[0], dict)) else tasks
+    names = parse_baselines(baselines or DEFAULT_BASELINES)
+    functions = _found_functions(runs, top)
+    functions += [Function(n, "baseline", zoo.get(n).expression, "pangaea",
+                           list(zoo.get(n).params)) for n in names]
+    from .train import check_model
+
+    for task in tasks:
+        check_model(task["model"], task["dataset"])
+    protocols = {t["name"]: _protocol(t, epochs) for t in tasks}
+    out = Path(out)
+    store = _Store(out)
+    try:
+        wanted = {(*fn.key, s, protocols[t["name"]][0]) for fn in functions for t in tasks
+                  for s in range(seeds)}
+        _copy_from_runs(store, runs, wanted)
+        work, scheduled = [], set()
+        with store.db:
+            store.db.execute("UPDATE trainings SET status = 'pending' WHERE status = 'running'")
+            for task in tasks:
+                protocol, train_cfg = protocols[task["name"]]
+                for fn in functions:
+                    for seed in range(seeds):
+                        row = store.row(fn, seed, protocol)
+                        if row is not None and row["status"] in ("done", "failed"):
+                            continue
+                        if row is None:
+                            cur = store.db.execute(
+                                "INSERT INTO trainings(expression, primitives, params, seed, "
+                                "protocol, status) VALUES (?, ?, ?, ?, ?, 'pending')",
+                                (*fn.key, seed, protocol))
+                            rid = cur.lastrowid
+                        else:
+                            rid = row["id"]
+                        if rid not in scheduled:  # a function two runs found trains once
+                            scheduled.add(rid)
+                            work.append((rid, task, fn, seed, train_cfg))
+        if work:
+            _train(store, work, executor, workers, device, task_timeout, progress)
+        table = _summarize(store, tasks, functions, protocols, seeds)
+    finally:
+        store.close()
+    _write(out, table, runs, tasks, seeds, epochs, top,
+           None if baselines is None else ",".join(names))
+    return table
+
+
+def _train(store, work, executor, workers, device, task_timeout, progress) -> None:
+    from .progress import progress_bar
+    from .search.executors import default_task_timeout, make_executor
+    from .train import resolve_device
+
+    dev = resolve_device(device)
+    gpus = 0
+    if dev.type == "cuda":
+        import torch
+
+        gpus = torch.cuda.device_count()
+    # the longest trainings first: the run then ends on short ones, so workers idle less
+    work = sorted(work, key=lambda w: -w[4].epochs * (3 if w[1]["model"] == "resnet1d" else 1))
+    tasks = [{"id": rid, "dataset": task["dataset"], "model": task["model"], "data": None,
+              "fitness": None, "data_dir": None, "verify": True, "download": False,
+              "train": train_cfg.to_dict(), "device": dev.type, "threads": 1, "split": "test",
+              "expression": fn.expression, "primitives": fn.primitives, "params": fn.params,
+              "seed": seed} for rid, task, fn, seed, train_cfg in work]
+    bar = progress_bar(total=len(tasks), unit="run", desc="transfer", disable=not progress)
+
+    def on_start(task):
+        with store.db:
+            store.db.execute("UPDATE trainings SET status = 'running' WHERE id = ?", (task["id"],))
+
+    def on_result(result):
+        metrics = result.get("metrics") or {}
+        ok = result["status"] == "done"
+        with store.db:
+            store.db.execute("UPDATE trainings SET status = ?, accuracy = ?, error = ?, "
+                             "finished_at = ? WHERE id = ?",
+                             ("done" if ok else "failed", metrics.get("accuracy") if ok else None,
+                              result.get("error") or None, time.time(), result["id"]))
+        if bar is not None:
+            bar.update(1)
+
+    timeout = task_timeout or default_task_timeout(executor, work[0][4])
+    runner = make_executor(executor, workers=workers, threads=1, timeout=timeout, gpus=gpus)
+    try:
+        runner.run(tasks, on_start, on_result)
+    finally:
+        runner.close()
+        if bar is not None:
+            bar.close()
+
+
+def _summarize(store, tasks, functions, protocols, seeds) -> TransferTable:
+    from .evaluate import welch_p
+
+    table = TransferTable([t["name"] for t in tasks], list(functions), seeds=seeds)
+    for task in tasks:
+        protocol = protocols[task["name"]][0]
+        for fn in functions:
+            rows = [store.row(fn, s, protocol) for s in range(seeds)]
+            accs = [r["accuracy"] for r in rows if r is not None and r["status"] == "done"]
+            failed = sum(1 for r in rows if r is not None and r["status"] == "failed")
+            table.cells[(fn.label, task["name"])] = Cell(
+                accs, failed, statistics.fmean(accs) if accs else float("nan"),
+                statistics.stdev(accs) if len(accs) > 1 else 0.0)
+        base = [fn for fn in functions if fn.kind == "baseline"
+                and table.cells[(fn.label, task["name"])].accuracies]
+        relu = table.cells.get(("relu", task["name"]))
+        best = max(base, key=lambda fn: table.cells[(fn.label, task["name"])].mean, default=None)
+        if best is not None:
+            table.best_baseline[task["name"]] = best.label
+            table.cells[(best.label, task["name"])].best = True
+        for fn in functions:
+            c = table.cells[(fn.label, task["name"])]
+            if relu is not None and fn.label != "relu":
+                c.p_vs_relu = welch_p(c.accuracies, relu.accuracies)
+                c.mean_vs_relu_up = c.mean > relu.mean
+            if best is not None and fn.label != best.label:
+                ref = table.cells[(best.label, task["name"])]
+                c.p_vs_best = welch_p(c.accuracies, ref.accuracies)
+                c.beats_best = c.mean > ref.mean
+    return table
+
+
+def _write(out: Path, table: TransferTable, runs, tasks, seeds, epochs, top, baselines) -> None:
+    from .evaluate import format_p
+
+    with open(out / "transfer.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["function", "kind", "found_on", "expression", "params", "task", "n", "failed",
+                    "mean", "std", "p_vs_relu", "p_vs_best_baseline", "best_baseline",
+                    "accuracies"])
+        for fn in table.functions:
+            for task in table.tasks:
+                c = table.cells[(fn.label, task)]
+                w.writerow([fn.label, fn.kind, fn.found_on, fn.expression, json.dumps(fn.params),
+                            task, len(c.accuracies), c.failed, f"{c.mean:.6f}", f"{c.std:.6f}",
+                            format_p(c.p_vs_relu), format_p(c.p_vs_best),
+                            table.best_baseline.get(task, ""),
+                            " ".join(f"{a:.6f}" for a in c.accuracies)])
+    command = ("gp-activations transfer " + " ".join(str(r) for r in runs) + " --tasks "
+               + ",".join(t["name"] for t in tasks) + f" --seeds {seeds}"
+               + (f" --top {top}" if top != 1 else "")
+               + (f" --baselines {baselines}" if baselines else "")
+               + (f" --epochs {epochs:g}" if epochs else "") + f" --out {out}")
+    (out / "transfer.md").write_text(
+        "# Transfer: found functions on every task\n\n" + table.markdown() + "\n\n"
+        "Reproduce with:\n\n```\n" + command + "\n```\n")
