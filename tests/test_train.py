@@ -491,3 +491,22 @@ def test_the_full_schedule_has_no_blowup_check():
     assert full.blowup_limit is None
     rec = train("cube(x)", "mnist1d", "resnet1d", full, seed=0)
     assert rec.status != "diverged" or "initialisation" not in rec.reason
+
+
+@pytest.mark.parametrize("model, expr, stops", [
+    ("resnet1d", "square(x)", True), ("resnet1d", "add(square(x), abs(x))", True),
+    # a slow starter that recovers, and an unnormalised net learning with large logits
+    ("resnet1d", "mul(x, add(one, min(x, 0.71)))", False), ("mlp", "add(square(x), abs(x))", False)])
+def test_functions_that_do_not_learn_in_a_deep_net_stop_after_one_epoch(model, expr, stops):
+    """x² passes the blow-up check in a BatchNorm ResNet (BN rescales each block's input) but
+    its residual stream grows: the fitness schedule ends it after epoch 1, saying why."""
+    fitness = default_config("mnist1d", "fitness", epochs=3, threads=1)
+    rec = train(expr, "mnist1d", model, fitness, seed=0)
+    if not stops:
+        assert rec.status == "ok" and rec.epochs_done == 3, rec.reason
+        return
+    assert rec.epochs_done == 1 and rec.status in ("chance", "diverged"), rec.reason
+    if rec.status == "diverged":
+        assert rec.reason.startswith("not learning: mean training loss ") and "ln(10) = 2.303" in rec.reason
+    full = default_config("mnist1d", "train", epochs=1.5, threads=1)
+    assert train(expr, "mnist1d", model, full, seed=0).epochs_done == 1.5  # full runs to the end
