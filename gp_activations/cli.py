@@ -248,6 +248,10 @@ def cmd_search(args) -> int:
     if not cfg.fitness and not search.tasks:
         print(f"(selected for {network}: specialised to that network and task until evaluated "
               f"elsewhere -- gp-activations evaluate {out} --model NAME tests a transfer)")
+        if network == "mnist1d / cnn1d":
+            print("(cnn1d is small and unnormalised: for a BatchNorm ResNet run gp-activations "
+                  "search --config experiments/mnist1d_resnet1d.toml, for functions general "
+                  "across networks experiments/mnist1d_general.toml)")
     counts = result.counts
     print(f"\n{counts['done']} done, {counts['failed']} failed, {counts['rejected']} rejected "
           f"before training, {counts['duplicates'] + result.dedup_hits} duplicates not trained; "

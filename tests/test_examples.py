@@ -124,6 +124,9 @@ def tiny(argv: list[str], data_dir: Path, keep_executor: bool = False) -> list[s
     elif command == "evaluate":
         argv += ["--top", "1", "--seeds", "1", "--epochs", "0.05", "--baselines", "relu",
                  "--executor", "serial", "--workers", "1", "--no-progress"]
+    elif command == "transfer":
+        argv += ["--top", "1", "--seeds", "2", "--epochs", "0.05", "--baselines", "relu",
+                 "--executor", "serial", "--workers", "1", "--no-progress"]
     elif command == "train":
         argv += ["--epochs", "0.05", "--seeds", "1"]
     return argv
@@ -173,11 +176,22 @@ def test_experiment_config_searches_evaluates_and_reports(name, scratch, capsys)
     out = run_cli(tiny(search, scratch / "cifar-data", keep_executor=name == "mnist1d.toml"), capsys)
     assert "Top functions of runs/x" in out and "(ReLU under the same budget)" in out
     run_cli(tiny(["evaluate", "runs/x"], scratch / "cifar-data"), capsys)
-    csv = (scratch / "runs/x/results.csv").read_text().splitlines()
-    assert csv[0].startswith("label,kind,expression") and len(csv) == 3  # found #1 + relu
+    from gp_activations.search import SearchConfig
+
+    tasks = SearchConfig.from_toml(EXPERIMENTS / name).tasks
+    results = (["results.csv"] if tasks is None else
+               [f"results_{t['dataset']}_{t['model']}.csv" for t in tasks])  # one per task
+    for stem in results:
+        csv = (scratch / "runs/x" / stem).read_text().splitlines()
+        assert csv[0].startswith("label,kind,expression") and len(csv) == 3  # found #1 + relu
     run_cli(["report", "runs/x"], capsys)
     report = (scratch / "runs/x/report/report.md").read_text()
-    assert "## Final evaluation (test set)" in report and "Measured on the test split" in report
+    assert "Measured on the test split" in report
+    if tasks is None:
+        assert "## Final evaluation (test set)" in report
+    else:
+        for t in tasks:
+            assert f"## Final evaluation on {t['dataset']} / {t['model']} (test set)" in report
 
 
 PY_EXAMPLES = sorted(p.name for p in EXPERIMENTS.glob("*.py"))
@@ -218,10 +232,15 @@ def test_documented_commands_run(doc, scratch, capsys):
     commands = doc_commands(ROOT / doc, scratch)
     expected = {"README.md": {"search", "evaluate", "report", "export", "train", "zoo",
                               "primitives"},
-                "experiments/README.md": {"search", "evaluate", "report"}}[doc]
+                "experiments/README.md": {"search", "evaluate", "report", "transfer"}}[doc]
     assert expected <= {c[0] for c in commands if c}, commands
     for argv in commands:
         if argv and argv[0] in ("evaluate", "report", "export") and not Path(argv[1]).exists() \
                 and not argv[1].startswith("-"):
             pytest.fail(f"{doc}: {' '.join(argv)} names a run no earlier command made")
+        if argv and argv[0] == "transfer":
+            runs = [a for a in argv[1:argv.index("--tasks")] if not a.startswith("-")]
+            missing = [r for r in runs if not Path(r).exists()]
+            if missing:
+                pytest.fail(f"{doc}: {' '.join(argv)} names a run no earlier command made: {missing[0]}")
         run_cli(tiny(argv, scratch / "cifar-data"), capsys)
