@@ -414,12 +414,13 @@ def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
 
 
 def format_table(rows: Sequence[ResultRow]) -> str:
-    out = [f"{'activation':12s} {'test accuracy':>17s} {'n':>3s} {'p vs relu':>10s}  function"]
+    width = max([12] + [len(r.display_label) for r in rows])
+    out = [f"{'activation':{width}s} {'test accuracy':>17s} {'n':>3s} {'p vs relu':>10s}  function"]
     for r in rows:
         p = format_p(r.p_vs_relu)
         mark = " *" if r.best else "  "
         failed = f" ({r.failed} failed)" if r.failed else ""
-        out.append(f"{r.display_label:12s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d}{failed} {p:>10s}  "
+        out.append(f"{r.display_label:{width}s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d}{failed} {p:>10s}  "
                    f"{r.expression}" + (f" @ params {r.params}" if r.params else ""))
     out.append("(* best mean)")
     return "\n".join(out)
