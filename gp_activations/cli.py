@@ -224,7 +224,8 @@ def cmd_search(args) -> int:
         search = Search(config, out, progress=not args.no_progress)
     cfg = search.config
     stop = [f"{cfg.generations} generations"] if cfg.generations < 1_000_000 else []
-    stop += [f"budget {cfg.budget} trainings"] if cfg.budget else []
+    stop += ([f"budget {cfg.budget} candidates ({len(search.tasks)} trainings each)"]
+             if search.tasks else [f"budget {cfg.budget} trainings"]) if cfg.budget else []
     where = (" + ".join(t["name"] for t in search.tasks) if search.tasks else cfg.dataset)
     print(f"search: {cfg.strategy} on {where} ({cfg.primitives}), population "
           f"{cfg.population}, {', '.join(stop)}"
@@ -301,10 +302,11 @@ def cmd_evaluate(args) -> int:
         results = evaluate_tasks(args.run, **common)
     for name, rows in results:
         if len(results) > 1:
-            print(f"\n{name} (test accuracy, {rows[0].n if rows else 0} seeds):")
+            print(f"\n{name} (test accuracy):")
         print(format_table(rows))
-    csv_path = max(Path(args.run).glob("results*.csv"), key=lambda p: p.stat().st_mtime)
-    print(f"\nwrote {csv_path} and {csv_path.with_suffix('.tex')}; "
+    written = sorted(Path(args.run).glob("results*.csv"), key=lambda p: -p.stat().st_mtime)
+    written = written[:len(results)]
+    print(f"\nwrote {', '.join(str(p) for p in written)} (and .tex); "
           f"next: gp-activations report {args.run}")
     return 0
 
@@ -323,7 +325,7 @@ def cmd_transfer(args) -> int:
     table = run_transfer(args.runs, args.tasks, args.out, top=args.top, seeds=args.seeds,
                          baselines=args.baselines, epochs=args.epochs, executor=args.executor,
                          workers=args.workers, device=args.device, task_timeout=args.task_timeout,
-                         progress=not args.no_progress)
+                         data_dir=args.data_dir, progress=not args.no_progress)
     print(table.text())
     out = Path(args.out)
     print(f"\nwrote {out / 'transfer.md'} and {out / 'transfer.csv'} (trainings in "
@@ -476,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--executor", choices=["serial", "process", "ray"], default="serial")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--data-dir", help="CIFAR files (default: $GP_ACTIVATIONS_DATA)")
     p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_transfer)

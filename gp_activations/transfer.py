@@ -257,7 +257,8 @@ def _copy_from_runs(store: _Store, runs: Sequence, wanted: dict) -> int:
 def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
                  baselines: Optional[Sequence[str]] = None, epochs: Optional[float] = None,
                  executor: str = "serial", workers: int = 1, device: str = "auto",
-                 task_timeout: Optional[float] = None, progress: bool = True) -> TransferTable:
+                 task_timeout: Optional[float] = None, data_dir: Optional[str] = None,
+                 progress: bool = True) -> TransferTable:
     """Train each run's top functions and the baselines on every task; return the table."""
     from .evaluate import DEFAULT_BASELINES, parse_baselines
 
@@ -276,7 +277,7 @@ def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
     from .train import check_model
 
     for task in tasks:
-        check_model(task["model"], task["dataset"])
+        check_model(task["model"], task["dataset"], data_dir=data_dir)
     protocols = {t["name"]: _protocol(t, epochs) for t in tasks}
     out = Path(out)
     store = _Store(out)
@@ -306,7 +307,7 @@ def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
                             scheduled.add(rid)
                             work.append((rid, task, fn, seed, train_cfg))
         if work:
-            _train(store, work, executor, workers, device, task_timeout, progress)
+            _train(store, work, executor, workers, device, task_timeout, progress, data_dir)
         table = _summarize(store, tasks, functions, protocols, seeds)
     finally:
         store.close()
@@ -315,7 +316,7 @@ def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
     return table
 
 
-def _train(store, work, executor, workers, device, task_timeout, progress) -> None:
+def _train(store, work, executor, workers, device, task_timeout, progress, data_dir) -> None:
     from .progress import progress_bar
     from .search.executors import default_task_timeout, make_executor
     from .train import resolve_device
@@ -329,7 +330,7 @@ def _train(store, work, executor, workers, device, task_timeout, progress) -> No
     # the longest trainings first: the run then ends on short ones, so workers idle less
     work = sorted(work, key=lambda w: -w[4].epochs * (3 if w[1]["model"] == "resnet1d" else 1))
     tasks = [{"id": rid, "dataset": task["dataset"], "model": task["model"], "data": None,
-              "fitness": None, "data_dir": None, "verify": True, "download": False,
+              "fitness": None, "data_dir": data_dir, "verify": True, "download": False,
               "train": train_cfg.to_dict(), "device": dev.type, "threads": 1, "split": "test",
               "expression": fn.expression, "primitives": fn.primitives, "params": fn.params,
               "seed": seed} for rid, task, fn, seed, train_cfg in work]

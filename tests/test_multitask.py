@@ -147,7 +147,8 @@ def test_evaluate_and_report_cover_every_task(multi_run, tmp_path, capsys):
     assert main(["evaluate", str(run), "--top", "1", "--seeds", "2", "--epochs", "0.3",
                  "--baselines", "relu", "--executor", "serial", "--no-progress"]) == 0
     out = capsys.readouterr().out
-    assert "digits/cnn_digits (test accuracy, 2 seeds):" in out and "mnist1d/mlp (test accuracy" in out
+    assert "digits/cnn_digits (test accuracy):" in out and "mnist1d/mlp (test accuracy):" in out
+    assert "results_digits_cnn_digits.csv" in out and "results_mnist1d_mlp.csv" in out
     assert (run / "results_digits_cnn_digits.csv").is_file()
     assert (run / "results_mnist1d_mlp.csv").is_file()
     with pytest.raises(UserError, match="searched 2 tasks .*evaluate_tasks"):
@@ -183,7 +184,7 @@ BAD_TASKS = [
     ('tasks = [{dataset = "digits", train = {lr = "fast"}}]', "tasks[0]"),
     ('tasks = [{dataset = "digits", train = {lrr = 0.1}}]', "unknown key 'lrr' in tasks[0].train"),
     ('model = "mlp"\ntasks = [{dataset = "digits"}]', "not a top-level 'model'"),
-    ('dataset = "mnist1d"\ntasks = [{dataset = "digits"}]', "'dataset' and 'tasks' are both given"),
+    ('dataset = "digits"\ntasks = [{dataset = "digits"}]', "'dataset' and 'tasks' are both given"),
     ('task_aggregate = "min"\ntasks = [{dataset = "digits", weight = 2}]', "weights apply to task_aggregate"),
     ('task_aggregate = "median"\ntasks = [{dataset = "digits"}]', "'task_aggregate' must be one of mean, min"),
 ]
@@ -209,3 +210,42 @@ def test_resume_needs_no_task_check_and_keeps_the_tasks(multi_run):
     search = Search(SearchConfig(), run, resume=True, progress=False)
     assert search.run().counts["pending"] == 0
     assert not math.isnan(search.best)
+
+
+def test_a_relu_reference_that_fails_stops_the_search_with_one_line_and_is_retried(tmp_path, capsys):
+    # a blow-up limit no activation passes: ReLU itself "blows up" on the second task
+    config = tmp_path / "refs.toml"
+    config.write_text('population = 2\ngenerations = 1\ninit_zoo = false\nparam_variants = 0\n'
+                      'device = "cpu"\ntasks = [{dataset = "digits", epochs = 1}, {dataset = '
+                      '"mnist1d", model = "mlp", epochs = 1, train = {blowup_limit = 1e-6}}]\n')
+    run = tmp_path / "run"
+    code = main(["search", "--config", str(config), "--out", str(run), "--no-progress"])
+    _, err = capsys.readouterr()
+    # (after the start line) one line, no traceback
+    assert code == 2 and err.startswith("search: ") and err.count("\n") == 2, err
+    assert "Traceback" not in err and "ReLU, the reference of the multi-task fitness, failed on mnist1d/mlp: diverged: " \
+           "activations blow up at initialisation" in err
+    refs = _task_rows(run, 0)
+    assert refs[1]["status"] == "failed" and refs[0]["status"] == "done"
+    assert all(r["fitness"] is None for r in rows(run))  # nothing was scored against it
+    code = main(["search", "--out", str(run), "--resume", "--no-progress"])
+    _, err = capsys.readouterr()
+    assert code == 2 and "failed on mnist1d/mlp" in err  # retried (and failing again)
+    assert _task_rows(run, 0)[1]["finished_at"] > refs[1]["finished_at"]
+
+
+def test_python_api_takes_tasks_and_a_tasks_own_train_has_the_last_word():
+    cfg = SearchConfig().replace(tasks=[{"dataset": "digits", "train": {"epochs": 3}},
+                                        {"dataset": "mnist1d", "model": "mlp"}], epochs=0.5)
+    assert cfg.dataset == "digits"
+    first, second = cfg.task_list()
+    assert first["train"]["epochs"] == 3 and second["train"]["epochs"] == 0.5
+    assert second["train"]["preset"] == "mnist1d+mlp/fitness"
+
+
+def test_relu_is_scored_from_the_references_in_any_space_with_the_builtin_relu(tmp_path):
+    cfg = SearchConfig(**{**SMALL, "generations": 1, "population": 1, "primitives": "minimal",
+                          "init_expressions": ["relu(x)"]})
+    run_search(cfg, out=tmp_path / "run", progress=False)
+    relu = [r for r in rows(tmp_path / "run") if r["expression"] == "relu(x)" and r["params"] == "[]"]
+    assert relu and relu[0]["fitness"] == 1.0 and _task_rows(tmp_path / "run", relu[0]["id"]) == {}

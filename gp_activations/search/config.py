@@ -213,8 +213,14 @@ class SearchConfig:
         for i, entry in enumerate(self.tasks):
             info = get_dataset_info(entry["dataset"])
             model = entry.get("model", info.default_model)
-            overrides = self._train_overrides(f"tasks[{i}].train", {**self.train,
-                                                                   **entry.get("train", {})})
+            overrides = self._train_overrides("[train]", self.train)
+            own = entry.get("train", {})
+            known = {f.name for f in dataclasses.fields(TrainConfig)}
+            unknown = sorted(set(own) - known)
+            if unknown:
+                raise UserError(f"config: unknown key {unknown[0]!r} in tasks[{i}].train"
+                                f"{did_you_mean(unknown[0], known)}")
+            overrides.update(own)  # the task's own settings have the last word
             if "epochs" in entry:
                 overrides["epochs"] = entry["epochs"]
             try:
@@ -296,13 +302,6 @@ class SearchConfig:
                 raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, known)} "
                                 f"(known: {', '.join(sorted(known))})")
             clean[key] = _coerce(key, value, hints[key], where)
-        tasks = clean.get("tasks")
-        if tasks and "dataset" in clean and isinstance(tasks[0], dict) and "dataset" in tasks[0]:
-            from ..data import get_dataset_info
-
-            if get_dataset_info(clean["dataset"]).name != get_dataset_info(tasks[0]["dataset"]).name:
-                raise UserError(f"{where}: 'dataset' and 'tasks' are both given; a multi-task "
-                                f"search takes each dataset from its 'tasks' entry")
         return cls(**clean)
 
     @classmethod
@@ -316,6 +315,9 @@ class SearchConfig:
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{path}: invalid TOML: {exc}") from None
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        if "tasks" in values and "dataset" in values:  # given by the user, not a default
+            raise UserError(f"{path}: 'dataset' and 'tasks' are both given; a multi-task search "
+                            f"takes each dataset from its 'tasks' entry")
         return cls.from_dict(values, where=str(path))
 
     def replace(self, **changes) -> "SearchConfig":

@@ -422,7 +422,15 @@ class Search:
             return
         _, gpus = self._device()
         cfg = self.config
-        timeout = cfg.task_timeout or default_task_timeout(cfg.executor, self.train_config)
+        timeout = cfg.task_timeout
+        if timeout is None and self.tasks:  # the longest of the tasks' trainings
+            from ..train import TrainConfig
+
+            limits = [default_task_timeout(cfg.executor, TrainConfig(**t["train"]))
+                      for t in self.tasks]
+            timeout = None if None in limits else max(limits)
+        elif timeout is None:
+            timeout = default_task_timeout(cfg.executor, self.train_config)
         self.executor = make_executor(cfg.executor, workers=cfg.workers, threads=cfg.threads,
                                       timeout=timeout, gpus=gpus, ray_address=cfg.ray_address,
                                       run_dir=self.run_dir, warmup=self._base_task())
@@ -466,7 +474,7 @@ class Search:
         refs = self.store.task_runs(0)
         relu = zoo.get("relu")
         for t in range(len(self.tasks)):
-            if t not in refs:
+            if t not in refs or refs[t]["status"] != "done":  # a failed reference is retried
                 work.append({**self._task_base(t, base), "id": f"0/{t}", "primitives": "pangaea",
                              "expression": relu.expression, "params": []})
         for row in rows:
@@ -487,8 +495,11 @@ class Search:
             self._score_tasks(row["id"])
 
     def _is_reference(self, row) -> bool:
+        """Plain ``relu(x)`` of the built-in ReLU operator: the references are its trainings."""
+        from .. import operators
+
         return row["expression"] == "relu(x)" and json.loads(row["params"]) == [] and \
-            self.pset.name == "pangaea"
+            self.pset.operators.get("relu") is operators.get("relu")
 
     def _on_task_start(self, task: dict) -> None:
         cid = int(str(task["id"]).split("/")[0])
@@ -499,9 +510,18 @@ class Search:
         cid, t = (int(v) for v in str(result["id"]).split("/"))
         metrics = result.get("metrics")
         status = "done" if result["status"] == "done" else "failed"
+        error = result.get("error", "")
+        if cid == 0 and status == "done" and (metrics or {}).get("status") == "chance":
+            # a normaliser at chance would inflate every candidate's fitness
+            status, error = "failed", f"ReLU stayed at chance: {error}"
         self.store.record_task_run(cid, t, self.tasks[t]["name"], status, result.get("fitness"),
-                                   result.get("error", ""), metrics, result.get("started_at"),
+                                   error, metrics, result.get("started_at"),
                                    result.get("finished_at"))
+        if cid == 0 and status == "failed":
+            raise UserError(f"ReLU, the reference of the multi-task fitness, failed on "
+                            f"{self.tasks[t]['name']}: {error} -- that task cannot normalise "
+                            f"fitness; give it another schedule (train/epochs) in a new run "
+                            f"(a resume retries the reference)")
         seconds = (result.get("finished_at") or 0) - (result.get("started_at") or 0)
         what = "ReLU reference" if cid == 0 else f"candidate {cid}"
         log.info("%s on %s: %s accuracy=%s (%.1f s)%s", what, self.tasks[t]["name"], status,
@@ -519,12 +539,8 @@ class Search:
         row = self.store.candidate(cid)
         if row["status"] not in ("pending", "running"):
             return
-        refs = self.store.task_runs(0)
-        failed_ref = [r for r in refs.values() if r["status"] == "failed"]
-        if failed_ref:
-            r = failed_ref[0]
-            raise UserError(f"ReLU, the reference of the multi-task fitness, failed on "
-                            f"{r['name']}: {r['error']}; check that task's settings")
+        refs = {t: r for t, r in self.store.task_runs(0).items()
+                if r["status"] == "done" and r["accuracy"]}  # a failed one is retried first
         runs = refs if self._is_reference(row) else self.store.task_runs(cid)
         failed = [r for r in runs.values() if r["status"] == "failed"]
         n = len(self.tasks)
