@@ -395,6 +395,10 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
         lines.append("")
     if not tables:
         lines += ["## Final evaluation", "", f"Not run yet: `gp-activations evaluate {run_dir}`.", ""]
+    transfer = Path(run_dir) / "transfer.md"
+    if transfer.is_file():  # written by `gp-activations transfer` over this run (and others)
+        body = transfer.read_text().split("\n", 1)[1].strip()
+        lines += ["## Transfer (this run's functions and others' on every task)", "", body, ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     store.close()

@@ -414,6 +414,11 @@ def _write(out: Path, table: TransferTable, runs, tasks, seeds, epochs, top, bas
                + (f" --top {top}" if top != 1 else "")
                + (f" --baselines {baselines}" if baselines else "")
                + (f" --epochs {epochs:g}" if epochs else "") + f" --out {out}")
-    (out / "transfer.md").write_text(
-        "# Transfer: found functions on every task\n\n" + table.markdown() + "\n\n"
-        "Reproduce with:\n\n```\n" + command + "\n```\n")
+    text = ("# Transfer: found functions on every task\n\n" + table.markdown() + "\n\n"
+            "Reproduce with:\n\n```\n" + command + "\n```\n")
+    (out / "transfer.md").write_text(text)
+    for run in runs:  # `gp-activations report RUN` includes the latest transfer of its functions
+        try:
+            (Path(run) / "transfer.md").write_text(text)
+        except OSError:
+            pass  # a read-only run: the table is in OUT

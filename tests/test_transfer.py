@@ -79,6 +79,13 @@ def test_every_function_on_every_task_with_welch_tests(two_runs, tmp_path, monke
     assert f"gp-activations transfer {two_runs[0]} {two_runs[1]} --tasks {TASKS} --seeds 2 " \
            f"--top 2 --baselines relu,silu --epochs 0.3 --out {out}" in md
 
+    # each run's report includes the transfer of its functions
+    assert (two_runs[0] / "transfer.md").read_text() == md
+    assert main(["report", str(two_runs[1])]) == 0
+    report = (two_runs[1] / "report" / "report.md").read_text()
+    assert "## Transfer (this run's functions and others' on every task)" in report
+    assert "| function | found on | digits/cnn_digits | mnist1d/mlp |" in report
+
     # a rerun resumes: nothing is trained again, the same table comes back
     calls.clear()
     again = run_transfer(two_runs, TASKS, out, top=2, **FAST)
