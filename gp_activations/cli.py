@@ -194,7 +194,7 @@ def _add_data_args(p) -> None:
 _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", "budget",
                  "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
                  "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download",
-                 "param_variants", "allow_linear")
+                 "param_variants", "allow_linear", "task_aggregate")
 
 
 def cmd_search(args) -> int:
@@ -409,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-linear", action=argparse.BooleanOptionalAction, default=None,
                    help="rank affine functions (x, 2x + 1: the network becomes linear) as "
                    "discoveries, flagged (default: no)")
+    p.add_argument("--task-aggregate", choices=["mean", "min"], help="a multi-task search's "
+                   "fitness: the (weighted) mean or the minimum over tasks of accuracy / ReLU's")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--generations", type=int, help="generations (default 8)")
     g.add_argument("--budget", type=int, help="stop after this many trainings (instead of a "
