@@ -157,12 +157,7 @@ class SearchConfig:
             if not isinstance(entry, dict):
                 raise UserError(f"{where} must be a table like {{dataset = \"mnist1d\", model = "
                                 f"\"cnn1d\"}}, got {entry!r}")
-            for key, value in entry.items():
-                if key not in known:
-                    raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, known)} "
-                                    f"(known: {', '.join(known)})")
-                if isinstance(value, bool) or not isinstance(value, known[key]):
-                    raise UserError(f"{where}: {key!r} has the wrong type: {value!r}")
+            _check_table(entry, known, f"{where}:", f"{where}: {{key!r}}")
             if "dataset" not in entry:
                 raise UserError(f"{where} has no 'dataset' (e.g. dataset = \"mnist1d\")")
             names = _dataset_names()
@@ -239,12 +234,7 @@ class SearchConfig:
         ev = self.evaluate
         known = {"top": int, "seeds": int, "epochs": (int, float), "baselines": (list, str),
                  "train": dict}
-        for key, value in ev.items():
-            if key not in known:
-                raise UserError(f"config: unknown key {key!r} in [evaluate]{did_you_mean(key, known)} "
-                                f"(known: {', '.join(known)})")
-            if isinstance(value, bool) or not isinstance(value, known[key]):
-                raise UserError(f"config: [evaluate] {key!r} has the wrong type: {value!r}")
+        _check_table(ev, known, "config:", "config: [evaluate] {key!r}", " in [evaluate]")
         if ev.get("top", 0) < 0 or ev.get("seeds", 1) < 1 or not (
                 math.isfinite(ev.get("epochs", 1)) and ev.get("epochs", 1) > 0):
             raise UserError("config: [evaluate] needs top >= 0, seeds >= 1 and a finite epochs > 0")
@@ -322,6 +312,17 @@ class SearchConfig:
 
     def replace(self, **changes) -> "SearchConfig":
         return SearchConfig.from_dict({**self.to_dict(), **changes})
+
+
+def _check_table(table: dict, known: dict, prefix: str, typed: str, within: str = "") -> None:
+    """Every key of ``table`` known and of its type in ``known`` (bools are not numbers); the
+    error names the key: "{prefix} unknown key 'x'{within}..." or "{typed} has the wrong type"."""
+    for key, value in table.items():
+        if key not in known:
+            raise UserError(f"{prefix} unknown key {key!r}{within}{did_you_mean(key, known)} "
+                            f"(known: {', '.join(known)})")
+        if isinstance(value, bool) or not isinstance(value, known[key]):
+            raise UserError(typed.format(key=key) + f" has the wrong type: {value!r}")
 
 
 def _coerce(key: str, value, hint, where: str):
