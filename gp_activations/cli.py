@@ -194,7 +194,8 @@ def _add_data_args(p) -> None:
 _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", "budget",
                  "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
                  "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download",
-                 "param_variants", "allow_linear", "task_aggregate")
+                 "param_variants", "allow_linear", "task_aggregate", "fidelity", "eta",
+                 "surrogate", "lookup")
 
 
 def cmd_search(args) -> int:
@@ -205,7 +206,7 @@ def cmd_search(args) -> int:
 
     flags = {k: getattr(args, k) for k in _SEARCH_FLAGS if getattr(args, k) is not None}
     if args.budget is not None:
-        flags["generations"] = 1_000_000  # --budget alone decides when the search stops
+        flags["generations"] = None  # --budget alone decides when the search stops
     if args.no_verify:
         flags["verify"] = False
     out = args.out
@@ -220,10 +221,12 @@ def cmd_search(args) -> int:
     else:
         config = (SearchConfig.from_toml(args.config, flags) if args.config
                   else SearchConfig.from_dict(flags, where="command line"))
+        if "generations" in flags and flags["generations"] is None:
+            config = config.replace(generations=None)
         out = out or f"runs/{config.dataset}-{config.strategy}-{_time.strftime('%Y%m%d-%H%M%S')}"
         search = Search(config, out, progress=not args.no_progress)
     cfg = search.config
-    stop = [f"{cfg.generations} generations"] if cfg.generations < 1_000_000 else []
+    stop = [f"{cfg.generations} generations"] if cfg.generations is not None else []
     stop += ([f"budget {cfg.budget} candidates ({len(search.tasks)} trainings each)"]
              if search.tasks else [f"budget {cfg.budget} trainings"]) if cfg.budget else []
     where = (" + ".join(t["name"] for t in search.tasks) if search.tasks else cfg.dataset)
@@ -416,8 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--budget", type=int, help="stop after this many trainings (instead of a "
                    "number of generations)")
     p.add_argument("--epochs", type=float, help="fitness epochs per candidate")
-    p.add_argument("--strategy", choices=["evolution", "random"],
-                   help="evolution (default) or random search over the same space")
+    p.add_argument("--strategy", help="evolution (default), random (the same space, no "
+                   "selection) or module:Class (your Strategy subclass)")
+    p.add_argument("--fidelity", choices=["full", "halving"], help="full (default): every "
+                   "candidate trains the fitness budget; halving: successive halving in rungs")
+    p.add_argument("--eta", type=float, help="halving: the best 1/eta of a rung are promoted "
+                   "(default 3)")
+    p.add_argument("--surrogate", help="pre-screen proposals with a fitted surrogate: forest "
+                   "or ridge (default: none)")
+    p.add_argument("--lookup", help="a tabular benchmark CSV: fitness read from it instead of "
+                   "trained (benchmarks/tabular/mnist1d_cnn1d.csv)")
     p.add_argument("--executor", choices=["serial", "process", "ray"],
                    help="where evaluations run (default serial)")
     p.add_argument("--workers", type=int, help="parallel evaluations (default 1)")

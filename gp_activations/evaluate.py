@@ -107,10 +107,8 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
                          [e[0] for e in entries])
         _schedule_rows(store, protocol, [e for e in entries if e[0] not in plan["aliases"]], seeds)
         labels = [e[0] for e in entries if e[0] not in plan["aliases"]]
-        marks = ", ".join("?" for _ in labels)
-        pending = store.db.execute(
-            f"SELECT * FROM final WHERE protocol = ? AND status = 'pending' AND seed < ? AND label "
-            f"IN ({marks}) ORDER BY id", (protocol, seeds, *labels)).fetchall()
+        pending = sorted(store.final_trainings(protocol, status="pending", seeds=seeds,
+                                               labels=labels), key=lambda r: r.id)
         done_before = len(labels) * seeds - len(pending)
         if pending:
             _run_trainings(store, plan["cfg"], pending, plan["train_cfg"], plan["dataset"],
@@ -202,12 +200,12 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     for rank, item in enumerate(found, 1):
         cand = item["candidate"]
         label = f"found #{rank}"
-        entries.append((label, "found", cand["expression"], cand["primitives"],
-                        json.loads(cand["params"]), cand["id"]))
+        entries.append((label, "found", cand.expression, cand.primitives, list(cand.params),
+                        cand.id))
         if item["equals"] or item["linear"]:
             aliases[label] = {"equals": item["equals"], "linear": item["linear"],
-                              "expression": cand["expression"], "primitives": cand["primitives"],
-                              "params": json.loads(cand["params"]),
+                              "expression": cand.expression, "primitives": cand.primitives,
+                              "params": list(cand.params),
                               "trained_as": item["equals"] if item["equals"] in baselines else None}
     for name in baselines:
         act = zoo.get(name)
@@ -238,26 +236,8 @@ def _record_protocol(store, protocol: str, seeds: int, own: bool, test_split: st
 
 
 def _schedule_rows(store, protocol, entries, seeds) -> None:
-    with store.db:
-        for label, kind, expr, prims, params, cid in entries:
-            # "found #k" may name another function now (the search went on): drop the old one's
-            # rows of every seed, or its seeds beyond --seeds would be averaged with the new one's
-            store.db.execute("DELETE FROM final WHERE label = ? AND protocol = ? AND "
-                             "(expression != ? OR params != ?)",
-                             (label, protocol, expr, json.dumps(params)))
-            for seed in range(seeds):
-                key = (label, seed, protocol)
-                row = store.db.execute("SELECT * FROM final WHERE label = ? AND seed = ? AND "
-                                       "protocol = ?", key).fetchone()
-                same = row is not None and (row["expression"], row["params"]) == (expr, json.dumps(params))
-                if same and row["status"] in ("done", "failed"):
-                    continue  # finished before: never redone
-                if row is not None:  # in flight when interrupted, or "found #k" now names another function
-                    store.db.execute("DELETE FROM final WHERE id = ?", (row["id"],))
-                store.db.execute(
-                    "INSERT INTO final(label, kind, expression, primitives, params, candidate_id, seed, "
-                    "protocol, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                    (label, kind, expr, prims, json.dumps(params), cid, seed, protocol))
+    for label, kind, expr, prims, params, cid in entries:
+        store.schedule_final(label, kind, expr, prims, params, cid, seeds, protocol)
 
 
 def _run_trainings(store, cfg, pending, train_cfg, dataset, model, data, executor, workers,
@@ -277,26 +257,22 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, data, executo
             "data_dir": data_dir or cfg.data_dir, "verify": cfg.verify, "download": cfg.download,
             "train": train_cfg.to_dict(), "device": dev.type, "threads": cfg.threads,
             "split": "test"}
-    tasks = [{**base, "id": row["id"], "expression": row["expression"],
-              "primitives": row["primitives"], "params": json.loads(row["params"]),
-              "seed": row["seed"]} for row in pending]
+    tasks = [{**base, "id": row.id, "expression": row.expression, "primitives": row.primitives,
+              "params": list(row.params), "seed": row.seed} for row in pending]
     from .progress import progress_bar
 
     bar = progress_bar(total=done_before + len(tasks), initial=done_before, unit="run",
                        desc="evaluate", disable=not progress)
 
     def on_start(task):
-        with store.db:
-            store.db.execute("UPDATE final SET status = 'running' WHERE id = ?", (task["id"],))
+        store.start_final(task["id"])
 
     def on_result(result):
         metrics = result.get("metrics") or {}
         accuracy = metrics.get("accuracy") if result["status"] == "done" else None
         status = "done" if result["status"] == "done" else "failed"
-        with store.db:
-            store.db.execute("UPDATE final SET status = ?, accuracy = ?, metrics = ?, finished_at = ? "
-                             "WHERE id = ?", (status, accuracy, json.dumps(
-                                 {**metrics, "error": result.get("error", "")}), time.time(), result["id"]))
+        store.finish_final(result["id"], status, accuracy,
+                           {**metrics, "error": result.get("error", "")})
         if bar is not None:
             bar.update(1)
 
@@ -336,26 +312,24 @@ def summarize(store: RunStore, protocol: str, labels: Sequence[str],
     in ``failed`` so that an unstable activation cannot hide behind its good seeds."""
     rows = []
     by_label = {}
-    limit = seeds if seeds is not None else 1 << 30
-    for r in store.db.execute("SELECT * FROM final WHERE protocol = ? AND seed < ? ORDER BY label, seed",
-                              (protocol, limit)).fetchall():
-        by_label.setdefault(r["label"], []).append(r)
-    relu = [r["accuracy"] for r in by_label.get("relu", []) if r["status"] == "done"]
+    for r in store.final_trainings(protocol, seeds=seeds):
+        by_label.setdefault(r.label, []).append(r)
+    relu = [r.accuracy for r in by_label.get("relu", []) if r.status == "done"]
     flags = store.get_meta("final_protocols", {}).get(protocol, {}).get("flags", {})
     for label in labels:
         flag = flags.get(label, {})
         recs = by_label.get(flag.get("trained_as") or label, [])
         if not recs:
             continue
-        accs = [r["accuracy"] for r in recs if r["status"] == "done" and r["accuracy"] is not None]
+        accs = [r.accuracy for r in recs if r.status == "done" and r.accuracy is not None]
         mean = statistics.fmean(accs) if accs else float("nan")
         std = statistics.stdev(accs) if len(accs) > 1 else 0.0
         p = None if label == "relu" else welch_p(accs, relu)
-        rows.append(ResultRow(label, "found" if flag else recs[0]["kind"],
-                              flag.get("expression", recs[0]["expression"]),
-                              flag.get("params", json.loads(recs[0]["params"])), accs, mean, std, p,
-                              flag.get("primitives", recs[0]["primitives"]),
-                              failed=sum(r["status"] == "failed" for r in recs),
+        rows.append(ResultRow(label, "found" if flag else recs[0].kind,
+                              flag.get("expression", recs[0].expression),
+                              flag.get("params", list(recs[0].params)), accs, mean, std, p,
+                              flag.get("primitives", recs[0].primitives),
+                              failed=sum(r.status == "failed" for r in recs),
                               equals=flag.get("equals"), linear=bool(flag.get("linear"))))
     finite = [r for r in rows if not math.isnan(r.mean)]
     if finite:

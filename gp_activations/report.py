@@ -43,23 +43,21 @@ def _ranked(store: RunStore, k: Optional[int] = None) -> list[dict]:
 
 
 def _activation(cand) -> Activation:
-    return Activation.from_string(cand["expression"], cand["primitives"], json.loads(cand["params"]))
+    return Activation.from_string(cand.expression, cand.primitives, cand.params)
 
 
 def learned_trajectory(store: RunStore, rank: int, cand) -> tuple[list, str]:
     """Per-epoch ``{site: {param: value}}`` of a function's training: the final evaluation's
     seed 0 when there is one (full schedule), else the search's fitness training."""
     protocol = report_protocol(store, own_only=True)  # a transfer model has other sites
-    row = None if protocol is None else store.db.execute(
-        "SELECT metrics FROM final WHERE label = ? AND status = 'done' AND expression = ? AND "
-        "params = ? AND protocol = ? ORDER BY seed, id LIMIT 1",
-        (f"found #{rank}", cand["expression"], cand["params"], protocol)).fetchone()
-    if row and row["metrics"]:
-        traj = json.loads(row["metrics"]).get("param_trajectory") or []
+    rows = [] if protocol is None else [
+        r for r in store.final_trainings(protocol, status="done", labels=[f"found #{rank}"])
+        if (r.expression, r.params) == (cand.expression, cand.params)]
+    if rows and rows[0].metrics:
+        traj = rows[0].metrics.get("param_trajectory") or []
         if traj:
             return traj, "final evaluation (seed 0)"
-    metrics = json.loads(cand["metrics"]) if cand["metrics"] else {}
-    return metrics.get("param_trajectory") or [], "search fitness training"
+    return (cand.metrics or {}).get("param_trajectory") or [], "search fitness training"
 
 
 def site_values(trajectory: list) -> list[dict]:
@@ -84,7 +82,7 @@ def mean_values(sites: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------
 def export_from_run(run_dir, rank: int = 1, fmt: str = "latex", with_learned: bool = False) -> str:
     """The rank-``rank`` function of a run as LaTeX, sympy, standalone torch code or JSON."""
-    store = RunStore.open(run_dir)
+    store = RunStore.open(run_dir, readonly=True)
     if rank < 1:
         raise UserError(f"--rank must be >= 1, got {rank}")
     top = _ranked(store)
@@ -157,10 +155,7 @@ def plot_shapes(store: RunStore, path: Path, k: int = 4) -> None:
 
 
 def _fitness_series(store: RunStore) -> list[float]:
-    rows = store.db.execute("SELECT fitness FROM candidates WHERE duplicate_of IS NULL AND "
-                            "status IN ('done', 'failed') AND started_at IS NOT NULL "
-                            "ORDER BY finished_at, id").fetchall()
-    return [r["fitness"] if r["fitness"] is not None else float("nan") for r in rows]
+    return [c.fitness if c.fitness is not None else float("nan") for c in store.trained_in_order()]
 
 
 def _best_so_far(values: Sequence[float]) -> list[float]:
@@ -254,8 +249,7 @@ def report_protocol(store: RunStore, own_only: bool = False) -> Optional[str]:
     """The final evaluation to report: the latest on the run's own model and dataset, else
     (unless ``own_only``) the latest transfer evaluation; None if there is none."""
     recorded = store.get_meta("final_protocols", {})
-    latest = [r[0] for r in store.db.execute(
-        "SELECT protocol FROM final WHERE status = 'done' GROUP BY protocol ORDER BY MAX(finished_at) DESC")]
+    latest = store.final_protocols_by_recency()
     own = [p for p in latest if recorded.get(p, {}).get("own")]
     if own:
         return own[0]
@@ -268,8 +262,7 @@ def _results_tables(store: RunStore, cfg: SearchConfig) -> list:
     if not cfg.multi_task:
         rows, described = _results_rows(store)
         return [(rows, described)] if rows else []
-    latest = [r[0] for r in store.db.execute(
-        "SELECT protocol FROM final WHERE status = 'done' GROUP BY protocol ORDER BY MAX(finished_at) DESC")]
+    latest = store.final_protocols_by_recency()
     out = []
     for task in cfg.task_list():
         mine = [p for p in latest if (json.loads(p)["dataset"], json.loads(p)["model"])
@@ -287,8 +280,7 @@ def _results_rows(store: RunStore, protocol: Optional[str] = None):
     if protocol is None:
         return None, None
     recorded = store.get_meta("final_protocols", {}).get(protocol, {})
-    labels = recorded.get("labels") or [r[0] for r in store.db.execute(
-        "SELECT label FROM final WHERE protocol = ? GROUP BY label ORDER BY MIN(id)", (protocol,))]
+    labels = recorded.get("labels") or store.final_labels(protocol)
     described = {**json.loads(protocol), "_test_split": recorded.get("test_split")}
     return summarize(store, protocol, labels, recorded.get("seeds")), described
 
@@ -311,14 +303,33 @@ def comparison_table(stores: Sequence[RunStore]) -> list[str]:
     return lines + [""]
 
 
+def surrogate_section(store: RunStore) -> list:
+    """Predicted vs measured fitness of the candidates the surrogate scored before training."""
+    from .search.surrogate import spearman
+
+    pairs = [(c.predicted, c.fitness) for c in store.candidates(plain=True, trained=True)
+             if c.predicted is not None]
+    if not pairs:
+        return []
+    done = [(p, f) for p, f in pairs if f is not None]
+    rho = spearman([p for p, _ in done], [f for _, f in done])
+    mae = statistics.fmean(abs(p - f) for p, f in done) if done else float("nan")
+    return ["## Surrogate", "",
+            f"{len(pairs)} trained functions had a prediction made before their training "
+            f"({len(pairs) - len(done)} of them failed).  Predicted vs measured fitness: "
+            f"Spearman {'n/a' if rho is None else f'{rho:.2f}'}, mean absolute error "
+            f"{mae:.4f}.  (Only the functions the surrogate chose were trained, so this is its "
+            f"accuracy among its own picks.)", ""]
+
+
 def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     if k < 1:  # top_functions(0) would mean "all" and a negative k "all but the last"
         raise UserError(f"--top must be >= 1, got {k}")
-    store = RunStore.open(run_dir)
-    others = [RunStore.open(c) for c in compare]
+    store = RunStore.open(run_dir, readonly=True)
+    others = [RunStore.open(c, readonly=True) for c in compare]
     top = _ranked(store, k)
     out = Path(run_dir) / "report"
     out.mkdir(exist_ok=True)
@@ -334,14 +345,14 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     lines = [f"# Search report: `{Path(run_dir).name}`", "",
              f"{cfg.strategy} on {where}, search space "
              f"`{cfg.primitives}`, population {cfg.population}"
-             + (f", {cfg.generations} generations" if cfg.generations < 1_000_000 else "")
+             + (f", {cfg.generations} generations" if cfg.generations is not None else "")
              + (f", budget {cfg.budget} trainings" if cfg.budget else "") + ".  "
              f"{counts['done']} candidates trained, {counts['failed']} failed, {counts['rejected']} "
              f"rejected before training, {counts['duplicates'] + store.get_meta('dedup_hits', 0)} "
              "duplicates skipped.", "",
              "## Top functions (search fitness = validation accuracy after brief training)", ""]
     if tasks:
-        refs = {t: r["accuracy"] for t, r in store.task_runs(0).items()}
+        refs = {t: r.accuracy for t, r in store.task_runs(0).items()}
         lines[-2] = (f"## Top functions (search fitness = the {cfg.task_aggregate} over tasks of "
                      f"validation accuracy / ReLU's, after brief training)")
         lines += ["| rank | fitness | " + " | ".join(t["name"] for t in tasks) + " | function | LaTeX |",
@@ -352,7 +363,7 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
         act = _activation(item["candidate"])
         per_task = ""
         if tasks:
-            metrics = json.loads(item["candidate"]["metrics"] or "{}")
+            metrics = item["candidate"].metrics or {}
             accs = {t["task"]: t.get("accuracy") for t in metrics.get("tasks", [])}
             per_task = "".join(" n/a |" if accs.get(t["name"]) is None
                                else f" {accs[t['name']]:.4f} |" for t in tasks)
@@ -369,6 +380,7 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
               "## Fitness over the run", "", "![fitness of every candidate](fitness.png)", ""]
     if others:
         lines += comparison_table([store, *others])
+    lines += surrogate_section(store)
     if params_caption:
         lines += ["## Learned parameters", "", f"{params_caption}.", "",
                   "![learned scalars per site](params_depth.png)", "",

@@ -176,7 +176,7 @@ def _found_functions(runs: Sequence, top: int) -> list[Function]:
 
     out, seen_labels = [], set()
     for run in runs:
-        store = RunStore.open(run)
+        store = RunStore.open(run, readonly=True)
         try:
             cfg = SearchConfig.from_dict(store.config(), where=f"{run} config")
             ranked, _ = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)
@@ -194,8 +194,8 @@ def _found_functions(runs: Sequence, top: int) -> list[Function]:
                 raise UserError(f"two runs are named {name!r}; give run directories with "
                                 f"different names")
             seen_labels.add(label)
-            out.append(Function(label, "found", cand["expression"], cand["primitives"],
-                                json.loads(cand["params"]), found_on))
+            out.append(Function(label, "found", cand.expression, cand.primitives,
+                                list(cand.params), found_on))
     return out
 
 
@@ -229,13 +229,14 @@ class _Store:
 def _copy_from_runs(store: _Store, runs: Sequence, wanted: dict) -> int:
     """Copy the finished ``final`` rows of the runs that match a wanted (function, seed,
     protocol); returns how many were copied."""
+    from .search.store import RunStore
+
     copied = 0
     for run in runs:
-        db = sqlite3.connect(str(Path(run) / "run.sqlite"), timeout=30)
-        db.row_factory = sqlite3.Row
+        run_store = RunStore.open(run, readonly=True)
         try:
-            for r in db.execute("SELECT * FROM final WHERE status = 'done'"):
-                key = (r["expression"], r["primitives"], r["params"], r["seed"], r["protocol"])
+            for r in run_store.final_trainings(status="done"):
+                key = (r.expression, r.primitives, json.dumps(list(r.params)), r.seed, r.protocol)
                 if key in wanted and store.db.execute(
                         "SELECT 1 FROM trainings WHERE expression = ? AND primitives = ? AND "
                         "params = ? AND seed = ? AND protocol = ? AND status IN ('done', 'failed')",
@@ -247,10 +248,10 @@ def _copy_from_runs(store: _Store, runs: Sequence, wanted: dict) -> int:
                         store.db.execute(
                             "INSERT INTO trainings(expression, primitives, params, seed, protocol, "
                             "status, accuracy, source, finished_at) VALUES (?, ?, ?, ?, ?, 'done', "
-                            "?, ?, ?)", (*key, r["accuracy"], str(run), r["finished_at"]))
+                            "?, ?, ?)", (*key, r.accuracy, str(run), r.finished_at))
                     copied += 1
         finally:
-            db.close()
+            run_store.close()
     return copied
 
 

@@ -15,15 +15,17 @@ Environment knobs (read at call time, so a worker sees its parent's settings):
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
-import sqlite3
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from gp_activations.search.store import RunStore
 
 HELPERS = str(Path(__file__).resolve())
 
@@ -129,36 +131,50 @@ def flat(x):
 '''
 
 
-def rows(run_dir, where="1", args=()):
-    db = sqlite3.connect(str(Path(run_dir) / "run.sqlite"))
-    db.row_factory = sqlite3.Row
+def stored(record) -> dict:
+    """A store record as a dict, its list/dict fields in the JSON text they are stored as."""
+    out = dataclasses.asdict(record)
+    for key in ("params", "parent_ids"):
+        if key in out:
+            out[key] = json.dumps(list(out[key]))
+    if out.get("metrics") is not None:
+        out["metrics"] = json.dumps(out["metrics"])
+    if "status" in out:
+        out["status"] = str(out["status"])
+    return out
+
+
+def rows(run_dir, where=None, **filters):
+    """The run's candidates (``RunStore.candidates(**filters)``, read-only) as :func:`stored`
+    dicts, by id; ``where`` an optional predicate on the dict."""
+    store = RunStore.open(run_dir, readonly=True)
     try:
-        return [dict(r) for r in db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id",
-                                            args)]
+        found = [stored(c) for c in store.candidates(**filters)]
     finally:
-        db.close()
+        store.close()
+    return [r for r in found if where is None or where(r)]
 
 
 def by_expression(run_dir, expression, params="[]"):
-    found = rows(run_dir, "expression = ? AND params = ?", (expression, params))
+    found = rows(run_dir, lambda r: (r["expression"], r["params"]) == (expression, params))
     assert len(found) == 1, (expression, params, found)
     return found[0]
 
 
 def snapshot(run_dir):
     """Everything that defines a run's outcome (no timestamps)."""
-    db = sqlite3.connect(str(Path(run_dir) / "run.sqlite"))
+    store = RunStore.open(run_dir, readonly=True)
     try:
-        cands = db.execute(
-            "SELECT id, function_id, expression, primitives, params, dedup_key, function_key, status, "
-            "fitness, generation, parent_ids, mutation, origin, duplicate_of, error FROM candidates "
-            "ORDER BY id").fetchall()
-        pop = db.execute("SELECT * FROM population ORDER BY generation, rank").fetchall()
-        gens = db.execute("SELECT generation, state, rng_state FROM generations ORDER BY generation").fetchall()
-        hits = db.execute("SELECT value FROM meta WHERE key = 'dedup_hits'").fetchone()
-        return {"candidates": cands, "population": pop, "generations": gens, "dedup_hits": hits}
+        keys = ("id", "function_id", "expression", "primitives", "params", "dedup_key",
+                "function_key", "status", "fitness", "generation", "parent_ids", "mutation",
+                "origin", "duplicate_of", "error")
+        cands = [tuple(stored(c)[k] for k in keys) for c in store.candidates()]
+        pop = [tuple(dataclasses.astuple(r)) for r in store.population()]
+        gens = [(g.generation, g.state, g.rng_state) for g in store.generation_rows()]
+        return {"candidates": cands, "population": pop, "generations": gens,
+                "dedup_hits": store.get_meta("dedup_hits")}
     finally:
-        db.close()
+        store.close()
 
 
 #: The run of the kill-and-resume test (serial: one candidate in flight at a time).

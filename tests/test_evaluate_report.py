@@ -32,6 +32,7 @@ from gp_activations.data import get_dataset_info
 from gp_activations.models import activation_sites, build_model
 from gp_activations.report import export_from_run, write_report
 from gp_activations.search import RunStore, SearchConfig, run_search
+from search_helpers import stored
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -59,8 +60,8 @@ def _cli_error(capsys, argv) -> str:
 
 
 def _final_rows(run_dir) -> list[dict]:
-    store = RunStore.open(run_dir)
-    rows = [dict(r) for r in store.db.execute("SELECT * FROM final ORDER BY label, seed")]
+    store = RunStore.open(run_dir, readonly=True)
+    rows = [stored(r) for r in store.final_trainings()]
     store.close()
     return rows
 
@@ -72,7 +73,7 @@ def run(tmp_path_factory):
     store = RunStore.open(out)
     top = store.top_functions()
     store.close()
-    ranks = [i for i, t in enumerate(top, 1) if json.loads(t["candidate"]["params"])]
+    ranks = [i for i, t in enumerate(top, 1) if t["candidate"].params]
     assert ranks, "the tiny search should finish at least one parametric variant"
     prank = ranks[0]
     # learned values as exported before the final evaluation (from the fitness training)
@@ -95,8 +96,8 @@ def test_results_csv_columns_and_statistics(run):
     assert [r["label"] for r in rows] == labels
     assert [r["kind"] for r in rows] == ["found"] * run.top_k + ["baseline"] * 2
     for r, item in zip(rows[:run.top_k], run.top):
-        assert r["expression"] == item["candidate"]["expression"]
-        assert json.loads(r["params"]) == json.loads(item["candidate"]["params"])
+        assert r["expression"] == item["candidate"].expression
+        assert json.loads(r["params"]) == list(item["candidate"].params)
     assert rows[-2]["expression"] == "relu(x)" and rows[-1]["expression"] == "mul(x, sigmoid(x))"
 
     relu = [float(a) for a in rows[-2]["accuracies"].split()]
@@ -182,9 +183,7 @@ def test_evaluate_resumes_without_retraining(run, capsys, count_trainings):
     # a training that was in flight when the evaluation was killed is redone, and only that one
     victim = before_rows[1]
     store = RunStore.open(run.dir)
-    with store.db:
-        store.db.execute("UPDATE final SET status = 'running', accuracy = NULL, finished_at = NULL "
-                         "WHERE id = ?", (victim["id"],))
+    store.start_final(victim["id"])  # as if it had been killed mid-training
     store.close()
     assert main(argv) == 0
     capsys.readouterr()
@@ -204,14 +203,13 @@ def test_changed_ranking_does_not_mix_two_functions_under_one_label(run, tmp_pat
     shutil.copytree(run.dir, copy)
     store = RunStore.open(copy)
     second = store.top_functions()[1]
-    with store.db:  # the search went on, and the former #2 is now the best
-        store.db.execute("UPDATE candidates SET fitness = 0.999 WHERE id = ?",
-                         (second["candidate"]["id"],))
+    with store.transaction():  # the search went on, and the former #2 is now the best
+        store.update_candidate(second["candidate"].id, fitness=0.999)
     store.close()
     rows = evaluate_run(copy, top=1, **{**EVAL_ARGS, "seeds": 1})
     assert count_trainings == [0]  # found #1, seed 0: the new function
     found = rows[0]
-    assert found.label == "found #1" and found.expression == second["candidate"]["expression"]
+    assert found.label == "found #1" and found.expression == second["candidate"].expression
     assert found.n == 1  # not averaged with the old #1's seed 1
     relu = next(r for r in rows if r.label == "relu")
     assert relu.n == 1  # statistics use exactly the requested seeds, for every activation alike
@@ -284,11 +282,11 @@ def _expected_sites(run) -> tuple[list, str]:
     """Per-site learned values of the parametric function, read straight from the database."""
     store = RunStore.open(run.dir)
     cand = run.top[run.prank - 1]["candidate"]
-    final = store.db.execute("SELECT metrics FROM final WHERE label = ? AND seed = 0 AND "
-                             "status = 'done'", (f"found #{run.prank}",)).fetchone()
+    (final,) = [r for r in store.final_trainings(status="done", labels=[f"found #{run.prank}"])
+                if r.seed == 0]
     store.close()
-    fitness_traj = json.loads(cand["metrics"])["param_trajectory"]
-    final_traj = json.loads(final["metrics"])["param_trajectory"]
+    fitness_traj = cand.metrics["param_trajectory"]
+    final_traj = final.metrics["param_trajectory"]
     assert fitness_traj[-1] != final_traj[-1]  # the two trainings learned different values
     return list(final_traj[-1].values()), list(fitness_traj[-1].values())
 
@@ -315,7 +313,7 @@ def test_export_torch_with_learned_params(run, tmp_path, capsys):
     assert imported == {"torch"}
 
     cand = run.top[run.prank - 1]["candidate"]
-    act = Activation.from_string(cand["expression"], cand["primitives"], json.loads(cand["params"]))
+    act = Activation.from_string(cand.expression, cand.primitives, cand.params)
     assert act.slots
     sites, fitness_sites = _expected_sites(run)
     assert len(sites) == 3  # cnn_digits has three activation sites
@@ -368,7 +366,7 @@ def test_export_latex_sympy_json(run, capsys):
         if fmt == "json":
             data = json.loads(out)
             assert data["fitness"] == pytest.approx(top1["fitness"])
-            assert Activation.from_json(data).expression == top1["candidate"]["expression"]
+            assert Activation.from_json(data).expression == top1["candidate"].expression
         elif fmt == "sympy":
             assert sympy.sympify(out.strip()).free_symbols
     # the parametric one: symbols without learned values, numbers with them
@@ -406,7 +404,7 @@ def not_runs(tmp_path_factory):
     RunStore.create(fresh, SearchConfig(dataset="digits").to_dict()).close()
     rejected = root / "rejected"
     store = RunStore.create(rejected, SearchConfig(dataset="digits").to_dict())
-    with store.db:
+    with store.transaction():
         for expr in ("relu(x)", "tanh(x)"):
             store.add_candidate(expression=expr, primitives="pangaea", status="rejected",
                                 generation=0, error="too slow")

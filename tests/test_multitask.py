@@ -14,7 +14,7 @@ from gp_activations.search import RunStore, SearchConfig, run_search
 from gp_activations.search import executors as executors_mod
 from gp_activations.search.driver import Search, aggregate_fitness
 
-from search_helpers import CHEAP, rows, snapshot
+from search_helpers import CHEAP, rows, snapshot, stored
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -34,7 +34,7 @@ def multi_run(tmp_path_factory):
 def _task_rows(run, cid):
     store = RunStore.open(run)
     try:
-        return {t: dict(r) for t, r in store.task_runs(cid).items()}
+        return {t: stored(r) for t, r in store.task_runs(cid).items()}
     finally:
         store.close()
 
@@ -47,7 +47,7 @@ def test_every_candidate_trains_on_every_task_and_is_scored_relative_to_relu(mul
     assert [r["name"] for r in refs.values()] == result.tasks
     relu_acc = [refs[0]["accuracy"], refs[1]["accuracy"]]
     assert 0.5 < relu_acc[0] <= 1 and 0.1 < relu_acc[1] <= 1
-    done = rows(run, "status = 'done' AND duplicate_of IS NULL")
+    done = rows(run, status="done", unique=True)
     assert len(done) >= 6
     for cand in done:
         metrics = json.loads(cand["metrics"])
@@ -82,7 +82,7 @@ def test_min_aggregate_search(tmp_path):
     cfg = SearchConfig(**{**SMALL, "tasks": tasks, "generations": 1, "population": 2},
                        task_aggregate="min")
     run_search(cfg, out=tmp_path / "run", progress=False)
-    for cand in rows(tmp_path / "run", "status = 'done'"):
+    for cand in rows(tmp_path / "run", status="done"):
         metrics = json.loads(cand["metrics"])
         assert cand["fitness"] == min(t["normalised"] for t in metrics["tasks"])
 
@@ -92,7 +92,7 @@ def test_a_task_failure_fails_the_candidate_and_names_the_task(tmp_path):
     cfg = SearchConfig(**{**SMALL, "generations": 1, "population": 1,
                           "init_expressions": ["exp(exp(exp(x)))"]})
     run_search(cfg, out=tmp_path / "run", progress=False)
-    (cand,) = rows(tmp_path / "run", "expression = 'exp(exp(exp(x)))' AND params = '[]'")
+    (cand,) = rows(tmp_path / "run", lambda r: (r["expression"], r["params"]) == ("exp(exp(exp(x)))", "[]"))
     assert cand["status"] == "failed" and cand["fitness"] is None
     assert cand["error"].startswith(("digits/cnn_digits: diverged", "mnist1d/mlp: diverged"))
     assert any(r["status"] == "failed" for r in _task_rows(tmp_path / "run", cand["id"]).values())
@@ -132,9 +132,9 @@ def test_resume_redoes_only_the_unfinished_task_trainings(tmp_path, monkeypatch,
 def rows_of(run):
     store = RunStore.open(run)
     try:
-        return [{k: r[k] for k in ("candidate_id", "task", "name", "status", "accuracy",
-                                   "started_at", "finished_at")}
-                for r in store.db.execute("SELECT * FROM task_runs ORDER BY candidate_id, task")]
+        return [{k: stored(r)[k] for k in ("candidate_id", "task", "name", "status", "accuracy",
+                                           "started_at", "finished_at")}
+                for r in store.task_runs().values()]
     finally:
         store.close()
 

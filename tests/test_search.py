@@ -249,9 +249,9 @@ def test_tournament_search_runs(tmp_path):
     fit = Counting()
     result = run_search(SearchConfig(**CHEAP, selection="tournament", tournament_size=2),
                         out=tmp_path / "run", progress=False, fitness=fit)
-    gen1 = rows(tmp_path / "run", "generation = 1 AND origin = 'mutation'")
+    gen1 = rows(tmp_path / "run", lambda r: r["origin"] == "mutation", generation=1)
     assert gen1 and all(r["mutation"] in MUTATIONS for r in gen1)
-    pop0 = {r["function_id"] for r in RunStore.open(tmp_path / "run").population(0)}
+    pop0 = {r.function_id for r in RunStore.open(tmp_path / "run").population(0)}
     assert all(set(json.loads(r["parent_ids"])) <= pop0 for r in gen1)
     assert result.counts["done"] == len(fit.calls)
 
@@ -308,13 +308,13 @@ def test_rejected_and_failed_candidates_are_stored_and_never_trained(tmp_path, f
         assert row["metrics"] is None and row["started_at"] is None and row["fitness"] is None
         assert fit.count(text) == 0
         # no parametric variants of a function that was not worth training
-        assert len(rows(run, "function_id = ?", (row["id"],))) == 1
+        assert len(rows(run, lambda r: r["function_id"] == row["id"])) == 1
     assert by_expression(run, "tanh(x)")["status"] == "done" and fit.count("tanh(x)") == 1
     assert by_expression(run, "relu(x)")["status"] == "done"  # ReLU always seeds the run
     assert result.counts["rejected"] >= 4 and result.counts["failed"] >= 1
     # every training call is a done row, nothing else was trained
-    done = {(r["expression"], tuple(json.loads(r["params"]))) for r in rows(run, "status = 'done' "
-                                                                            "AND duplicate_of IS NULL")}
+    done = {(r["expression"], tuple(json.loads(r["params"]))) for r in rows(run, status="done",
+                                                                            unique=True)}
     assert sorted(fit.calls) == sorted(done)
     log = (run / "search.log").read_text()
     assert "boom(x) failed: operator 'boom' raised ValueError" in log
@@ -352,7 +352,7 @@ def test_equal_functions_train_once(tmp_path):
     assert fit.count("mul(x, sigmoid(x))") == 1 and fit.count("mul(sigmoid(x), x)") == 0
     assert result.counts["duplicates"] >= 1
     # no variants for the duplicate either; every training happened once
-    assert len(rows(run, "function_id = ?", (second["id"],))) == 1
+    assert len(rows(run, lambda r: r["function_id"] == second["id"])) == 1
     assert len(fit.calls) == len(set(fit.calls))
     # duplicates never appear twice in the ranking
     assert len({t["function_id"] for t in result.top}) == len(result.top)
@@ -364,7 +364,7 @@ def test_each_generation_trains_its_longest_candidates_first(tmp_path):
     run_search(SearchConfig(**{**CHEAP, "population": 6, "generations": 3}), out=run,
                progress=False, fitness=fit)
     generation = {(r["expression"], tuple(json.loads(r["params"]))): r["generation"]
-                  for r in rows(run, "duplicate_of IS NULL AND started_at IS NOT NULL")}
+                  for r in rows(run, lambda r: r["started_at"] is not None, unique=True)}
     assert len(generation) == len(fit.calls)
     for g in sorted(set(generation.values())):
         costs = [Activation.from_string(e, "pangaea", p).estimated_cost
@@ -393,7 +393,7 @@ def test_dedup_hits_are_counted(tmp_path):
                         out=run, progress=False, fitness=Counting())
     store = RunStore.open(run)
     assert result.dedup_hits == store.get_meta("dedup_hits") > 0
-    keys = [r["dedup_key"] for r in rows(run, "duplicate_of IS NULL AND dedup_key IS NOT NULL")]
+    keys = [r["dedup_key"] for r in rows(run, lambda r: r["dedup_key"] is not None, unique=True)]
     assert len(keys) == len(set(keys))  # no two trained candidates share a key
 
 
@@ -412,16 +412,15 @@ def test_search_is_deterministic_and_records_generations(tmp_path):
     for g in range(3):
         pop = store.population(g)
         assert 0 < len(pop) <= cfg.population
-        fits = [r["fitness"] for r in pop]
+        fits = [r.fitness for r in pop]
         assert fits == sorted(fits, reverse=True)
     # elitism 2: the two best of a generation survive into the next
     for g in (1, 2):
-        best_before = [r["function_id"] for r in store.population(g - 1)][:2]
-        assert set(best_before) <= {r["function_id"] for r in store.population(g)}
+        best_before = [r.function_id for r in store.population(g - 1)][:2]
+        assert set(best_before) <= {r.function_id for r in store.population(g)}
     # each generation trains `population` new functions (plus one variant each)
     for g in range(3):
-        plain = rows(tmp_path / "a", "generation = ? AND id = function_id AND duplicate_of IS NULL "
-                     "AND status = 'done'", (g,))
+        plain = rows(tmp_path / "a", generation=g, plain=True, unique=True, status="done")
         assert len(plain) == cfg.population
     other_seed = run_search(cfg.replace(seed=6), out=tmp_path / "c", progress=False, fitness=Counting())
     assert snapshot(tmp_path / "c")["candidates"] != snap["candidates"]
@@ -442,13 +441,13 @@ def test_budget_counts_trainings_only(tmp_path, faulty_primitives):
 def test_crossover_random_strategy_and_plain_variant_fitness(tmp_path):
     cross = run_search(SearchConfig(**{**CHEAP, "generations": 3, "crossover": 0.5, "temperature": 10.0}),
                        out=tmp_path / "cross", progress=False, fitness=Counting())
-    children = rows(tmp_path / "cross", "origin = 'crossover'")
+    children = rows(tmp_path / "cross", lambda r: r["origin"] == "crossover")
     assert children and all(len(json.loads(r["parent_ids"])) == 2 for r in children)
     assert cross.counts["pending"] == 0
 
     run_search(SearchConfig(**{**CHEAP, "generations": 3, "strategy": "random"}),
                out=tmp_path / "random", progress=False, fitness=Counting())
-    later = rows(tmp_path / "random", "generation > 0 AND id = function_id")
+    later = rows(tmp_path / "random", lambda r: r["generation"] > 0, plain=True)
     assert later and all(r["origin"] == "random" and r["parent_ids"] == "[]" for r in later)
 
     run_search(SearchConfig(**{**CHEAP, "param_variants": 2, "variant_fitness": "plain"}),
@@ -456,7 +455,7 @@ def test_crossover_random_strategy_and_plain_variant_fitness(tmp_path):
     store = RunStore.open(tmp_path / "plain")
     for g in (0, 1):
         for member in store.population(g):
-            assert member["fitness"] == store.candidate(member["function_id"])["fitness"]
+            assert member.fitness == store.candidate(member.function_id).fitness
 
 
 def test_resume_extends_a_finished_run_like_an_uninterrupted_one(tmp_path):
@@ -470,8 +469,8 @@ def test_resume_extends_a_finished_run_like_an_uninterrupted_one(tmp_path):
     run_search(out=tmp_path / "short", resume=True, progress=False, fitness=more, generations=3)
     run_search(cfg.replace(generations=3), out=tmp_path / "long", progress=False, fitness=Counting())
     assert snapshot(tmp_path / "short") == snapshot(tmp_path / "long")
-    assert more.calls and all(r["generation"] == 2 for r in rows(tmp_path / "short", "id > ?",
-                                                                  (len(before["candidates"]),)))
+    assert more.calls and all(r["generation"] == 2 for r in rows(
+        tmp_path / "short", lambda r: r["id"] > len(before["candidates"])))
     assert RunStore.open(tmp_path / "short").config()["generations"] == 3
 
 
@@ -489,7 +488,7 @@ def test_resume_uses_the_stored_fitness_reference(tmp_path):
     cfg = SearchConfig(**CHEAP, fitness=f"{HELPERS}:score_fitness")
     run_search(cfg, out=tmp_path / "run", progress=False)
     run_search(out=tmp_path / "run", resume=True, progress=False, generations=3)
-    done = rows(tmp_path / "run", "status = 'done' AND duplicate_of IS NULL")
+    done = rows(tmp_path / "run", status="done", unique=True)
     assert {r["generation"] for r in done} == {0, 1, 2}
     for r in done:  # no training happened: every value is the helper's
         act = Activation.from_string(r["expression"], params=json.loads(r["params"]))
@@ -503,7 +502,7 @@ def test_fitness_may_return_numpy_and_torch_scalars(tmp_path):
     result = run_search(SearchConfig(**{**CHEAP, "generations": 1},
                                      fitness=f"{HELPERS}:numpy_fitness"),
                         out=tmp_path / "run", progress=False)
-    done = rows(tmp_path / "run", "status = 'done' AND duplicate_of IS NULL")
+    done = rows(tmp_path / "run", status="done", unique=True)
     assert done and result.counts["failed"] == 0
     for r in done:
         metrics = json.loads(r["metrics"])

@@ -11,7 +11,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from gp_activations.search.store import RunStore
 from gp_activations.search import SearchConfig, run_search
 
 from search_helpers import CHEAP, FAULTY_PRIMITIVES, HELPERS, KILL_RUN, by_expression, rows, snapshot
@@ -48,15 +48,13 @@ def _progress(db_path: Path):
     if not db_path.exists():
         return None
     try:
-        db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5)
+        store = RunStore.open(db_path.parent, readonly=True)
         try:
-            done_gens = db.execute("SELECT COUNT(*) FROM generations WHERE state = 'done'").fetchone()[0]
-            done_g1 = db.execute("SELECT COUNT(*) FROM candidates WHERE generation = 1 AND "
-                                 "status = 'done'").fetchone()[0]
-            return done_gens, done_g1
+            done_gens = sum(g.state == "done" for g in store.generation_rows())
+            return done_gens, len(store.candidates(generation=1, status="done"))
         finally:
-            db.close()
-    except sqlite3.Error:  # tables not created yet
+            store.close()
+    except Exception:  # noqa: BLE001 -- tables not created yet
         return None
 
 
@@ -190,7 +188,7 @@ def test_worker_crash_and_timeout_fail_one_candidate_each(tmp_path, monkeypatch)
         assert row["fitness"] is None and row["metrics"] is None and row["finished_at"] >= row["started_at"]
     assert by_expression(run, "relu(x)")["status"] == "done"
     # the search went on: generation 1 was created, evaluated and ranked
-    gen1 = rows(run, "generation = 1 AND duplicate_of IS NULL AND status != 'rejected'")
+    gen1 = rows(run, lambda r: r["status"] != "rejected", generation=1, unique=True)
     assert gen1 and all(r["status"] in ("done", "failed") for r in gen1)
     assert any(r["status"] == "done" for r in gen1)
     assert result.counts["pending"] == result.counts["running"] == 0

@@ -10,6 +10,7 @@ import statistics
 
 import pytest
 
+from gp_activations.search.store import RunStore
 from gp_activations.cli import main
 from gp_activations.evaluate import evaluate_run, welch_p
 from gp_activations.search import SearchConfig, run_search
@@ -107,9 +108,9 @@ def test_trainings_evaluate_already_did_are_copied(two_runs, tmp_path, monkeypat
     copied = [r for r in _trainings(out) if r["source"]]
     assert len(copied) == 4  # found #1 and relu, 2 seeds: from the run's final table
     assert all(t["expression"] == "mul(x, sigmoid(x))" for t in calls)  # only silu trained
-    db = sqlite3.connect(str(run / "run.sqlite"))
-    final = {(e, s): a for e, s, a in db.execute("SELECT expression, seed, accuracy FROM final")}
-    db.close()
+    store = RunStore.open(run, readonly=True)
+    final = {(r.expression, r.seed): r.accuracy for r in store.final_trainings()}
+    store.close()
     assert sorted(table.cells[("relu", "digits/cnn_digits")].accuracies) == \
         sorted(final[("relu(x)", s)] for s in range(2))
 

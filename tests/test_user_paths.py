@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch import nn
 
+from gp_activations.search.store import RunStore
 from gp_activations import Activation, zoo
 from gp_activations.cli import main
 from gp_activations.data import as_dataset
@@ -199,10 +200,9 @@ def test_found_function_equal_to_a_baseline_is_trained_once(tmp_path):
     assert by_label["found #1"].expression == "mul(sigmoid(x), x)"
     assert by_label["found #1"].accuracies == by_label["silu"].accuracies
     assert "found #1 = silu" in format_table(table)
-    import sqlite3
-
-    db = sqlite3.connect(str(run / "run.sqlite"))
-    labels = [r[0] for r in db.execute("SELECT label FROM final")]
+    store = RunStore.open(run, readonly=True)
+    labels = [r.label for r in store.final_trainings()]
+    store.close()
     assert "found #1" not in labels and labels.count("silu") == 1  # trained once, as silu
     report = write_report(run).read_text()
     assert "| found #1 = silu |" in report
@@ -228,7 +228,7 @@ def test_evaluate_rejects_infinite_epochs_before_any_training(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "run"), "--epochs", "inf", "--dataset", "digits",
                  "--model", "cnn_digits"]) == 2
     assert "finite" in capsys.readouterr().err
-    assert rows(tmp_path / "run", "1")  # the run itself is untouched
+    assert rows(tmp_path / "run")  # the run itself is untouched
 
 
 def always_fails(act, seed):
@@ -273,7 +273,7 @@ def test_param_variants_flag_and_population_help(tmp_path, capsys):
                  "--param-variants", "0", "--epochs", "0.05", "--out", str(tmp_path / "run"),
                  "--no-progress"])
     assert code == 0
-    stored = json.loads(rows(tmp_path / "run", "1")[0]["params"])
+    stored = json.loads(rows(tmp_path / "run")[0]["params"])
     assert stored == [] and all(json.loads(r["params"]) == [] for r in rows(tmp_path / "run"))
 
 

@@ -127,10 +127,29 @@ def build(out: Path, workers: int, noise: int, limit=None) -> None:
     print(f"{count[0]} trainings in {time.time() - started:.0f} s", flush=True)
 
 
+def write_meta(out: Path, path: Path, done: dict) -> None:
+    """``<table>.json``: what each column is (read by the ``lookup`` fitness) and how it was built."""
+    columns = {name: {"epochs": train["epochs"], "seed": seed, "split": split}
+               for name, (train, seed, split) in _columns().items()}
+    started = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    meta = {"dataset": "mnist1d", "model": "cnn1d", "primitives": "pangaea", "columns": columns,
+            "space": {"unary": list(space.UNARY), "binary": list(space.BINARY),
+                      "functions": len(space.functions())},
+            "command": "python benchmarks/tabular/build.py --out runs/tabular && python "
+                       "benchmarks/tabular/build.py --out runs/tabular --csv " + str(path),
+            "machine": started.get("machine"), "cpus": started.get("cpus"),
+            "workers": started.get("workers"), "trainings": len(done),
+            "training_seconds": round(sum(e["seconds"] for e in done.values()), 1),
+            "wall_seconds": round(max(0.0, (out / "journal.jsonl").stat().st_mtime
+                                      - started.get("started_at", 0)), 1) if started else None}
+    path.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
 def write_csv(out: Path, path: Path) -> int:
-    """The table as CSV (one row per function); returns the number of rows."""
+    """The table as CSV (one row per function) and its sidecar JSON; returns the row count."""
     functions = space.functions()
     done = read_journal(out / "journal.jsonl")
+    write_meta(out, path, done)
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["expression", "shape", *COLUMNS, "seconds"])

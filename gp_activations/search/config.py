@@ -51,11 +51,25 @@ class SearchConfig:
     tasks: Optional[list] = None
     task_aggregate: str = "mean"  # or "min"
     # evolution
-    strategy: str = "evolution"  # or "random": the same space and budget, no selection
+    # "evolution", "random" (the same space and budget, no selection) or "module:Class"
+    # (a gp_activations.search.strategies.Strategy subclass)
+    strategy: str = "evolution"
     population: int = 16
     offspring: Optional[int] = None  # new functions per generation (default: population)
-    generations: int = 8
-    budget: Optional[int] = None  # maximum number of trainings
+    generations: Optional[int] = 8  # None: until the budget is spent
+    budget: Optional[int] = None  # maximum number of candidates trained
+    # successive halving within a generation: every new candidate trains the first rung, the
+    # best 1/eta of a rung go on to the next; fitness = the mean of the highest rung reached
+    fidelity: str = "full"  # or "halving"
+    eta: float = 3.0
+    rungs: list = field(default_factory=list)  # [{epochs, seeds}], default [E/3, E] epochs
+    # surrogate pre-screening: each generation proposes surrogate_pool times the functions it
+    # trains and trains the predicted best (plus an exploration share drawn at random)
+    surrogate: Optional[str] = None  # "forest" (random forest) or "ridge"
+    surrogate_pool: float = 4.0
+    surrogate_explore: float = 0.25
+    surrogate_min: int = 16  # finished functions before the surrogate starts filtering
+    lookup: Optional[str] = None  # a tabular benchmark CSV: fitness is read, not trained
     selection: str = "softmax"  # or "tournament"
     temperature: float = 0.02  # softmax temperature, in units of accuracy
     tournament_size: int = 3
@@ -65,6 +79,7 @@ class SearchConfig:
     max_height: int = 6
     max_size: int = 24
     init_zoo: bool = True  # generation 0 = the 12 plain zoo functions + random trees up to population
+    init_shapes: list = field(default_factory=lambda: list(SHAPES))  # random trees' shapes
     init_expressions: list = field(default_factory=list)  # extra seeds (pangaea-style text)
     # learnable parameters
     param_variants: int = 3  # parametric variants per new function, besides the plain one
@@ -100,15 +115,23 @@ class SearchConfig:
 
     # -- validation ------------------------------------------------------------------------
     def validate(self) -> None:
-        choices = {"strategy": ("evolution", "random"), "selection": ("softmax", "tournament"),
+        from .strategies import check_strategy_name
+
+        check_strategy_name(self.strategy)
+        choices = {"selection": ("softmax", "tournament"), "fidelity": ("full", "halving"),
                    "variant_fitness": ("best", "plain"), "executor": ("serial", "process", "ray"),
                    "task_aggregate": ("mean", "min")}
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise UserError(f"config: {key!r} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, key)!r}{did_you_mean(getattr(self, key), allowed)}")
-        positive = ("population", "generations", "workers", "threads", "max_height", "max_size",
+        positive = ("population", "workers", "threads", "max_height", "max_size",
                     "tournament_size")
+        if self.generations is not None and self.generations < 1:
+            raise UserError(f"config: 'generations' must be >= 1, got {self.generations!r}")
+        if self.generations is None and self.budget is None:
+            raise UserError("config: without 'generations' a search needs a 'budget' (else it "
+                            "never ends); give one of them")
         for key in positive:
             if getattr(self, key) < 1:
                 raise UserError(f"config: {key!r} must be >= 1, got {getattr(self, key)!r}")
@@ -124,6 +147,10 @@ class SearchConfig:
             raise UserError(f"config: 'crossover' must be in [0, 1], got {self.crossover!r}")
         if self.elitism < 0 or self.param_variants < 0 or self.max_params < 1:
             raise UserError("config: 'elitism' and 'param_variants' must be >= 0, 'max_params' >= 1")
+        if not self.init_shapes or any(sh not in SHAPES for sh in self.init_shapes):
+            bad = next((sh for sh in self.init_shapes if sh not in SHAPES), None)
+            raise UserError(f"config: 'init_shapes' must be a non-empty list of {', '.join(SHAPES)}"
+                            + (f"; got {bad!r}" if bad else ""))
         for name, weight in self.mutation_weights.items():
             if name not in MUTATIONS:
                 raise UserError(f"config: unknown mutation {name!r} in 'mutation_weights'"
@@ -137,6 +164,67 @@ class SearchConfig:
         self._validate_tasks()
         self.train_config()  # validates the [train] table
         self._validate_evaluate()
+        self._validate_fidelity()
+        self._validate_surrogate()
+
+    def _validate_fidelity(self) -> None:
+        if self.rungs and self.fidelity != "halving":
+            raise UserError("config: 'rungs' are for fidelity = \"halving\"; set it or remove them")
+        if self.fidelity != "halving":
+            return
+        if not (math.isfinite(self.eta) and self.eta > 1):
+            raise UserError(f"config: 'eta' must be a number > 1 (the share promoted per rung "
+                            f"is 1/eta), got {self.eta!r}")
+        if self.tasks is not None or self.fitness is not None:
+            raise UserError("config: fidelity = \"halving\" needs the trainer's epochs: it does "
+                            "not combine with 'tasks' or a 'fitness' function")
+        self.rung_list()
+
+    def rung_list(self) -> list:
+        """Halving's rungs as [{"epochs": float, "seeds": int}], cheapest first."""
+        budget = self.train_config().epochs
+        rungs = self.rungs or [{"epochs": round(budget / 3, 3)}, {"epochs": budget}]
+        out = []
+        for i, rung in enumerate(rungs):
+            if not isinstance(rung, dict):
+                raise UserError(f"config: rungs[{i}] must be a table like {{epochs = 4}}, got {rung!r}")
+            _check_table(rung, {"epochs": (int, float), "seeds": int}, f"config: rungs[{i}]:",
+                         f"config: rungs[{i}] {{key!r}}")
+            epochs = float(rung.get("epochs", budget))
+            seeds = rung.get("seeds", 1)
+            if not (math.isfinite(epochs) and 0 < epochs <= budget):
+                raise UserError(f"config: rungs[{i}]: epochs = {epochs:g} exceeds the fitness "
+                                f"budget of {budget:g} epochs (or is not positive); a rung trains "
+                                f"at most the budget")
+            if seeds < 1:
+                raise UserError(f"config: rungs[{i}]: 'seeds' must be >= 1, got {seeds!r}")
+            if out and (epochs < out[-1]["epochs"] or seeds < out[-1]["seeds"]
+                        or (epochs, seeds) == (out[-1]["epochs"], out[-1]["seeds"])):
+                raise UserError(f"config: rungs[{i}] must train longer or with more seeds than "
+                                f"rungs[{i - 1}]")
+            out.append({"epochs": epochs, "seeds": int(seeds)})
+        if len(out) < 2:
+            raise UserError("config: halving needs at least two rungs")
+        return out
+
+    def _validate_surrogate(self) -> None:
+        from .surrogate import SURROGATES
+
+        if self.surrogate is not None and self.surrogate not in SURROGATES:
+            raise UserError(f"config: 'surrogate' must be one of {', '.join(SURROGATES)}, got "
+                            f"{self.surrogate!r}{did_you_mean(self.surrogate, SURROGATES)}")
+        if not (math.isfinite(self.surrogate_pool) and self.surrogate_pool >= 1):
+            raise UserError(f"config: 'surrogate_pool' must be >= 1, got {self.surrogate_pool!r}")
+        if not 0 <= self.surrogate_explore <= 1:
+            raise UserError(f"config: 'surrogate_explore' must be in [0, 1], got "
+                            f"{self.surrogate_explore!r}")
+        if self.surrogate_min < 2:
+            raise UserError(f"config: 'surrogate_min' must be >= 2, got {self.surrogate_min!r}")
+        if self.lookup is not None:
+            from ..tabular import load_table
+
+            table = load_table(self.lookup)  # missing or malformed: one line, now
+            table.check_task(self.dataset, self.model)
 
     def _validate_tasks(self) -> None:
         if self.tasks is None:

@@ -1,5 +1,9 @@
 """The search loop: create a generation, evaluate it, keep the survivors -- resumably.
 
+The driver decides nothing about *what* to train: a strategy (``strategies.py``) is asked for
+proposals and told the results.  The driver screens, deduplicates, (optionally) pre-screens
+with a surrogate, stores, trains (in one go, in halving's rungs or per task) and commits.
+
 Each generation goes through two committed states:
 
 1. ``created`` -- every new candidate (plain function + parametric variants) is screened and
@@ -30,12 +34,12 @@ from ..activation import Activation, latex_or_note
 from ..errors import UserError
 from ..primitive_sets import load_primitive_set
 from .config import SearchConfig, is_object_label, object_label
-from .evolution import (choose_param_edges, crossover, make_toolbox, mutate,
-                        select_softmax, select_tournament)
+from .evolution import choose_param_edges, make_toolbox
 from .executors import default_task_timeout, make_executor
 from .ranking import flag_text, ranked_functions, skipped_note
 from .screening import screen
-from .store import RunStore, is_run_dir
+from .store import Candidate, RunStore, Status, is_run_dir
+from .strategies import History, Member, make_strategy
 from ..references import resolve_reference
 
 log = logging.getLogger("gp_activations.search")
@@ -99,7 +103,7 @@ class SearchResult:
 
 
 def _label(expression: str, params) -> str:
-    params = json.loads(params) if isinstance(params, str) else list(params)
+    params = list(params)
     return f"{expression} @ params {params}" if params else expression
 
 
@@ -118,8 +122,10 @@ class Search:
             self.store = RunStore.open(self.run_dir)
             self.store.lock()  # before anything is written: a live search may own this run
             stored = self.store.config()
+            # None leaves a key as stored -- except generations, where None means "no limit
+            # (until the budget is spent)"
             changed = {k: v for k, v in (overrides or {}).items()
-                       if v is not None and stored.get(k) != v}
+                       if (v is not None or k == "generations") and stored.get(k) != v}
             fixed = sorted(set(changed) - RESUME_OVERRIDABLE)
             if fixed:
                 raise UserError(f"--resume: {fixed[0]!r} defines the run and cannot change "
@@ -145,6 +151,7 @@ class Search:
         # Everything that can reject the config runs before the run directory is created.
         self.pset = load_primitive_set(cfg.primitives)
         self.toolbox = make_toolbox(self.pset, max_height=cfg.max_height, max_size=cfg.max_size,
+                                    shapes=tuple(cfg.init_shapes),
                                     weights=cfg.mutation_weights)
         self.train_config = cfg.train_config()
         for text in cfg.init_expressions:  # a typo must not leave a half-made run behind
@@ -152,6 +159,8 @@ class Search:
                 Activation.from_string(text, self.pset)
             except UserError as exc:
                 raise UserError(f"init_expressions: {text!r}: {exc}") from None
+        self.strategy = make_strategy(cfg.strategy, self.toolbox, cfg)
+        self.rungs = cfg.rung_list() if cfg.fidelity == "halving" else None
         self.tasks = cfg.task_list() if cfg.multi_task else None
         if self.tasks and not resume:
             from ..train import check_model
@@ -175,13 +184,24 @@ class Search:
         self._log_handler = None
         self._dedup: dict[str, int] = {}
         self._function_keys: set[str] = set()
-        for row in self.store.candidates("duplicate_of IS NULL"):
-            if row["dedup_key"]:
-                self._dedup.setdefault(row["dedup_key"], row["id"])
-            if row["function_key"]:
-                self._function_keys.add(row["function_key"])
-        self.best = max((r["fitness"] for r in self.store.candidates("status = 'done'")
-                         if r["fitness"] is not None), default=None)
+        for row in self.store.candidates(unique=True):
+            if row.dedup_key:
+                self._dedup.setdefault(row.dedup_key, row.id)
+            if row.function_key:
+                self._function_keys.add(row.function_key)
+        self.best = self.store.best_fitness()
+        self.surrogate = None
+        if cfg.surrogate:
+            from .surrogate import NetworkProbe, Surrogate
+
+            network = None
+            if isinstance(self.model or cfg.dataset, str) and self.data is None and not self.tasks:
+                try:
+                    network = NetworkProbe(cfg.dataset, self.model if isinstance(self.model, str)
+                                           else None, data_dir=cfg.data_dir, verify=cfg.verify)
+                except UserError:
+                    network = None  # a dataset that needs a download: probe features only
+            self.surrogate = Surrogate(cfg.surrogate, network, seed=cfg.seed)
 
     # -- configuration -------------------------------------------------------------------------
     def _storable_config(self, config: SearchConfig) -> dict:
@@ -214,7 +234,7 @@ class Search:
                 "data": self.data, "fitness": self.fitness, "data_dir": self.config.data_dir,
                 "verify": self.config.verify, "download": self.config.download,
                 "train": self.train_config.to_dict(), "seed": self.config.fitness_seed,
-                "device": device, "threads": self.config.threads}
+                "device": device, "threads": self.config.threads, "lookup": self.config.lookup}
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -233,14 +253,14 @@ class Search:
                 if last is None:
                     random.seed(self.config.seed)
                     self._create_generation(0)
-                elif last["state"] == "created":
-                    self._evaluate(last["generation"])
-                    self._finish_generation(last["generation"])
+                elif last.state == "created":
+                    self._evaluate(last.generation)
+                    self._finish_generation(last.generation)
                 else:
-                    nxt = last["generation"] + 1
-                    if nxt >= self.config.generations or self._budget_left() <= 0:
+                    nxt = last.generation + 1
+                    if self._generations_done(nxt) or self._budget_left() <= 0:
                         break
-                    random.setstate(_rng_from_json(last["rng_state"]))
+                    random.setstate(_rng_from_json(last.rng_state))
                     if not self._create_generation(nxt):
                         # finished (with the same survivors) by the next pass of the loop, exactly
                         # as a resumed run would: the generation count ends the search
@@ -268,41 +288,53 @@ class Search:
             self._stop_logging()
             self.store.unlock()
 
+    def _generations_done(self, generations: int) -> bool:
+        return self.config.generations is not None and generations >= self.config.generations
+
     def _budget_left(self) -> float:
         if self.config.budget is None:
             return math.inf
         return self.config.budget - self.store.count_trainings()
 
     # -- creating a generation ----------------------------------------------------------------------
+    def _history(self, generation: int) -> History:
+        members = []
+        if generation:
+            for r in self.store.population(generation - 1):
+                cand = self.store.candidate(r.function_id)
+                members.append(Member(r.function_id, Activation.from_string(
+                    cand.expression, self.pset).tree, r.fitness))
+        return History(generation, tuple(members))
+
     def _create_generation(self, generation: int) -> int:
-        """Screen and store the new functions of ``generation``; returns how many are new."""
+        """Screen and store the new functions of ``generation`` (the strategy's proposals, in
+        its order) in one transaction; returns how many new functions were stored."""
         cfg = self.config
         budget = self._budget_left()
-        proposals = self._initial_proposals() if generation == 0 else self._offspring_proposals(generation)
-        dedup_hits = 0
-        new_functions = 0
-        self._made = 0  # trainable new functions so far; the proposal generators read it
-        with self.store.db:
-            for tree, origin, mutation, parents, record_duplicates in proposals:
+        wanted = cfg.population if generation == 0 else cfg.n_offspring
+        history = self._history(generation)
+        items, dedup_hits = self._screened_proposals(self.strategy.ask(history), wanted,
+                                                     budget, generation)
+        new_functions = made = 0
+        with self.store.transaction():
+            for proposal, act, result, predicted in items:
                 if budget <= 0:
                     break
-                act = Activation(tree, self.pset)
-                result = screen(act, max_forward_cost=cfg.max_forward_cost)
-                if result.function_key and result.function_key in self._function_keys and not record_duplicates:
-                    dedup_hits += 1
-                    continue
-                fid = self._insert(act, result, generation, parents, mutation, origin)
+                fid = self._insert(act, result, generation, proposal.parents, proposal.mutation,
+                                   proposal.origin)
                 new_functions += 1
                 row = self.store.candidate(fid)
-                if row["status"] != "pending" or row["duplicate_of"] is not None:
+                if predicted is not None:
+                    self.store.set_predicted(fid, predicted)
+                if row.status != Status.PENDING or row.duplicate_of is not None:
                     continue
                 budget -= 1
-                self._made += 1
+                made += 1
                 placements: set = set()
                 for _ in range(cfg.param_variants * 3):
                     if len(placements) >= cfg.param_variants or budget <= 0:
                         break
-                    edges = choose_param_edges(tree, cfg.max_params)
+                    edges = choose_param_edges(act.tree, cfg.max_params)
                     if edges in placements:
                         continue
                     placements.add(edges)
@@ -311,20 +343,74 @@ class Search:
                     if vres.dedup_key in self._dedup:
                         dedup_hits += 1
                         continue
-                    vid = self._insert(variant, vres, generation, parents, mutation, "variant", fid)
-                    if self.store.candidate(vid)["status"] == "pending":
+                    vid = self._insert(variant, vres, generation, proposal.parents,
+                                       proposal.mutation, "variant", fid)
+                    if self.store.candidate(vid).status == Status.PENDING:
                         budget -= 1
-            self.store.db.execute(
-                "INSERT INTO generations(generation, state, rng_state, created_at) VALUES (?, 'created', ?, ?)",
-                (generation, json.dumps(random.getstate()), time.time()))
+            self.store.create_generation(generation, json.dumps(random.getstate()))
             hits = self.store.get_meta("dedup_hits", 0) + dedup_hits
             self.store.set_meta("dedup_hits", hits)
-        log.info("generation %d created: %d new functions, %d duplicates skipped", generation,
-                 new_functions, dedup_hits)
+        log.info("generation %d created: %d new functions (%d to train), %d duplicates skipped",
+                 generation, new_functions, made, dedup_hits)
         if self.bar is not None:
             self.bar.total = self._progress_total()
             self.bar.refresh()
         return new_functions
+
+    def _screened_proposals(self, proposals, wanted: int, budget: float, generation: int):
+        """([(proposal, activation, screening, predicted)], duplicates skipped): the proposals
+        to store, in order.  Pulls proposals until ``wanted`` new trainable functions are in
+        (seeds -- ``keep_duplicate`` -- are always taken), at most 50·wanted random attempts.
+        With an active surrogate it pulls ``surrogate_pool`` times as many and keeps the
+        predicted best plus the exploration share."""
+        cfg = self.config
+        surrogate = self._fitted_surrogate(generation)
+        pool = wanted if surrogate is None else int(math.ceil(wanted * cfg.surrogate_pool))
+        items, hits, trainable, attempts, keys = [], 0, 0, 0, set()
+        for proposal in proposals:
+            if not proposal.keep_duplicate:
+                if trainable >= min(pool, budget) or attempts >= 50 * pool:
+                    break
+                attempts += 1
+            act = Activation(proposal.tree, self.pset)
+            result = screen(act, max_forward_cost=cfg.max_forward_cost)
+            key = result.function_key
+            if key and (key in self._function_keys or key in keys) and not proposal.keep_duplicate:
+                hits += 1
+                continue
+            if key:
+                keys.add(key)
+            new = result.ok and not (result.dedup_key and result.dedup_key in self._dedup)
+            trainable += bool(new)
+            items.append([proposal, act, result, None, new])
+        if surrogate is not None:
+            from .surrogate import choose
+
+            candidates = [it for it in items if it[4] and not it[0].keep_duplicate]
+            if candidates:
+                predictions = surrogate.predict([it[1] for it in candidates],
+                                                [it[2].function_key for it in candidates])
+                for it, value in zip(candidates, predictions):
+                    it[3] = float(value)
+                keep = set(choose(list(predictions), min(wanted, len(candidates)),
+                                  cfg.surrogate_explore, random))
+                dropped = {id(it) for i, it in enumerate(candidates) if i not in keep}
+                items = [it for it in items if id(it) not in dropped]
+                log.info("generation %d: surrogate (fitted on %d) kept %d of %d proposals",
+                         generation, surrogate.n_fitted, len(keep), len(candidates))
+        return [tuple(it[:4]) for it in items], hits
+
+    def _fitted_surrogate(self, generation: int):
+        """The surrogate fitted on the finished plain functions, or None (off, generation 0,
+        or fewer than ``surrogate_min`` of them)."""
+        if self.surrogate is None or generation == 0:
+            return None
+        finished = [c for c in self.store.candidates(plain=True, trained=True)]
+        if len(finished) < self.config.surrogate_min:
+            return None
+        acts = [Activation.from_string(c.expression, self.pset) for c in finished]
+        return self.surrogate.fit(acts, [c.fitness if c.status == Status.DONE else None
+                                         for c in finished], [c.function_key for c in finished])
 
     def _insert(self, act: Activation, result, generation: int, parents, mutation, origin,
                 function_id: Optional[int] = None) -> int:
@@ -334,9 +420,10 @@ class Search:
         original = self._dedup.get(result.dedup_key) if result.dedup_key else None
         if original is not None:
             orig = self.store.candidate(original)
-            status = orig["status"] if orig["status"] in ("done", "failed", "rejected") else "pending"
-            cid = self.store.add_candidate(status=status, fitness=orig["fitness"], error=orig["error"],
-                                           duplicate_of=original, **fields)
+            status = orig.status if orig.status in (Status.DONE, Status.FAILED, Status.REJECTED) \
+                else Status.PENDING
+            cid = self.store.add_candidate(status=str(status), fitness=orig.fitness,
+                                           error=orig.error, duplicate_of=original, **fields)
             log.info("candidate %d %s duplicates candidate %d: not trained again", cid,
                      _label(act.expression, act.params), original)
         elif not result.ok:
@@ -353,68 +440,9 @@ class Search:
             self._function_keys.add(result.function_key)
         return cid
 
-    def _initial_proposals(self):
-        cfg = self.config
-        seeds = []
-        names = zoo.names() if cfg.init_zoo else ["relu"]  # ReLU is always the reference
-        for name in names:
-            entry = zoo.entry(name)
-            if entry.params:  # parametric zoo entries are variants of plain ones
-                continue
-            seeds.append((entry.expression, f"zoo:{name}"))
-        for text in cfg.init_expressions:
-            seeds.append((text, "seed"))
-        for text, origin in seeds:
-            if self.pset.name != "pangaea" and origin.startswith("zoo:"):
-                try:
-                    tree = Activation.from_string(text, self.pset).tree
-                except UserError:
-                    continue  # the zoo is written over pangaea; skip what this space can't express
-            else:
-                tree = Activation.from_string(text, self.pset).tree
-            yield tree, origin, None, [], True
-        attempts = 0
-        while self._made < cfg.population and attempts < 50 * cfg.population:
-            attempts += 1
-            yield self.toolbox.init_tree(), "random", None, [], False
-
-    def _offspring_proposals(self, generation: int):
-        cfg = self.config
-        pop = self.store.population(generation - 1)
-        trees = {r["function_id"]: Activation.from_string(self.store.candidate(r["function_id"])["expression"],
-                                                          self.pset).tree for r in pop}
-        ids = [r["function_id"] for r in pop]
-        fits = [r["fitness"] for r in pop]
-        attempts = 0
-        while self._made < cfg.n_offspring and attempts < 50 * cfg.n_offspring:
-            attempts += 1
-            if cfg.strategy == "random" or not ids:
-                tree = self.toolbox.init_tree()
-                for _ in range(random.randint(0, 3)):  # the sizes evolution reaches, unselected
-                    tree, _name = mutate(self.toolbox, tree)
-                yield tree, "random", None, [], False
-            elif cfg.crossover and len(ids) > 1 and random.random() < cfg.crossover:
-                i, j = self._select(fits, 2)
-                for _ in range(5):  # two different parents, or crossover only copies one
-                    if i != j:
-                        break
-                    (j,) = self._select(fits, 1)
-                yield crossover(self.toolbox, trees[ids[i]], trees[ids[j]]), "crossover", "crossover", \
-                    [ids[i], ids[j]], False
-            else:
-                (i,) = self._select(fits, 1)
-                child, name = mutate(self.toolbox, trees[ids[i]])
-                yield child, "mutation", name, [ids[i]], False
-
-    def _select(self, fits, k: int) -> list[int]:
-        if self.config.selection == "tournament":
-            return select_tournament(fits, k, self.config.tournament_size)
-        return select_softmax(fits, k, self.config.temperature)
-
     # -- evaluating ------------------------------------------------------------------------------
-    def _task(self, row, base: dict) -> dict:
-        return {**base, "id": row["id"], "expression": row["expression"],
-                "params": json.loads(row["params"])}
+    def _task(self, row: Candidate, base: dict) -> dict:
+        return {**base, "id": row.id, "expression": row.expression, "params": list(row.params)}
 
     def _start_executor(self) -> None:
         """Workers start (and load the dataset) while the driver screens generation 0."""
@@ -439,8 +467,8 @@ class Search:
 
     def _work_left(self) -> bool:
         last = self.store.last_generation()
-        return (last is None or last["state"] == "created"
-                or (last["generation"] + 1 < self.config.generations and self._budget_left() > 0))
+        return (last is None or last.state == "created"
+                or (not self._generations_done(last.generation + 1) and self._budget_left() > 0))
 
     def _evaluate(self, generation: int) -> None:
         rows = self.store.pending(generation)
@@ -452,9 +480,12 @@ class Search:
         # trainings, so workers idle less at its boundary.  Every training has its own seed, so
         # the order changes the wall time only, never a result.
         rows = sorted(rows, key=lambda r: -Activation.from_string(
-            r["expression"], self.pset, json.loads(r["params"])).estimated_cost)
+            r.expression, self.pset, r.params).estimated_cost)
         if self.tasks:
             self._evaluate_tasks(generation, rows, base)
+            return
+        if self.rungs:
+            self._evaluate_rungs(generation, rows, base)
             return
         tasks = [self._task(r, base) for r in rows]
         self.executor.run(tasks, self._on_start, self._on_result)
@@ -474,36 +505,36 @@ class Search:
         refs = self.store.task_runs(0)
         relu = zoo.get("relu")
         for t in range(len(self.tasks)):
-            if t not in refs or refs[t]["status"] != "done":  # a failed reference is retried
+            if t not in refs or refs[t].status != "done":  # a failed reference is retried
                 work.append({**self._task_base(t, base), "id": f"0/{t}", "primitives": "pangaea",
                              "expression": relu.expression, "params": []})
         for row in rows:
             if self._is_reference(row):
                 continue  # plain ReLU: scored from the reference trainings
-            finished = self.store.task_runs(row["id"])
-            if any(r["status"] == "failed" for r in finished.values()):
+            finished = self.store.task_runs(row.id)
+            if any(r.status == "failed" for r in finished.values()):
                 continue  # failed on one task: scored below without training the others
             for t in range(len(self.tasks)):
                 if t not in finished:
                     work.append({**self._task_base(t, base), **{
-                        "id": f"{row['id']}/{t}", "expression": row["expression"],
-                        "params": json.loads(row["params"])}})
+                        "id": f"{row.id}/{t}", "expression": row.expression,
+                        "params": list(row.params)}})
         if work:
             self.executor.run(work, self._on_task_start, self._on_task_result)
-        for row in self.store.pending(generation) + self.store.candidates(
-                "status = 'running' AND duplicate_of IS NULL AND generation = ?", (generation,)):
-            self._score_tasks(row["id"])
+        for row in self.store.candidates(status=(Status.PENDING, Status.RUNNING),
+                                         generation=generation, unique=True):
+            self._score_tasks(row.id)
 
     def _is_reference(self, row) -> bool:
         """Plain ``relu(x)`` of the built-in ReLU operator: the references are its trainings."""
         from .. import operators
 
-        return row["expression"] == "relu(x)" and json.loads(row["params"]) == [] and \
+        return row.expression == "relu(x)" and not row.params and \
             self.pset.operators.get("relu") is operators.get("relu")
 
     def _on_task_start(self, task: dict) -> None:
         cid = int(str(task["id"]).split("/")[0])
-        if cid and self.store.candidate(cid)["status"] == "pending":
+        if cid and self.store.candidate(cid).status == Status.PENDING:
             self.store.mark_running(cid)
 
     def _on_task_result(self, result: dict) -> None:
@@ -528,21 +559,20 @@ class Search:
                  "n/a" if result.get("fitness") is None else f"{result['fitness']:.4f}", seconds,
                  f" error: {result['error']}" if result.get("error") else "")
         if cid == 0:
-            for row in self.store.candidates("status IN ('pending', 'running') AND "
-                                             "duplicate_of IS NULL"):
-                self._score_tasks(row["id"])  # the candidates that waited for this reference
+            for row in self.store.candidates(status=(Status.PENDING, Status.RUNNING), unique=True):
+                self._score_tasks(row.id)  # the candidates that waited for this reference
         else:
             self._score_tasks(cid)
 
     def _score_tasks(self, cid: int) -> None:
         """Score candidate ``cid`` if all it needs has finished (else leave it for later)."""
         row = self.store.candidate(cid)
-        if row["status"] not in ("pending", "running"):
+        if row.status not in (Status.PENDING, Status.RUNNING):
             return
         refs = {t: r for t, r in self.store.task_runs(0).items()
-                if r["status"] == "done" and r["accuracy"]}  # a failed one is retried first
+                if r.status == "done" and r.accuracy}  # a failed one is retried first
         runs = refs if self._is_reference(row) else self.store.task_runs(cid)
-        failed = [r for r in runs.values() if r["status"] == "failed"]
+        failed = [r for r in runs.values() if r.status == "failed"]
         n = len(self.tasks)
         if not failed and (len(runs) < n or len(refs) < n):
             return
@@ -550,26 +580,118 @@ class Search:
         for t, task in enumerate(self.tasks):
             r = runs.get(t)
             entry = {"task": task["name"], "weight": task["weight"],
-                     "status": None if r is None else r["status"],
-                     "accuracy": None if r is None else r["accuracy"],
-                     "relu": refs[t]["accuracy"] if t in refs else None}
+                     "status": None if r is None else r.status,
+                     "accuracy": None if r is None else r.accuracy,
+                     "relu": refs[t].accuracy if t in refs else None}
             if entry["accuracy"] is not None and entry["relu"]:
                 entry["normalised"] = entry["accuracy"] / entry["relu"]
             per_task.append(entry)
-        started = min((r["started_at"] for r in runs.values() if r["started_at"]), default=None)
-        finished = max((r["finished_at"] for r in runs.values() if r["finished_at"]), default=None)
-        seconds = sum((r["finished_at"] or 0) - (r["started_at"] or 0) for r in runs.values())
+        started = min((r.started_at for r in runs.values() if r.started_at), default=None)
+        finished = max((r.finished_at for r in runs.values() if r.finished_at), default=None)
+        seconds = sum((r.finished_at or 0) - (r.started_at or 0) for r in runs.values())
         metrics = {"tasks": per_task, "aggregate": self.config.task_aggregate,
                    "seconds": seconds, "trained_as": "relu reference" if runs is refs else None}
         if failed:
             r = failed[0]
-            error = f"{r['name']}: {r['error']}"
+            error = f"{r.name}: {r.error}"
             self._on_result({"id": cid, "status": "failed", "fitness": None, "metrics": metrics,
                              "error": error, "started_at": started, "finished_at": finished})
             return
         self._on_result({"id": cid, "status": "done", "metrics": metrics, "error": "",
                          "fitness": aggregate_fitness(per_task, self.config.task_aggregate),
                          "started_at": started, "finished_at": finished})
+
+    # -- successive halving ----------------------------------------------------------------------
+    # Every pending candidate of the generation trains rung 0 (a short budget); the best 1/eta
+    # of each rung (by the rung's mean accuracy, ties by id) go on to the next -- longer and/or
+    # more seeds.  Each training is an executor task of its own (id "CID/RUNG/SEED") committed to
+    # ``rung_runs`` as it finishes; promotions are recomputed from those rows, so a resumed search
+    # redoes no finished rung and promotes exactly the same candidates.
+    def _evaluate_rungs(self, generation: int, rows, base: dict) -> None:
+        # the generation's rung-0 field: the pending candidates and those scored before an
+        # interruption (so a resume promotes among exactly the same candidates)
+        pending = {r.id for r in rows}
+        rows = rows + [c for c in self.store.candidates(generation=generation, unique=True)
+                       if c.id not in pending and self.store.rung_runs(c.id)]
+        alive = [r.id for r in rows]
+        for r, rung in enumerate(self.rungs):
+            if r:
+                alive = self._promoted(alive, r - 1)
+            work = []
+            for row in rows:
+                if row.id not in alive:
+                    continue
+                have = {(x.rung, x.seed) for x in self.store.rung_runs(row.id)}
+                if any(x.status == "failed" for x in self.store.rung_runs(row.id)):
+                    continue  # failed on a lower rung: never promoted (see _promoted)
+                for seed in range(rung["seeds"]):
+                    if (r, seed) not in have:
+                        train = {**base["train"], "epochs": rung["epochs"]}
+                        work.append({**self._task(row, base), "id": f"{row.id}/{r}/{seed}",
+                                     "train": train, "seed": self.config.fitness_seed + seed})
+            if work:
+                self.executor.run(work, self._on_rung_start, self._on_rung_result)
+        for row in rows:
+            self._score_rungs(row.id)
+
+    def _rung_mean(self, runs, rung: int) -> Optional[float]:
+        values = [x.accuracy for x in runs if x.rung == rung and x.status == "done"]
+        return sum(values) / len(values) if values else None
+
+    def _promoted(self, members: list, rung: int) -> list:
+        """The best ``ceil(len(members) / eta)`` of ``members`` on ``rung`` (failures never)."""
+        scores = {}
+        for cid in members:
+            runs = self.store.rung_runs(cid)
+            if any(x.status == "failed" for x in runs):
+                continue
+            mean = self._rung_mean(runs, rung)
+            if mean is not None:
+                scores[cid] = mean
+        keep = max(1, math.ceil(len(members) / self.config.eta))
+        return sorted(scores, key=lambda c: (-scores[c], c))[:keep]
+
+    def _on_rung_start(self, task: dict) -> None:
+        cid = int(str(task["id"]).split("/")[0])
+        if self.store.candidate(cid).status == Status.PENDING:
+            self.store.mark_running(cid)
+
+    def _on_rung_result(self, result: dict) -> None:
+        cid, rung, seed = (int(v) for v in str(result["id"]).split("/"))
+        status = "done" if result["status"] == "done" else "failed"
+        epochs = self.rungs[rung]["epochs"]
+        self.store.record_rung_run(cid, rung, seed, status, result.get("fitness"), epochs,
+                                   result.get("error", ""), result.get("metrics"),
+                                   result.get("started_at"), result.get("finished_at"))
+        log.info("candidate %d rung %d (%g epochs) seed %d: %s accuracy=%s%s", cid, rung, epochs,
+                 seed, status, "n/a" if result.get("fitness") is None else
+                 f"{result['fitness']:.4f}", f" error: {result['error']}" if result.get("error") else "")
+
+    def _score_rungs(self, cid: int) -> None:
+        row = self.store.candidate(cid)
+        if row.status not in (Status.PENDING, Status.RUNNING):
+            return
+        runs = self.store.rung_runs(cid)
+        if not runs:
+            return
+        top = max(x.rung for x in runs)
+        summary = [{"rung": r, "epochs": self.rungs[r]["epochs"],
+                    "seeds": sum(1 for x in runs if x.rung == r), "mean": self._rung_mean(runs, r)}
+                   for r in range(top + 1)]
+        metrics = {"rung": top, "rungs": summary,
+                   "epochs_trained": sum(x.epochs or 0 for x in runs),
+                   "seconds": sum((x.finished_at or 0) - (x.started_at or 0) for x in runs)}
+        started = min((x.started_at for x in runs if x.started_at), default=None)
+        finished = max((x.finished_at for x in runs if x.finished_at), default=None)
+        failed = [x for x in runs if x.status == "failed"]
+        if failed:
+            self._on_result({"id": cid, "status": "failed", "fitness": None, "metrics": metrics,
+                             "error": f"rung {failed[0].rung}: {failed[0].error}",
+                             "started_at": started, "finished_at": finished})
+            return
+        self._on_result({"id": cid, "status": "done", "fitness": self._rung_mean(runs, top),
+                         "metrics": metrics, "error": "", "started_at": started,
+                         "finished_at": finished})
 
     def _on_start(self, task: dict) -> None:
         self.store.mark_running(task["id"])
@@ -584,36 +706,27 @@ class Search:
         if fitness is not None and (self.best is None or fitness > self.best):
             self.best = fitness
         seconds = (result.get("finished_at") or 0) - (result.get("started_at") or 0)
-        log.info("candidate %d %s: %s fitness=%s (%.1f s)%s", row["id"],
-                 _label(row["expression"], row["params"]), result["status"],
+        log.info("candidate %d %s: %s fitness=%s (%.1f s)%s", row.id, row.label,
+                 result["status"],
                  "n/a" if fitness is None else f"{fitness:.4f}", seconds,
                  f" error: {result['error']}" if result.get("error") else "")
         if self.bar is not None:
             self.bar.update(1)
             if self.best is not None:
-                self.bar.set_postfix(best=f"{self.best:.4f}", gen=row["generation"], refresh=False)
+                self.bar.set_postfix(best=f"{self.best:.4f}", gen=row.generation, refresh=False)
 
     # -- survivors -------------------------------------------------------------------------------
     def _finish_generation(self, generation: int) -> None:
         cfg = self.config
-        new = [r["id"] for r in self.store.candidates(
-            "generation = ? AND id = function_id AND duplicate_of IS NULL", (generation,))]
-        old = [r["function_id"] for r in self.store.population(generation - 1)] if generation else []
+        new = [c.id for c in self.store.candidates(generation=generation, plain=True, unique=True)]
+        history = self._history(generation)
+        old = [m.function_id for m in history.population]
         scored = {}
         for fid in dict.fromkeys(old + new):
             fitness, _ = self.store.function_fitness(fid, cfg.variant_fitness)
             if fitness is not None:
                 scored[fid] = fitness
-        ranked = sorted(scored, key=lambda f: (-scored[f], f))
-        if cfg.strategy == "evolution" and generation and cfg.elitism < cfg.population:
-            # generational replacement with elitism: the best parents plus the best offspring
-            elite = sorted((f for f in old if f in scored), key=lambda f: (-scored[f], f))[:cfg.elitism]
-            rest = [f for f in ranked if f not in elite and f in new]
-            rest += [f for f in ranked if f not in elite and f not in rest]
-            survivors = elite + rest[:cfg.population - len(elite)]
-            survivors.sort(key=lambda f: (-scored[f], f))
-        else:
-            survivors = ranked[:cfg.population]
+        survivors = self.strategy.tell(history, scored, new)
         self.store.finish_generation(generation, [(f, scored[f]) for f in survivors])
         best = scored[survivors[0]] if survivors else None
         log.info("generation %d done: %d functions scored, population %d, best %s", generation,
@@ -624,6 +737,8 @@ class Search:
         if self.config.budget:
             return self.config.budget
         done = self.store.count_trainings()
+        if self.config.generations is None:
+            return done
         generations_left = self.config.generations - len(self.store.generation_rows())
         per_generation = self.config.n_offspring * (1 + self.config.param_variants)
         return done + max(0, generations_left) * per_generation
@@ -633,9 +748,7 @@ class Search:
             return
         from ..progress import progress_bar
 
-        finished = self.store.db.execute(
-            "SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL AND started_at IS NOT NULL "
-            "AND status IN ('done', 'failed')").fetchone()[0]
+        finished = self.store.count_finished()
         self.bar = progress_bar(total=self._progress_total(), initial=finished, unit="eval",
                                 desc="search")
         if self.best is not None:
@@ -664,12 +777,12 @@ class Search:
                                            self.config.allow_linear)
         for rank, item in enumerate(ranked, 1):
             cand = item["candidate"]
-            act = Activation.from_string(cand["expression"], self.pset, json.loads(cand["params"]))
-            metrics = json.loads(cand["metrics"]) if cand["metrics"] else {}
-            top.append({"rank": rank, "fitness": item["fitness"], "expression": cand["expression"],
+            act = Activation.from_string(cand.expression, self.pset, cand.params)
+            metrics = cand.metrics or {}
+            top.append({"rank": rank, "fitness": item["fitness"], "expression": cand.expression,
                         "tasks": metrics.get("tasks", []) if self.tasks else [],
-                        "params": json.loads(cand["params"]), "candidate_id": cand["id"],
-                        "function_id": item["function_id"], "label": _label(cand["expression"], cand["params"]),
+                        "params": list(cand.params), "candidate_id": cand.id,
+                        "function_id": item["function_id"], "label": cand.label,
                         "latex": latex_or_note(act), "linear": item["linear"],
                         "equals": item["equals"], "flags": flag_text(item)})
             if item["linear"] or item["equals"]:
@@ -677,13 +790,9 @@ class Search:
         note = skipped_note(skipped)
         if note:
             log.warning(note)
-        reasons: dict = {}
-        for row in self.store.candidates("status IN ('failed', 'rejected') AND duplicate_of IS NULL"):
-            reason = (row["error"] or row["status"]).strip().splitlines()[0][:160]
-            reasons[reason] = reasons.get(reason, 0) + 1
-        failures = sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+        failures = self.store.failure_reasons()
         names = [t["name"] for t in self.tasks] if self.tasks else []
-        refs = {r["name"]: r["accuracy"] for r in self.store.task_runs(0).values()} if names else {}
+        refs = {r.name: r.accuracy for r in self.store.task_runs(0).values()} if names else {}
         return SearchResult(self.run_dir, top, relu_fitness(self.store), self.store.status_counts(),
                             self.store.get_meta("dedup_hits", 0), interrupted, wall_time, note,
                             failures, names, refs)
@@ -699,9 +808,7 @@ def aggregate_fitness(per_task: list, how: str) -> float:
 
 
 def relu_fitness(store: RunStore) -> Optional[float]:
-    row = store.db.execute("SELECT fitness FROM candidates WHERE expression = 'relu(x)' AND "
-                           "params = '[]' AND status = 'done' ORDER BY id LIMIT 1").fetchone()
-    return row[0] if row else None
+    return store.relu_fitness()
 
 
 def _rng_from_json(text: str):

@@ -120,6 +120,7 @@ def make_toolbox(pset, *, max_height: int = 6, max_size: int = 24,
     """A DEAP toolbox with the generators and (size/height-limited) mutators registered."""
     _require_arities(pset, shapes)
     toolbox = base.Toolbox()
+    toolbox.pset = pset
     toolbox.register("init_tree", gen_initial, pset, shapes)
     toolbox.register("random_tree", gp.genGrow, pset, min_=1, max_=3)
     toolbox.register("insert", gp.mutInsert, pset=pset)

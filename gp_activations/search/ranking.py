@@ -26,7 +26,7 @@ def describe(item: dict) -> dict:
     """``item`` (a :meth:`RunStore.top_functions` entry) with ``activation``, ``linear`` and
     ``equals`` (a zoo name or None) added."""
     cand = item["candidate"]
-    act = Activation.from_string(cand["expression"], cand["primitives"], json.loads(cand["params"]))
+    act = Activation.from_string(cand.expression, cand.primitives, cand.params)
     return {**item, "activation": act, "linear": is_affine(act), "equals": equal_baseline(act)}
 
 

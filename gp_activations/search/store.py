@@ -2,7 +2,11 @@
 
 One file, ``RUN/run.sqlite``, in WAL mode; the search driver is its only writer and commits
 every result the moment it arrives, so a crash or ``kill -9`` loses nothing that finished.
-Everything is stored as SQL values and JSON text -- nothing is pickled.
+Everything is stored as SQL values and JSON text -- nothing is pickled.  Nothing outside this
+module writes SQL: readers get frozen records (:class:`Candidate`, :class:`FinalTraining`,
+:class:`RungRun`) with a :class:`Status`, one method per query.  ``RunStore.open(run,
+readonly=True)`` is the open of ``report`` and ``export``; a writable open of a format-1 run
+migrates it in place (two added columns/tables, nothing rewritten).
 
 Tables:
 ``meta``        key/value JSON: the run's config, format version, counters.
@@ -16,22 +20,181 @@ Tables:
 ``population``  which functions (by ``function_id``) survived each generation, ranked.
 ``task_runs``   a multi-task search's trainings, one row per (candidate, task) as it finishes;
                 ReLU's reference trainings are ``candidate_id = 0``.
+``rung_runs``   successive halving's trainings (``fidelity = "halving"``): one row per
+                (candidate, rung, seed) as it finishes.
 ``final``       final evaluation results (``gp-activations evaluate``): one row per training.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import sqlite3
 import time
+from dataclasses import dataclass, fields as dc_fields
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Union
 
 from ..errors import UserError
 
 DB_NAME = "run.sqlite"
-FORMAT_VERSION = 1
-STATUSES = ("pending", "running", "done", "failed", "rejected")
+FORMAT_VERSION = 2  # 2: candidates.predicted, rung_runs
+
+
+class Status(str, enum.Enum):
+    """A candidate's state (a ``str``, so it compares equal to its stored text)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s.value for s in Status)
+
+
+def _loads(text, default):
+    return default if text in (None, "") else json.loads(text)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One candidate: a function with one placement of learnable scalars."""
+
+    id: int
+    function_id: Optional[int]
+    expression: str
+    primitives: str
+    params: tuple
+    dedup_key: Optional[str]
+    function_key: Optional[str]
+    status: Status
+    fitness: Optional[float]
+    generation: int
+    parent_ids: tuple
+    mutation: Optional[str]
+    origin: Optional[str]
+    duplicate_of: Optional[int]
+    error: Optional[str]
+    created_at: Optional[float]
+    started_at: Optional[float]
+    finished_at: Optional[float]
+    metrics: Optional[dict]
+    predicted: Optional[float] = None  # the surrogate's prediction, made before training
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Candidate":
+        keys = row.keys()
+        return cls(**{**{k: row[k] for k in keys if k in _CANDIDATE_FIELDS},
+                      "params": tuple(_loads(row["params"], [])),
+                      "parent_ids": tuple(_loads(row["parent_ids"], [])),
+                      "status": Status(row["status"]), "metrics": _loads(row["metrics"], None)})
+
+    @property
+    def plain(self) -> bool:
+        """The function itself, not one of its parametric variants."""
+        return self.id == self.function_id
+
+    @property
+    def trained(self) -> bool:
+        """The one definition of "trained": an original (not a duplicate) whose training ran
+        to a result -- done, or failed after it started (a screening failure never started)."""
+        return (self.duplicate_of is None and self.started_at is not None
+                and self.status in (Status.DONE, Status.FAILED))
+
+    @property
+    def label(self) -> str:
+        return f"{self.expression} @ params {list(self.params)}" if self.params else self.expression
+
+
+_CANDIDATE_FIELDS = {f.name for f in dc_fields(Candidate)}
+
+
+@dataclass(frozen=True)
+class FinalTraining:
+    """One training of ``gp-activations evaluate`` (a label, a seed, a protocol)."""
+
+    id: int
+    label: str
+    kind: str
+    expression: str
+    primitives: str
+    params: tuple
+    candidate_id: Optional[int]
+    seed: int
+    protocol: str
+    status: str
+    accuracy: Optional[float]
+    metrics: Optional[dict]
+    finished_at: Optional[float]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "FinalTraining":
+        return cls(**{**dict(row), "params": tuple(_loads(row["params"], [])),
+                      "metrics": _loads(row["metrics"], None)})
+
+
+@dataclass(frozen=True)
+class TaskRun:
+    """One task's training of a multi-task candidate (``candidate_id`` 0: ReLU's reference)."""
+
+    candidate_id: int
+    task: int
+    name: str
+    status: str
+    accuracy: Optional[float]
+    error: Optional[str]
+    metrics: Optional[dict]
+    started_at: Optional[float]
+    finished_at: Optional[float]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "TaskRun":
+        return cls(**{**dict(row), "metrics": _loads(row["metrics"], None)})
+
+
+@dataclass(frozen=True)
+class RungRun:
+    """One training of successive halving: a candidate's ``seed``-th seed on ``rung``."""
+
+    candidate_id: int
+    rung: int
+    seed: int
+    status: str
+    accuracy: Optional[float]
+    epochs: Optional[float]
+    error: Optional[str]
+    metrics: Optional[dict]
+    started_at: Optional[float]
+    finished_at: Optional[float]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "RungRun":
+        return cls(**{**dict(row), "metrics": _loads(row["metrics"], None)})
+
+
+@dataclass(frozen=True)
+class Generation:
+    generation: int
+    state: str  # created | done
+    rng_state: Optional[str]
+    created_at: Optional[float]
+    finished_at: Optional[float]
+
+
+@dataclass(frozen=True)
+class Survivor:
+    generation: int
+    rank: int
+    function_id: int
+    fitness: Optional[float]
+
+
+StatusArg = Union[None, str, Iterable[str]]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -57,7 +220,8 @@ CREATE TABLE IF NOT EXISTS candidates (
     created_at REAL,
     started_at REAL,
     finished_at REAL,
-    metrics TEXT
+    metrics TEXT,
+    predicted REAL
 );
 CREATE INDEX IF NOT EXISTS candidates_dedup ON candidates(dedup_key);
 CREATE INDEX IF NOT EXISTS candidates_function ON candidates(function_id);
@@ -87,6 +251,19 @@ CREATE TABLE IF NOT EXISTS task_runs (
     started_at REAL,
     finished_at REAL,
     PRIMARY KEY (candidate_id, task)
+);
+CREATE TABLE IF NOT EXISTS rung_runs (
+    candidate_id INTEGER NOT NULL,
+    rung INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done','failed')),
+    accuracy REAL,
+    epochs REAL,
+    error TEXT,
+    metrics TEXT,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (candidate_id, rung, seed)
 );
 CREATE TABLE IF NOT EXISTS final (
     id INTEGER PRIMARY KEY,
@@ -118,6 +295,12 @@ class RunStore:
         self.run_dir = Path(run_dir)
         self.db = connection
         self.db.row_factory = sqlite3.Row
+        self.readonly = False
+        self._legacy = False  # an old-format run opened read-only (tables of later formats absent)
+
+    def transaction(self):
+        """``with store.transaction():`` -- the writes inside commit together (or not at all)."""
+        return self.db
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -143,7 +326,9 @@ class RunStore:
         return store
 
     @classmethod
-    def open(cls, run_dir) -> "RunStore":
+    def open(cls, run_dir, readonly: bool = False) -> "RunStore":
+        """Open a run; ``readonly`` for readers (report, export) -- nothing can be written, and
+        a format-1 run is read as it is instead of being migrated."""
         run_dir = Path(run_dir)
         if not run_dir.is_dir():
             raise UserError(f"{run_dir} is not a directory (expected a search run made with "
@@ -151,18 +336,39 @@ class RunStore:
         if not is_run_dir(run_dir):
             raise UserError(f"{run_dir} is not a search run: {DB_NAME} is missing")
         try:
-            store = cls(run_dir, cls._connect(run_dir / DB_NAME))
+            store = cls(run_dir, cls._connect(run_dir / DB_NAME, readonly))
             version = store.get_meta("format_version")
         except sqlite3.DatabaseError as exc:
             raise UserError(f"{run_dir / DB_NAME} is not a readable run database: {exc}") from None
-        if version != FORMAT_VERSION:
-            raise UserError(f"{run_dir} has run format {version}, this version reads {FORMAT_VERSION}")
-        with store.db:
-            store.db.executescript(_SCHEMA)  # tables added by later versions
+        store.readonly = readonly
+        store._legacy = readonly and isinstance(version, int) and version < FORMAT_VERSION
+        if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+            raise UserError(f"{run_dir} has run format {version}; this version of gp-activations "
+                            f"reads formats 1 to {FORMAT_VERSION} -- upgrade gp-activations to "
+                            f"open it")
+        if not readonly:
+            if version < FORMAT_VERSION:
+                store._migrate(version)
+            with store.db:
+                store.db.executescript(_SCHEMA)  # tables added by later versions
         return store
 
+    def _migrate(self, version: int) -> None:
+        """Format 1 -> 2 in place: the surrogate's ``predicted`` column (halving's
+        ``rung_runs`` table comes with the schema).  Nothing existing is rewritten."""
+        with self.db:
+            columns = {r[1] for r in self.db.execute("PRAGMA table_info(candidates)")}
+            if "predicted" not in columns:
+                self.db.execute("ALTER TABLE candidates ADD COLUMN predicted REAL")
+            self._set_meta("format_version", FORMAT_VERSION)
+            self._set_meta(f"migrated_from_{version}", time.time())
+
     @staticmethod
-    def _connect(path: Path) -> sqlite3.Connection:
+    def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
+        if readonly:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            db.execute("PRAGMA query_only=ON")
+            return db
         db = sqlite3.connect(str(path), timeout=30)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
@@ -273,24 +479,66 @@ class RunStore:
                                   "WHERE status = 'running'")
         return cur.rowcount
 
-    def candidate(self, cid: int) -> Optional[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM candidates WHERE id = ?", (cid,)).fetchone()
+    def set_predicted(self, cid: int, value: Optional[float]) -> None:
+        """The surrogate's prediction for ``cid`` (inside the caller's transaction)."""
+        self.update_candidate(cid, predicted=value)
 
-    def candidates(self, where: str = "1", args: Iterable = ()) -> list[sqlite3.Row]:
-        return self.db.execute(f"SELECT * FROM candidates WHERE {where} ORDER BY id", tuple(args)).fetchall()
+    def candidate(self, cid: int) -> Optional[Candidate]:
+        row = self.db.execute("SELECT * FROM candidates WHERE id = ?", (cid,)).fetchone()
+        return Candidate.from_row(row) if row else None
 
-    def pending(self, generation: Optional[int] = None) -> list[sqlite3.Row]:
-        if generation is None:
-            return self.candidates("status = 'pending' AND duplicate_of IS NULL")
-        return self.candidates("status = 'pending' AND duplicate_of IS NULL AND generation = ?",
-                               (generation,))
+    def candidates(self, *, status: StatusArg = None, generation: Optional[int] = None,
+                   unique: bool = False, plain: Optional[bool] = None,
+                   trained: Optional[bool] = None) -> list[Candidate]:
+        """Candidates by id, filtered: ``status`` (one or several), ``generation``, ``unique``
+        (originals only, no duplicates), ``plain`` (functions, not their variants), ``trained``
+        (see :attr:`Candidate.trained`)."""
+        where, args = [], []
+        if status is not None:
+            wanted = [str(Status(status))] if isinstance(status, str) else [str(Status(s)) for s in status]
+            where.append(f"status IN ({', '.join('?' for _ in wanted)})")
+            args += wanted
+        if generation is not None:
+            where.append("generation = ?")
+            args.append(generation)
+        if unique or trained:
+            where.append("duplicate_of IS NULL")
+        if plain is not None:
+            where.append("id = function_id" if plain else "id != function_id")
+        if trained is not None:
+            clause = "(status IN ('done', 'failed') AND started_at IS NOT NULL)"
+            where.append(clause if trained else f"NOT {clause}")
+        sql = "SELECT * FROM candidates" + (f" WHERE {' AND '.join(where)}" if where else "")
+        return [Candidate.from_row(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def pending(self, generation: Optional[int] = None) -> list[Candidate]:
+        return self.candidates(status=Status.PENDING, generation=generation, unique=True)
+
+    def trained_in_order(self) -> list[Candidate]:
+        """Every training that ran, in the order the results arrived."""
+        return sorted(self.candidates(trained=True), key=lambda c: (c.finished_at or 0, c.id))
 
     def count_trainings(self) -> int:
-        """Trainings done or owed: every non-duplicate candidate that was or will be evaluated
-        (not the rejected ones, nor those whose screening failed -- they never start)."""
+        """Trainings done or owed: every original candidate that was or will be evaluated
+        (:attr:`Candidate.trained`, or pending/running) -- not the rejected ones, nor those
+        whose screening failed: they never start."""
         return self.db.execute("SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL "
-                               "AND (status IN ('pending', 'running', 'done') OR "
-                               "(status = 'failed' AND started_at IS NOT NULL))").fetchone()[0]
+                               "AND (status IN ('pending', 'running') OR (status IN ('done', "
+                               "'failed') AND started_at IS NOT NULL))").fetchone()[0]
+
+    def count_finished(self) -> int:
+        """Trainings that ran to a result (:attr:`Candidate.trained`)."""
+        return self.db.execute("SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL AND "
+                               "status IN ('done', 'failed') AND started_at IS NOT NULL").fetchone()[0]
+
+    def best_fitness(self) -> Optional[float]:
+        return self.db.execute("SELECT MAX(fitness) FROM candidates WHERE status = 'done'").fetchone()[0]
+
+    def relu_fitness(self) -> Optional[float]:
+        """The fitness of plain ``relu(x)`` (the search's reference), if it was trained."""
+        row = self.db.execute("SELECT fitness FROM candidates WHERE expression = 'relu(x)' AND "
+                              "params = '[]' AND status = 'done' ORDER BY id LIMIT 1").fetchone()
+        return row[0] if row else None
 
     def function_fitness(self, function_id: int, mode: str = "best"):
         """(fitness, id of the variant that achieved it) of a function, or (None, None)."""
@@ -318,22 +566,72 @@ class RunStore:
                  json.dumps(metrics) if metrics is not None else None, started_at,
                  finished_at or time.time()))
 
-    def task_runs(self, cid: int) -> dict:
-        """{task index: row} of the finished trainings of candidate ``cid``."""
+    def task_runs(self, cid: Optional[int] = None) -> dict:
+        """{task index: TaskRun} of the finished trainings of candidate ``cid`` (all of them,
+        as {(cid, task): TaskRun}, when ``cid`` is None)."""
+        if cid is None:
+            rows = self.db.execute("SELECT * FROM task_runs ORDER BY candidate_id, task")
+            return {(r["candidate_id"], r["task"]): TaskRun.from_row(r) for r in rows}
         rows = self.db.execute("SELECT * FROM task_runs WHERE candidate_id = ? ORDER BY task",
                                (cid,)).fetchall()
-        return {r["task"]: r for r in rows}
+        return {r["task"]: TaskRun.from_row(r) for r in rows}
+
+    # -- successive halving ----------------------------------------------------------------------
+    def record_rung_run(self, cid: int, rung: int, seed: int, status: str, accuracy, epochs,
+                        error: str, metrics: Optional[dict], started_at=None,
+                        finished_at=None) -> None:
+        """One training of successive halving, committed now (a redone one replaces it)."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO rung_runs(candidate_id, rung, seed, status, accuracy, epochs, error, "
+                "metrics, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON "
+                "CONFLICT(candidate_id, rung, seed) DO UPDATE SET status = excluded.status, "
+                "accuracy = excluded.accuracy, epochs = excluded.epochs, error = excluded.error, "
+                "metrics = excluded.metrics, started_at = excluded.started_at, "
+                "finished_at = excluded.finished_at",
+                (cid, rung, seed, status, accuracy, epochs, error or None,
+                 json.dumps(metrics) if metrics is not None else None, started_at,
+                 finished_at or time.time()))
+
+    def rung_runs(self, cid: Optional[int] = None) -> list[RungRun]:
+        """The halving trainings of ``cid`` (of every candidate when None), by rung and seed."""
+        if self._legacy:
+            return []  # a format-1 run read as it is: no halving table
+        if cid is None:
+            rows = self.db.execute("SELECT * FROM rung_runs ORDER BY candidate_id, rung, seed")
+        else:
+            rows = self.db.execute("SELECT * FROM rung_runs WHERE candidate_id = ? ORDER BY "
+                                   "rung, seed", (cid,))
+        return [RungRun.from_row(r) for r in rows]
+
+    def training_epochs(self) -> float:
+        """Epochs trained by halving's rungs so far (the cost measure of a halving search)."""
+        if self._legacy:
+            return 0.0
+        return self.db.execute("SELECT COALESCE(SUM(epochs), 0) FROM rung_runs").fetchone()[0]
 
     # -- generations and populations -------------------------------------------------------------
-    def generation_rows(self) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM generations ORDER BY generation").fetchall()
+    def generation_rows(self) -> list[Generation]:
+        return [Generation(**dict(r)) for r in
+                self.db.execute("SELECT * FROM generations ORDER BY generation")]
 
-    def last_generation(self) -> Optional[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM generations ORDER BY generation DESC LIMIT 1").fetchone()
+    def last_generation(self) -> Optional[Generation]:
+        row = self.db.execute("SELECT * FROM generations ORDER BY generation DESC LIMIT 1").fetchone()
+        return Generation(**dict(row)) if row else None
 
-    def population(self, generation: int) -> list[sqlite3.Row]:
-        return self.db.execute("SELECT * FROM population WHERE generation = ? ORDER BY rank",
-                               (generation,)).fetchall()
+    def create_generation(self, generation: int, rng_state: str) -> None:
+        """Mark ``generation`` created (inside the caller's transaction, with its candidates)."""
+        self.db.execute("INSERT INTO generations(generation, state, rng_state, created_at) "
+                        "VALUES (?, 'created', ?, ?)", (generation, rng_state, time.time()))
+
+    def population(self, generation: Optional[int] = None) -> list[Survivor]:
+        """The survivors of ``generation`` (of every generation when None), ranked."""
+        if generation is None:
+            rows = self.db.execute("SELECT * FROM population ORDER BY generation, rank")
+        else:
+            rows = self.db.execute("SELECT * FROM population WHERE generation = ? ORDER BY rank",
+                                   (generation,))
+        return [Survivor(**dict(r)) for r in rows]
 
     def finish_generation(self, generation: int, members: list[tuple[int, float]]) -> None:
         with self.db:
@@ -356,7 +654,7 @@ class RunStore:
         for row in rows[: k if k else None]:
             fitness, best_id = self.function_fitness(row["fid"], mode)
             out.append({"function_id": row["fid"], "fitness": fitness,
-                        "candidate": dict(self.candidate(best_id))})
+                        "candidate": self.candidate(best_id)})
         return out
 
     def status_counts(self) -> dict:
@@ -366,3 +664,89 @@ class RunStore:
         counts["duplicates"] = self.db.execute(
             "SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NOT NULL").fetchone()[0]
         return counts
+
+    def failure_reasons(self) -> list[tuple[str, int]]:
+        """(first line of the reason, count) of the failed and rejected originals, commonest first."""
+        reasons: dict = {}
+        for c in self.candidates(status=(Status.FAILED, Status.REJECTED), unique=True):
+            reason = (c.error or str(c.status)).strip().splitlines()[0][:160]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    # -- final evaluation ----------------------------------------------------------------------
+    def final_training(self, label: str, seed: int, protocol: str) -> Optional[FinalTraining]:
+        row = self.db.execute("SELECT * FROM final WHERE label = ? AND seed = ? AND protocol = ?",
+                              (label, seed, protocol)).fetchone()
+        return FinalTraining.from_row(row) if row else None
+
+    def final_trainings(self, protocol: Optional[str] = None, *, status: Optional[str] = None,
+                        seeds: Optional[int] = None, labels: Optional[list] = None) -> list[FinalTraining]:
+        """Final trainings (by label, seed), filtered by protocol, status, ``seed < seeds`` and label."""
+        where, args = [], []
+        for clause, value in (("protocol = ?", protocol), ("status = ?", status),
+                              ("seed < ?", seeds)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if labels is not None:
+            where.append(f"label IN ({', '.join('?' for _ in labels)})")
+            args += list(labels)
+        sql = "SELECT * FROM final" + (f" WHERE {' AND '.join(where)}" if where else "")
+        return [FinalTraining.from_row(r) for r in
+                self.db.execute(sql + " ORDER BY label, seed, id", args)]
+
+    def final_protocols_by_recency(self) -> list[str]:
+        """Protocols with a finished training, the latest finished first."""
+        return [r[0] for r in self.db.execute(
+            "SELECT protocol FROM final WHERE status = 'done' GROUP BY protocol "
+            "ORDER BY MAX(finished_at) DESC")]
+
+    def final_labels(self, protocol: str) -> list[str]:
+        """The labels of ``protocol`` in the order they were first scheduled."""
+        return [r[0] for r in self.db.execute(
+            "SELECT label FROM final WHERE protocol = ? GROUP BY label ORDER BY MIN(id)", (protocol,))]
+
+    def schedule_final(self, label: str, kind: str, expression: str, primitives: str,
+                       params, candidate_id, seeds: int, protocol: str) -> None:
+        """Make ``seeds`` trainings of ``label`` pending under ``protocol`` (one transaction);
+        those that finished before for the same function are kept, never redone.  Rows of
+        another function under the same label (``found #k`` moved on) are dropped, every seed."""
+        params_text = json.dumps(list(params))
+        with self.db:
+            self.db.execute("DELETE FROM final WHERE label = ? AND protocol = ? AND "
+                            "(expression != ? OR params != ?)",
+                            (label, protocol, expression, params_text))
+            for seed in range(seeds):
+                row = self.final_training(label, seed, protocol)
+                if row is not None and row.status in ("done", "failed"):
+                    continue  # finished before: never redone
+                if row is not None:  # in flight when interrupted
+                    self.db.execute("DELETE FROM final WHERE id = ?", (row.id,))
+                self.db.execute(
+                    "INSERT INTO final(label, kind, expression, primitives, params, candidate_id, "
+                    "seed, protocol, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                    (label, kind, expression, primitives, params_text, candidate_id, seed, protocol))
+
+    def start_final(self, final_id: int) -> None:
+        with self.db:
+            self.db.execute("UPDATE final SET status = 'running', accuracy = NULL, finished_at = "
+                            "NULL WHERE id = ?", (final_id,))
+
+    def finish_final(self, final_id: int, status: str, accuracy, metrics: dict) -> None:
+        with self.db:
+            self.db.execute("UPDATE final SET status = ?, accuracy = ?, metrics = ?, finished_at = ? "
+                            "WHERE id = ?", (status, accuracy, json.dumps(metrics), time.time(),
+                                             final_id))
+
+    def add_final(self, record: FinalTraining) -> None:
+        """Store a finished training made elsewhere (a transfer copying it back), if new."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO final(label, kind, expression, primitives, params, "
+                "candidate_id, seed, protocol, status, accuracy, metrics, finished_at) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.label, record.kind, record.expression, record.primitives,
+                 json.dumps(list(record.params)), record.candidate_id, record.seed,
+                 record.protocol, record.status, record.accuracy,
+                 None if record.metrics is None else json.dumps(record.metrics),
+                 record.finished_at))

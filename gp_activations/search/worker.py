@@ -50,7 +50,11 @@ def prepare(task: dict) -> None:
     """Load what every task of a run shares (its dataset, torch's lazy imports) ahead of the first
     task, so that a worker's start-up overlaps the driver's work instead of the first evaluation."""
     try:
-        if task.get("fitness"):
+        if task.get("lookup"):
+            from ..tabular import load_table
+
+            load_table(task["lookup"])
+        elif task.get("fitness"):
             _resolve(task["fitness"])
         elif task.get("data") is not None:
             _task_dataset(task)
@@ -83,7 +87,11 @@ def evaluate_task(task: dict) -> dict:
         if task.get("threads"):
             torch.set_num_threads(int(task["threads"]))
         act = Activation.from_string(task["expression"], task["primitives"], task["params"])
-        if task.get("fitness"):
+        if task.get("lookup"):  # a tabular benchmark: the training was done when it was built
+            from ..tabular import lookup_task
+
+            result.update(lookup_task(task))
+        elif task.get("fitness"):
             fn = _resolve(task["fitness"])
             value = fn(act, seed=task["seed"])
             # numpy / torch scalars are common return values: stored as plain JSON numbers
