@@ -9,7 +9,11 @@ process and Ray executors and reports, in one run:
 * dedup hits (candidates not trained because an equivalent one was);
 * evaluations per minute, and the speed-up over serial.
 
-Targets: <= 5 % outside training (serial); >= 1.7x serial with 2 workers.
+Also serial with successive halving and with the surrogate (trainings = halving's rung
+trainings; the surrogate's feature computation and fitting count as outside training).
+
+Targets: <= 5 % outside training (serial, also with halving and the surrogate); >= 1.7x serial
+with 2 workers.
 
     python benchmarks/search_overhead.py [--generations 3] [--epochs 6]
 """
@@ -28,23 +32,28 @@ from gp_activations.search import SearchConfig, run_search
 from gp_activations.search.store import RunStore
 
 
-def measure(executor: str, workers: int, threads: int, args, root: str) -> dict:
-    out = os.path.join(root, f"{executor}-{workers}x{threads}")
+def measure(executor: str, workers: int, threads: int, args, root: str, label: str = "",
+            **extra) -> dict:
+    out = os.path.join(root, f"{executor}-{workers}x{threads}{label.replace(' ', '-')}")
     shutil.rmtree(out, ignore_errors=True)
     config = SearchConfig(dataset="mnist1d", population=args.population, generations=args.generations,
                           param_variants=1, epochs=args.epochs, executor=executor, workers=workers,
-                          threads=threads, seed=0, init_zoo=True)
+                          threads=threads, seed=0, init_zoo=True, **extra)
     t0 = time.perf_counter()
     result = run_search(config, out=out, progress=False)
     wall = time.perf_counter() - t0
-    store = RunStore.open(out)
-    trained = [r for r in store.candidates("duplicate_of IS NULL AND started_at IS NOT NULL")]
-    train_s = sum(json.loads(r["metrics"])["wall_time"] for r in trained if r["metrics"])
-    rows = store.candidates("1")
-    fitness = {(r["expression"], r["params"]): r["fitness"] for r in rows}
+    store = RunStore.open(out, readonly=True)
+    trained = store.candidates(trained=True)
+    rungs = store.rung_runs()
+    if rungs:  # halving: every rung is a training of its own
+        train_s = sum(r.metrics["wall_time"] for r in rungs if r.metrics and "wall_time" in r.metrics)
+    else:
+        train_s = sum(c.metrics["wall_time"] for c in trained if c.metrics and "wall_time" in c.metrics)
+    fitness = {(c.expression, c.params): c.fitness for c in store.candidates()}
     store.close()
-    return {"label": f"{executor} ({workers} worker{'s' if workers > 1 else ''} x {threads} thread)",
-            "wall": wall, "trainings": len(trained), "train_s": train_s, "workers": workers,
+    return {"label": f"{executor} ({workers} worker{'s' if workers > 1 else ''} x {threads} thread)"
+                     + label, "wall": wall, "trainings": len(rungs) or len(trained),
+            "train_s": train_s, "workers": workers,
             "dedup": result.counts["duplicates"] + result.dedup_hits, "fitness": fitness}
 
 
@@ -65,18 +74,22 @@ def main(argv=None) -> int:
     if not args.skip_ray:
         runs.append(measure("ray", 2, 1, args, root))
     runs.append(measure("serial", 1, 2, args, root))
+    runs.append(measure("serial", 1, 1, args, root, " + halving", fidelity="halving"))
+    runs.append(measure("serial", 1, 1, args, root, " + surrogate", surrogate="forest",
+                        surrogate_min=8))
     base = runs[0]
     print(f"\nMNIST-1D search: population {args.population}, {args.generations} generations, "
           f"{args.epochs:g} epochs per candidate\n")
-    print(f"{'executor':34s} {'wall s':>7s} {'trainings':>9s} {'evals/min':>9s} {'vs serial':>9s} "
+    print(f"{'executor':46s} {'wall s':>7s} {'trainings':>9s} {'evals/min':>9s} {'vs serial':>9s} "
           f"{'outside training':>16s} {'dedup hits':>10s}")
     for r in runs:
         per_min = 60 * r["trainings"] / r["wall"]
         outside = 1 - r["train_s"] / (r["workers"] * r["wall"])
         speedup = per_min / (60 * base["trainings"] / base["wall"])
-        print(f"{r['label']:34s} {r['wall']:7.1f} {r['trainings']:9d} {per_min:9.1f} {speedup:8.2f}x "
+        print(f"{r['label']:46s} {r['wall']:7.1f} {r['trainings']:9d} {per_min:9.1f} {speedup:8.2f}x "
               f"{100 * outside:15.1f}% {r['dedup']:10d}")
     same = all(r["fitness"] == base["fitness"] for r in runs if r["label"].endswith("x 1 thread"))
+    # (halving and the surrogate train other candidates: they are not compared here)
     print(f"\nsame candidates and fitness for every executor at 1 thread per evaluation: {same}")
     shutil.rmtree(root, ignore_errors=True)
     return 0

@@ -217,10 +217,50 @@ class _Store:
         with self.db:
             self.db.executescript(_SCHEMA)
 
+    # Every SQL statement of a transfer is one of these methods (as RunStore's are its run's).
     def row(self, fn: Function, seed: int, protocol: str):
+        return self._row(fn.key, seed, protocol)
+
+    def _row(self, key, seed: int, protocol: str):
         return self.db.execute("SELECT * FROM trainings WHERE expression = ? AND primitives = ? "
                                "AND params = ? AND seed = ? AND protocol = ?",
-                               (*fn.key, seed, protocol)).fetchone()
+                               (*key, seed, protocol)).fetchone()
+
+    def copy_done(self, key: tuple, accuracy, source: str, finished_at) -> bool:
+        """Store a run's finished training of ``key`` (expression, primitives, params, seed,
+        protocol) unless one is here already; returns whether it was copied."""
+        row = self._row(key[:3], key[3], key[4])
+        if row is not None and row["status"] in ("done", "failed"):
+            return False
+        with self.db:
+            self.db.execute("DELETE FROM trainings WHERE expression = ? AND primitives = ? AND "
+                            "params = ? AND seed = ? AND protocol = ?", key)
+            self.db.execute("INSERT INTO trainings(expression, primitives, params, seed, protocol, "
+                            "status, accuracy, source, finished_at) VALUES (?, ?, ?, ?, ?, 'done', "
+                            "?, ?, ?)", (*key, accuracy, source, finished_at))
+        return True
+
+    def reset_in_flight(self) -> None:
+        self.db.execute("UPDATE trainings SET status = 'pending' WHERE status = 'running'")
+
+    def schedule(self, fn: Function, seed: int, protocol: str) -> int:
+        """The id of the pending row of (fn, seed, protocol), inserted if new (caller's transaction)."""
+        row = self.row(fn, seed, protocol)
+        if row is not None:
+            return row["id"]
+        return self.db.execute("INSERT INTO trainings(expression, primitives, params, seed, "
+                               "protocol, status) VALUES (?, ?, ?, ?, ?, 'pending')",
+                               (*fn.key, seed, protocol)).lastrowid
+
+    def start(self, rid: int) -> None:
+        with self.db:
+            self.db.execute("UPDATE trainings SET status = 'running' WHERE id = ?", (rid,))
+
+    def finish(self, rid: int, ok: bool, accuracy, error) -> None:
+        with self.db:
+            self.db.execute("UPDATE trainings SET status = ?, accuracy = ?, error = ?, "
+                            "finished_at = ? WHERE id = ?",
+                            ("done" if ok else "failed", accuracy, error or None, time.time(), rid))
 
     def close(self):
         self.db.close()
@@ -237,18 +277,7 @@ def _copy_from_runs(store: _Store, runs: Sequence, wanted: dict) -> int:
         try:
             for r in run_store.final_trainings(status="done"):
                 key = (r.expression, r.primitives, json.dumps(list(r.params)), r.seed, r.protocol)
-                if key in wanted and store.db.execute(
-                        "SELECT 1 FROM trainings WHERE expression = ? AND primitives = ? AND "
-                        "params = ? AND seed = ? AND protocol = ? AND status IN ('done', 'failed')",
-                        key).fetchone() is None:
-                    with store.db:
-                        store.db.execute("DELETE FROM trainings WHERE expression = ? AND "
-                                         "primitives = ? AND params = ? AND seed = ? AND "
-                                         "protocol = ?", key)
-                        store.db.execute(
-                            "INSERT INTO trainings(expression, primitives, params, seed, protocol, "
-                            "status, accuracy, source, finished_at) VALUES (?, ?, ?, ?, ?, 'done', "
-                            "?, ?, ?)", (*key, r.accuracy, str(run), r.finished_at))
+                if key in wanted and store.copy_done(key, r.accuracy, str(run), r.finished_at):
                     copied += 1
         finally:
             run_store.close()
@@ -288,7 +317,7 @@ def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
         _copy_from_runs(store, runs, wanted)
         work, scheduled = [], set()
         with store.db:
-            store.db.execute("UPDATE trainings SET status = 'pending' WHERE status = 'running'")
+            store.reset_in_flight()
             for task in tasks:
                 protocol, train_cfg = protocols[task["name"]]
                 for fn in functions:
@@ -296,14 +325,7 @@ def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
                         row = store.row(fn, seed, protocol)
                         if row is not None and row["status"] in ("done", "failed"):
                             continue
-                        if row is None:
-                            cur = store.db.execute(
-                                "INSERT INTO trainings(expression, primitives, params, seed, "
-                                "protocol, status) VALUES (?, ?, ?, ?, ?, 'pending')",
-                                (*fn.key, seed, protocol))
-                            rid = cur.lastrowid
-                        else:
-                            rid = row["id"]
+                        rid = store.schedule(fn, seed, protocol)
                         if rid not in scheduled:  # a function two runs found trains once
                             scheduled.add(rid)
                             work.append((rid, task, fn, seed, train_cfg))
@@ -338,17 +360,12 @@ def _train(store, work, executor, workers, device, task_timeout, progress, data_
     bar = progress_bar(total=len(tasks), unit="run", desc="transfer", disable=not progress)
 
     def on_start(task):
-        with store.db:
-            store.db.execute("UPDATE trainings SET status = 'running' WHERE id = ?", (task["id"],))
+        store.start(task["id"])
 
     def on_result(result):
         metrics = result.get("metrics") or {}
         ok = result["status"] == "done"
-        with store.db:
-            store.db.execute("UPDATE trainings SET status = ?, accuracy = ?, error = ?, "
-                             "finished_at = ? WHERE id = ?",
-                             ("done" if ok else "failed", metrics.get("accuracy") if ok else None,
-                              result.get("error") or None, time.time(), result["id"]))
+        store.finish(result["id"], ok, metrics.get("accuracy") if ok else None, result.get("error"))
         if bar is not None:
             bar.update(1)
 
