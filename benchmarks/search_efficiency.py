@@ -36,6 +36,8 @@ STRATEGIES = {
     "evolution": dict(strategy="evolution"),
     "evolution+halving": dict(strategy="evolution", fidelity="halving", eta=3.0),
     "evolution+surrogate": dict(strategy="evolution", surrogate="forest"),
+    "evolution+halving+surrogate": dict(strategy="evolution", fidelity="halving", eta=3.0,
+                                        surrogate="forest"),
 }
 
 
@@ -165,8 +167,9 @@ def plot(results: dict, path: Path, budget: float) -> None:
     ax.legend(fontsize=8, loc="lower right")
     early = [best_at(t, budget / 4) for ts in results.values() for t in ts]
     early = [v for v in early if math.isfinite(v)]
+    final = [best_at(t, budget) for ts in results.values() for t in ts]
     if early:
-        ax.set_ylim(min(early) - 0.005, None)
+        ax.set_ylim(min(early) - 0.005, max(v for v in final if math.isfinite(v)) + 0.003)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -195,7 +198,7 @@ def main(argv=None) -> int:
         results = run_strategies(args.table, args.budget, args.seeds, Path(tmp), names)
     costs = [c for c in (args.budget / 8, args.budget / 4, args.budget / 2, args.budget)]
     print(f"\nbest full-budget fitness found, mean ± std over {args.seeds} search seeds, by cost:")
-    print(f"{'strategy':22s}" + "".join(f"{c:>16.0f}" for c in costs))
+    print(f"{'strategy':28s}" + "".join(f"{c:>16.0f}" for c in costs))
     finals = {}
     for name, trajs in results.items():
         cells = []
@@ -205,10 +208,10 @@ def main(argv=None) -> int:
             cells.append(f"{statistics.fmean(values):.4f}±{statistics.pstdev(values):.4f}"
                          if values else "n/a")
         finals[name] = [best_at(t, args.budget) for t in trajs]
-        print(f"{name:22s}" + "".join(f"{c:>16s}" for c in cells))
+        print(f"{name:28s}" + "".join(f"{c:>16s}" for c in cells))
     print("\nat the full budget (one-sided Mann-Whitney U):")
     for name in finals:
-        line = f"  {name:22s}"
+        line = f"  {name:28s}"
         if "random" in finals and name != "random":
             line += f" p(> random) = {mannwhitney(finals[name], finals['random']):.3g}"
         if "evolution" in finals and name not in ("random", "evolution"):
@@ -221,7 +224,7 @@ def main(argv=None) -> int:
             grid = [args.budget * i / 160 for i in range(1, 161)]
             reached = next((c for c in grid if statistics.fmean(
                 [best_at(t, c) if math.isfinite(best_at(t, c)) else 0.0 for t in trajs]) >= target), None)
-            print(f"  {name:22s} " + ("not reached" if reached is None else
+            print(f"  {name:28s} " + ("not reached" if reached is None else
                                        f"{reached:.0f} trainings ({reached / args.budget:.2f} of the budget)"))
     plot(results, args.plot, args.budget)
     print(f"\nplot: {args.plot}")

@@ -260,6 +260,13 @@ class Search:
                     nxt = last.generation + 1
                     if self._generations_done(nxt) or self._budget_left() <= 0:
                         break
+                    if self.config.generations is None and last.generation and \
+                            not self._trained_in(last.generation):
+                        # no generation limit, and the strategy found nothing new to train:
+                        # the budget would never be spent
+                        log.info("generation %d trained nothing new: stopping (the strategy has "
+                                 "exhausted what it can propose)", last.generation)
+                        break
                     random.setstate(_rng_from_json(last.rng_state))
                     if not self._create_generation(nxt):
                         # finished (with the same survivors) by the next pass of the loop, exactly
@@ -287,6 +294,10 @@ class Search:
         finally:
             self._stop_logging()
             self.store.unlock()
+
+    def _trained_in(self, generation: int) -> int:
+        return sum(1 for c in self.store.candidates(generation=generation, unique=True)
+                   if c.trained or c.status in (Status.PENDING, Status.RUNNING))
 
     def _generations_done(self, generations: int) -> bool:
         return self.config.generations is not None and generations >= self.config.generations
@@ -649,7 +660,10 @@ class Search:
             if mean is not None:
                 scores[cid] = mean
         keep = max(1, math.ceil(len(members) / self.config.eta))
-        return sorted(scores, key=lambda c: (-scores[c], c))[:keep]
+        promoted = sorted(scores, key=lambda c: (-scores[c], c))[:keep]
+        # ReLU, the reference every table compares with, always trains the full budget
+        promoted += [c for c in scores if c not in promoted and self._is_reference(self.store.candidate(c))]
+        return promoted
 
     def _on_rung_start(self, task: dict) -> None:
         cid = int(str(task["id"]).split("/")[0])
