@@ -230,7 +230,10 @@ def cmd_search(args) -> int:
     stop += ([f"budget {cfg.budget} candidates ({len(search.tasks)} trainings each)"]
              if search.tasks else [f"budget {cfg.budget} trainings"]) if cfg.budget else []
     where = (" + ".join(t["name"] for t in search.tasks) if search.tasks else cfg.dataset)
-    print(f"search: {cfg.strategy} on {where} ({cfg.primitives}), population "
+    how = cfg.strategy + (" + successive halving" if cfg.fidelity == "halving" else "") + (
+        f" + {cfg.surrogate} surrogate" if cfg.surrogate else "") + (
+        f" (fitness looked up in {cfg.lookup})" if cfg.lookup else "")
+    print(f"search: {how} on {where} ({cfg.primitives}), population "
           f"{cfg.population}, {', '.join(stop)}"
           + f", {cfg.executor} x{cfg.workers}; run directory {out}", file=sys.stderr)
     result = search.run()

@@ -116,7 +116,9 @@ def tiny(argv: list[str], data_dir: Path, keep_executor: bool = False) -> list[s
     uses_cifar = "--data-dir" in argv
     if command == "search" and "--resume" not in argv:
         argv = _drop(_drop(argv, "--budget"), "--generations")
-        argv += ["--budget", "2", "--epochs", "0.05", "--no-progress", "--no-fused"]
+        argv += ["--budget", "2", "--no-progress", "--no-fused"]
+        if "--lookup" not in argv:  # a table has its own budgets; a lookup costs nothing
+            argv += ["--epochs", "0.05"]
         if not keep_executor:
             argv += ["--executor", "serial", "--workers", "1"]
         if uses_cifar:

@@ -123,6 +123,7 @@ def test_a_search_on_the_table_fails_what_the_table_lacks(tmp_path):
     ({"lookup": "BROKEN"}, "line 2"),
     ({"lookup": "NOMETA"}, "column definitions"),
     ({"dataset": "digits", "model": None}, "table of mnist1d/cnn1d"),
+    ({"epochs": "7"}, "no column for 7 epochs"),
 ])
 def test_bad_lookup_tables_are_one_line_before_any_work(tmp_path, capsys, setting, message):
     broken = tmp_path / "broken.csv"
@@ -140,6 +141,8 @@ def test_bad_lookup_tables_are_one_line_before_any_work(tmp_path, capsys, settin
             cfg["dataset"], "--primitives", str(SPACE), "--param-variants", "0"]
     if cfg.get("model"):
         argv += ["--model", cfg["model"]]
+    if cfg.get("epochs"):
+        argv += ["--epochs", cfg["epochs"]]
     err = _one_line_error(argv, capsys)
     assert message in err
     assert not (tmp_path / "run").exists()  # nothing was created

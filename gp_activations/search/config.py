@@ -225,6 +225,10 @@ class SearchConfig:
 
             table = load_table(self.lookup)  # missing or malformed: one line, now
             table.check_task(self.dataset, self.model)
+            budgets = ([(r["epochs"], s) for r in self.rung_list() for s in range(r["seeds"])]
+                       if self.fidelity == "halving" else [(self.train_config().epochs, 0)])
+            for epochs, seed in budgets:  # every training the search will ask the table for
+                table.column(epochs, self.fitness_seed + seed)
 
     def _validate_tasks(self) -> None:
         if self.tasks is None:
