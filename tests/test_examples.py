@@ -143,8 +143,10 @@ def run_cli(argv: list[str], capsys) -> str:
 
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
-    """A working directory with the repository's experiments/ and a fake CIFAR-10/100."""
+    """A working directory with the repository's experiments/ and benchmarks/ (the tabular
+    benchmark) and a fake CIFAR-10/100."""
     (tmp_path / "experiments").symlink_to(EXPERIMENTS, target_is_directory=True)
+    (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)
     data = tmp_path / "cifar-data"
     write_fake_cifar(data, "cifar10", n_train=200, n_test=40)
     write_fake_cifar(data, "cifar100", n_train=300, n_test=100)
