@@ -126,7 +126,7 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
 def evaluate_tasks(run_dir, **kwargs) -> list[tuple[str, list[ResultRow]]]:
     """A multi-task run's evaluation: :func:`evaluate_run` on each of its tasks in turn (each
     with its own full schedule), as ``[(task name, rows), ...]``; a single-task run gives one."""
-    store = RunStore.open(run_dir)
+    store = RunStore.open(run_dir, readonly=True)
     try:
         cfg = SearchConfig.from_dict(store.config(), where=f"{run_dir} config")
     finally:

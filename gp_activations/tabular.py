@@ -116,7 +116,7 @@ def _read(path: Path) -> Table:
                 try:
                     act = Activation.from_string(record["expression"], meta.get("primitives", "pangaea"))
                     values = {c: None if record[c] in ("", None) else float(record[c]) for c in columns}
-                except (UserError, ValueError) as exc:
+                except (UserError, ValueError, TypeError, AttributeError) as exc:
                     raise UserError(f"lookup: {path} line {line}: {exc}") from None
                 fk = function_key(act)
                 rows[fk] = values

@@ -479,3 +479,18 @@ def test_halving_with_the_surrogate_on_ray_matches_serial(tmp_path):
     serial = run_search(cfg, out=tmp_path / "serial", progress=False)
     ray = run_search(cfg.replace(executor="ray", workers=2), out=tmp_path / "ray", progress=False)
     assert snapshot(tmp_path / "ray") == snapshot(tmp_path / "serial") and ray.top == serial.top
+
+
+def test_a_lookup_run_resumes_from_another_directory_and_refuses_variants(tmp_path, monkeypatch,
+                                                                           capsys):
+    monkeypatch.chdir(ROOT)  # a relative table path, as a user types it
+    cfg = SearchConfig(**{**LOOKUP, "lookup": "benchmarks/tabular/mnist1d_cnn1d.csv",
+                          "generations": 2})
+    run_search(cfg, out=tmp_path / "run", progress=False)
+    monkeypatch.chdir(tmp_path)
+    again = run_search(out=tmp_path / "run", resume=True, progress=False, generations=3)
+    assert again.counts["done"] > 0
+    assert RunStore.open(tmp_path / "run", readonly=True).config()["lookup"] == str(TABLE)
+    err = _one_line_error(["search", "--out", str(tmp_path / "v"), "--lookup", str(TABLE),
+                           "--epochs", "12", "--primitives", str(SPACE)], capsys)
+    assert "param_variants = 0" in err

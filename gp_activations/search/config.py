@@ -223,6 +223,12 @@ class SearchConfig:
         if self.lookup is not None:
             from ..tabular import load_table
 
+            if self.tasks is not None or self.fitness is not None or self.data is not None:
+                raise UserError("config: 'lookup' reads one table's fitness: it does not "
+                                "combine with 'tasks', 'fitness' or 'data'")
+            if self.param_variants:
+                raise UserError("config: a lookup table holds plain functions only; set "
+                                "param_variants = 0 (--param-variants 0)")
             table = load_table(self.lookup)  # missing or malformed: one line, now
             table.check_task(self.dataset, self.model)
             budgets = ([(r["epochs"], s) for r in self.rung_list() for s in range(r["seeds"])]

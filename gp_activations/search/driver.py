@@ -215,6 +215,11 @@ class Search:
                 path, _, attr = obj.rpartition(":")
                 values[key] = f"{Path(path).expanduser().resolve()}:{attr}"
         values["primitives"] = self.pset.spec  # a built-in name, an absolute path or module:attr
+        if values.get("lookup"):  # resume, evaluate and report work from any directory
+            values["lookup"] = str(Path(values["lookup"]).expanduser().resolve())
+        if ".py:" in values.get("strategy", ""):
+            path, _, attr = values["strategy"].rpartition(":")
+            values["strategy"] = f"{Path(path).expanduser().resolve()}:{attr}"
         return values
 
     def _device(self) -> tuple[str, int]:
@@ -315,7 +320,7 @@ class Search:
                 cand = self.store.candidate(r.function_id)
                 members.append(Member(r.function_id, Activation.from_string(
                     cand.expression, self.pset).tree, r.fitness))
-        return History(generation, tuple(members))
+        return History(generation, tuple(members), tuple(self.store.candidates(trained=True)))
 
     def _create_generation(self, generation: int) -> int:
         """Screen and store the new functions of ``generation`` (the strategy's proposals, in
@@ -692,7 +697,9 @@ class Search:
         summary = [{"rung": r, "epochs": self.rungs[r]["epochs"],
                     "seeds": sum(1 for x in runs if x.rung == r), "mean": self._rung_mean(runs, r)}
                    for r in range(top + 1)]
-        metrics = {"rung": top, "rungs": summary,
+        first = next((x for x in runs if x.rung == top and x.status == "done"), None)
+        record = (first.metrics or {}) if first else {}  # the top rung's training record
+        metrics = {**record, "rung": top, "rungs": summary,
                    "epochs_trained": sum(x.epochs or 0 for x in runs),
                    "seconds": sum((x.finished_at or 0) - (x.started_at or 0) for x in runs)}
         started = min((x.started_at for x in runs if x.started_at), default=None)

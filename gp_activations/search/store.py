@@ -366,7 +366,7 @@ class RunStore:
     @staticmethod
     def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         if readonly:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
             db.execute("PRAGMA query_only=ON")
             return db
         db = sqlite3.connect(str(path), timeout=30)

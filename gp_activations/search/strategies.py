@@ -201,4 +201,8 @@ def make_strategy(name: str, toolbox, config) -> Strategy:
     if not (isinstance(cls, type) and issubclass(cls, Strategy)):
         raise UserError(f"strategy {name!r} is not a subclass of "
                         f"gp_activations.search.strategies.Strategy")
-    return cls(toolbox, config)
+    try:
+        return cls(toolbox, config)
+    except Exception as exc:  # noqa: BLE001 -- a user's class: one line, not a traceback
+        raise UserError(f"strategy {name!r} could not be built as {cls.__name__}(toolbox, "
+                        f"config): {type(exc).__name__}: {exc}") from None
