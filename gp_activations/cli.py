@@ -227,8 +227,13 @@ def cmd_search(args) -> int:
         search = Search(config, out, progress=not args.no_progress)
     cfg = search.config
     stop = [f"{cfg.generations} generations"] if cfg.generations is not None else []
-    stop += ([f"budget {cfg.budget} candidates ({len(search.tasks)} trainings each)"]
-             if search.tasks else [f"budget {cfg.budget} trainings"]) if cfg.budget else []
+    if search.tasks:
+        counted = f"budget {cfg.budget} candidates ({len(search.tasks)} trainings each)"
+    elif search.rungs:
+        counted = f"budget {cfg.budget} candidates (each trains 1 to {len(search.rungs)} rungs)"
+    else:
+        counted = f"budget {cfg.budget} trainings"
+    stop += [counted] if cfg.budget else []
     where = (" + ".join(t["name"] for t in search.tasks) if search.tasks else cfg.dataset)
     how = cfg.strategy + (" + successive halving" if cfg.fidelity == "halving" else "") + (
         f" + {cfg.surrogate} surrogate" if cfg.surrogate else "") + (
