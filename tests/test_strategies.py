@@ -206,28 +206,26 @@ def test_the_strategy_interface_alone(tmp_path):
     assert RandomStrategy(toolbox, cfg).tell(history, scored, [10, 11]) == [1, 10, 11, 12]
 
 
-PLUGIN = '''
-from gp_activations.search.evolution import mutate
-from gp_activations.search.strategies import Proposal, Strategy
+def _documented_strategy() -> str:
+    """The example of ``strategies.py``'s docstring (its ``::`` block), as a module's source."""
+    import textwrap
+
+    import gp_activations.search.strategies as strategies
+
+    block = strategies.__doc__.split("::\n", 1)[1]
+    lines = []
+    for line in block.splitlines():
+        if line.strip() and not line.startswith("    "):
+            break
+        lines.append(line)
+    return textwrap.dedent("\n".join(lines))
 
 
-class HillClimb(Strategy):
-    """Mutate the best function only."""
-
-    def ask(self, history):
-        if not history.population:
-            yield from self.initial(history)
-            return
-        best = history.population[0]
-        while True:
-            child, name = mutate(self.toolbox, best.tree)
-            yield Proposal(child, "mutation", name, (best.function_id,))
-'''
 
 
 def test_a_user_strategy_plugs_in_by_reference(tmp_path, capsys):
     path = tmp_path / "hill.py"
-    path.write_text(PLUGIN)
+    path.write_text(_documented_strategy())  # the documented example, as written there
     run_search(SearchConfig(**{**LOOKUP, "strategy": f"{path}:HillClimb"}), out=tmp_path / "run",
                progress=False)
     store = RunStore.open(tmp_path / "run", readonly=True)

@@ -330,7 +330,7 @@ class Search:
         wanted = cfg.population if generation == 0 else cfg.n_offspring
         history = self._history(generation)
         items, dedup_hits = self._screened_proposals(self.strategy.ask(history), wanted,
-                                                     budget, generation)
+                                                     budget, history)
         new_functions = made = 0
         with self.store.transaction():
             for proposal, act, result, predicted in items:
@@ -373,14 +373,14 @@ class Search:
             self.bar.refresh()
         return new_functions
 
-    def _screened_proposals(self, proposals, wanted: int, budget: float, generation: int):
+    def _screened_proposals(self, proposals, wanted: int, budget: float, history: History):
         """([(proposal, activation, screening, predicted)], duplicates skipped): the proposals
         to store, in order.  Pulls proposals until ``wanted`` new trainable functions are in
         (seeds -- ``keep_duplicate`` -- are always taken), at most 50·wanted random attempts.
         With an active surrogate it pulls ``surrogate_pool`` times as many and keeps the
         predicted best plus the exploration share."""
         cfg = self.config
-        surrogate = self._fitted_surrogate(generation)
+        surrogate = self._fitted_surrogate(history)
         pool = wanted if surrogate is None else int(math.ceil(wanted * cfg.surrogate_pool))
         items, hits, trainable, attempts, keys = [], 0, 0, 0, set()
         for proposal in proposals:
@@ -413,15 +413,15 @@ class Search:
                 dropped = {id(it) for i, it in enumerate(candidates) if i not in keep}
                 items = [it for it in items if id(it) not in dropped]
                 log.info("generation %d: surrogate (fitted on %d) kept %d of %d proposals",
-                         generation, surrogate.n_fitted, len(keep), len(candidates))
+                         history.generation, surrogate.n_fitted, len(keep), len(candidates))
         return [tuple(it[:4]) for it in items], hits
 
-    def _fitted_surrogate(self, generation: int):
+    def _fitted_surrogate(self, history: History):
         """The surrogate fitted on the finished plain functions, or None (off, generation 0,
         or fewer than ``surrogate_min`` of them)."""
-        if self.surrogate is None or generation == 0:
+        if self.surrogate is None or history.generation == 0:
             return None
-        finished = [c for c in self.store.candidates(plain=True, trained=True)]
+        finished = [c for c in history.finished if c.plain]
         if len(finished) < self.config.surrogate_min:
             return None
         acts = [Activation.from_string(c.expression, self.pset) for c in finished]
@@ -637,8 +637,9 @@ class Search:
             for row in rows:
                 if row.id not in alive:
                     continue
-                have = {(x.rung, x.seed) for x in self.store.rung_runs(row.id)}
-                if any(x.status == "failed" for x in self.store.rung_runs(row.id)):
+                runs = self.store.rung_runs(row.id)
+                have = {(x.rung, x.seed) for x in runs}
+                if any(x.status == "failed" for x in runs):
                     continue  # failed on a lower rung: never promoted (see _promoted)
                 for seed in range(rung["seeds"]):
                     if (r, seed) not in have:
@@ -814,7 +815,7 @@ class Search:
         failures = self.store.failure_reasons()
         names = [t["name"] for t in self.tasks] if self.tasks else []
         refs = {r.name: r.accuracy for r in self.store.task_runs(0).values()} if names else {}
-        return SearchResult(self.run_dir, top, relu_fitness(self.store), self.store.status_counts(),
+        return SearchResult(self.run_dir, top, self.store.relu_fitness(), self.store.status_counts(),
                             self.store.get_meta("dedup_hits", 0), interrupted, wall_time, note,
                             failures, names, refs)
 
@@ -826,10 +827,6 @@ def aggregate_fitness(per_task: list, how: str) -> float:
     if how == "min":
         return min(v for v, _ in values)
     return sum(v * w for v, w in values) / sum(w for _, w in values)
-
-
-def relu_fitness(store: RunStore) -> Optional[float]:
-    return store.relu_fitness()
 
 
 def _rng_from_json(text: str):

@@ -142,11 +142,10 @@ def choose(predictions, wanted: int, explore: float, rng) -> list[int]:
     """Indices to train: the ``wanted - round(explore·wanted)`` best predicted, then the
     exploration share drawn with ``rng`` (``random``-like) from the rest; in index order."""
     order = sorted(range(len(predictions)), key=lambda i: (-predictions[i], i))
-    n_explore = min(int(round(explore * wanted)), max(0, len(order) - (wanted - int(round(explore * wanted)))))
-    best = order[:max(0, wanted - n_explore)]
-    rest = [i for i in range(len(predictions)) if i not in set(best)]
-    picked = best + (rng.sample(rest, min(n_explore, len(rest))) if rest else [])
-    return sorted(picked)
+    n_explore = int(round(explore * wanted))
+    best = set(order[:max(0, wanted - n_explore)])
+    rest = [i for i in range(len(predictions)) if i not in best]
+    return sorted(best | set(rng.sample(rest, min(n_explore, len(rest)))))
 
 
 def spearman(a, b) -> Optional[float]:
