@@ -27,7 +27,7 @@ import torch
 from deap import gp
 from torch import nn
 
-from . import __version__
+from . import __version__, fusion
 from .codegen import ParamSlot, Program, generate, leaf_value, param_slots
 from .errors import UserError
 from .expression import children, is_literal, parse
@@ -60,10 +60,10 @@ def _eager_function(program: Program):
 
 
 def set_compile_cache(directory: Optional[str]) -> None:
-    """Where torch.compile keeps its kernels (TORCHINDUCTOR_CACHE_DIR); reused across runs."""
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
+    """Where torch.compile keeps its kernels (TORCHINDUCTOR_CACHE_DIR; default
+    ``~/.cache/gp-activations/inductor``), reused across processes and runs.  An unusable
+    directory gives a warning and a fresh one (:func:`fusion.use_cache_dir`)."""
+    fusion.use_cache_dir(str(directory) if directory else None)
 
 
 def _fused_function(program: Program, cache_dir: Optional[str] = None):
@@ -71,7 +71,8 @@ def _fused_function(program: Program, cache_dir: Optional[str] = None):
     fn = _FUSED.get(key)
     if fn is None:
         set_compile_cache(cache_dir)
-        fn = _FUSED[key] = torch.compile(_eager_function(program), fullgraph=True)
+        fn = _FUSED[key] = fusion.FusedFunction(_eager_function(program),
+                                                fusion.function_key(program.source))
     return fn
 
 
@@ -84,18 +85,25 @@ class ActivationModule(nn.Module):
         program = activation.program
         self.activation = activation
         self.num_channels = num_channels
-        self.fused = bool(fused and program.worth_fusing)
         self._param_names = [s.name for s in activation.slots]
         shape = () if num_channels is None else (int(num_channels),)
         for slot in activation.slots:
             self.register_parameter(slot.name, nn.Parameter(torch.full(shape, slot.init)))
-        # Resolve (and for fused modules, create) the shared function now, not in forward.
+        self.set_fused(fused, cache_dir)
+
+    def set_fused(self, fused: bool, cache_dir: Optional[str] = None) -> "ActivationModule":
+        """Run the compiled (fused) or the eager function from now on; a single built-in
+        operator stays eager (it is one kernel already).  The shared function is resolved (and
+        for fused modules created) here, not in forward."""
+        program = self.activation.program
+        self.fused = bool(fused and program.worth_fusing)
         self._fn = _fused_function(program, cache_dir) if self.fused else _eager_function(program)
+        return self
 
     def forward(self, x):
-        if not self._param_names:
-            return self._fn(x)
         params = [getattr(self, name) for name in self._param_names]
+        if self.fused:
+            return fusion.call_in_memory_order(self._fn, x, params, self.num_channels is not None)
         if self.num_channels is not None:
             shape = (-1,) + (1,) * (x.dim() - 2)
             params = [p.view(shape) for p in params]
@@ -122,8 +130,7 @@ class ActivationModule(nn.Module):
 
     def __setstate__(self, state):
         super().__setstate__(state)
-        program = self.activation.program
-        self._fn = _fused_function(program) if self.fused else _eager_function(program)
+        self.set_fused(self.fused)
 
 
 class Activation:

@@ -133,7 +133,7 @@ def cmd_train(args) -> int:
     device = resolve_device(args.device)
     act = zoo.resolve(args.act, args.primitives, _parse_int_list(args.params, "--params"))
     overrides = {"epochs": args.epochs, "per_channel": args.per_channel or None,
-                 "fused": args.fused or None, "threads": args.threads, "lr": args.lr,
+                 "fused": args.fused, "threads": args.threads, "lr": args.lr,
                  "batch_size": args.batch_size, "time_limit": args.time_limit}
     model = args.model or get_dataset_info(args.dataset).default_model
     config = default_config(args.dataset, args.budget, model, **overrides)
@@ -394,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--primitives", default="pangaea", help="search space of --act")
     p.add_argument("--params", default="", help="nodes carrying learnable scalars, e.g. 0,3")
     p.add_argument("--per-channel", action="store_true", help="learnable scalars per channel")
-    p.add_argument("--fused", action="store_true", help="torch.compile the activation")
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile the activation (default: where the cost model says it "
+                   "pays back its compile time)")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
@@ -446,8 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                    help="learnable scalars per channel instead of per layer")
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile each candidate's activation (pays off on GPUs); "
-                   "--no-fused turns off a config's fused = true")
+                   help="torch.compile every candidate's activation; --no-fused: never "
+                   "(default: per candidate, where the cost model says it pays back its "
+                   "compile time)")
     p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed "
                    "(default: 24 h, or twice the training time limit)")
     p.add_argument("--ray-address", help="join an existing Ray cluster")

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import data as data_mod
+from . import fusion as fusion_mod
 from . import models as models_mod
 from . import zoo
 from .activation import Activation, ActivationModule
@@ -60,7 +61,9 @@ class TrainConfig:
     channels_last: Optional[bool] = None  # None: on for image models
     amp: Optional[bool] = None  # bf16 autocast; None: CUDA, or image models on bf16-capable CPUs
     per_channel: bool = False  # learnable scalars per channel instead of per layer
-    fused: bool = False  # torch.compile the activation functions
+    # torch.compile the activation functions: True, False, or "auto" -- fuse a candidate when
+    # the cost model predicts that it saves more than it costs to compile (fusion.decide)
+    fused: Union[bool, str] = "auto"
     chance_check: bool = True  # stop after epoch 1 when accuracy is at chance
     # End the run as "diverged" before its first step when, on one training batch at
     # initialisation, an activation site's output RMS exceeds this (x³, eˣ through a residual
@@ -81,6 +84,8 @@ class TrainConfig:
             raise UserError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"lr must be positive, got {self.lr!r}")
+        if self.fused not in (True, False, "auto"):
+            raise UserError(f"fused must be true, false or \"auto\", got {self.fused!r}")
         if self.threads is not None and int(self.threads) < 1:
             raise UserError(f"threads must be >= 1, got {self.threads!r}")
 
@@ -194,6 +199,8 @@ class TrainResult:
     param_trajectory: list = field(default_factory=list)  # per epoch: {site: {param: value}}
     seed: int = 0
     device: str = "cpu"
+    fused: bool = False  # whether the activation ran compiled
+    fusion: str = ""  # why (or why not), and the compile time where it compiled
     activation: str = ""
     model: str = ""
     dataset: str = ""
@@ -309,7 +316,7 @@ def check_model(model, dataset, *, data_dir=None, verify=True, download=False) -
 
 def _activation_factory(activation, config: TrainConfig):
     if isinstance(activation, Activation):
-        return activation.factory(per_channel=config.per_channel, fused=config.fused)
+        return activation.factory(per_channel=config.per_channel, fused=config.fused is True)
     return activation
 
 
@@ -422,11 +429,30 @@ def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfi
         previous = torch.get_num_threads()
         torch.set_num_threads(int(config.threads))
         try:  # the thread count is process-wide: give it back afterwards
-            return _train(act, ds, model, model_name, ds_name, config, dev, seed, split,
-                          progress, started)
+            return _fusion_outcome(_train(act, ds, model, model_name, ds_name, config, dev,
+                                          seed, split, progress, started), act)
         finally:
             torch.set_num_threads(previous)
-    return _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progress, started)
+    return _fusion_outcome(_train(act, ds, model, model_name, ds_name, config, dev, seed, split,
+                                  progress, started), act)
+
+
+def _fusion_outcome(record: "TrainResult", act) -> "TrainResult":
+    """Say in the record whether the activation ran fused, its compile time in this process
+    (part of ``wall_time``) or why inductor could not compile it."""
+    if not isinstance(act, Activation):
+        return record
+    from .activation import _FUSED, _cache_key
+
+    fn = _FUSED.get(_cache_key(act.program))
+    if record.fused and fn is not None:
+        if fn.fallback:
+            record.fused = False
+            record.fusion = f"eager: inductor could not compile it ({fn.fallback})"
+        elif fn.key in fusion_mod.COMPILE_SECONDS:
+            how = record.fusion or "fused"
+            record.fusion = f"{how}; compiled in {fusion_mod.COMPILE_SECONDS[fn.key]:.2f} s"
+    return record
 
 
 def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progress,
@@ -467,6 +493,13 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
     gen.manual_seed(seed)
     chance = float(torch.bincount(y_eval, minlength=ds.num_classes).max().item()) / max(1, len(y_eval))
 
+    if config.fused == "auto":
+        try:
+            _decide_fusion(record, act, net, x_train[:batch], channels_last, total_steps, dev)
+        except Exception as exc:  # noqa: BLE001 -- e.g. a user operator raising: this candidate fails
+            return _failed(record, exc, started)
+    record.fused = any(getattr(m, "fused", False) for m in net.modules()
+                       if isinstance(m, ActivationModule))
     if config.blowup_limit:
         try:
             blowup = _blowup_at_init(net, x_train[:batch], config.blowup_limit, channels_last)
@@ -540,6 +573,35 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
     except Exception as exc:  # noqa: BLE001 -- e.g. a user operator raising
         return _failed(record, exc, started)
     return _finish(record, "ok", "", started, train_time, samples)
+
+
+def _decide_fusion(record: TrainResult, act, net: nn.Module, xb: torch.Tensor,
+                   channels_last: bool, steps: int, dev: torch.device) -> None:
+    """``fused = "auto"``: one eval-mode forward pass (nothing changes, no RNG drawn) counts
+    the elements each activation site sees per step; the cost model decides; the sites switch."""
+    sites = [m for m in net.modules() if isinstance(m, ActivationModule)]
+    if not isinstance(act, Activation) or not sites:
+        return
+    if not act.program.worth_fusing:
+        record.fusion = "eager: a single built-in operator is one kernel already"
+        return
+    sizes: list = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in sites]
+    was_training = net.training
+    try:
+        if channels_last:
+            xb = xb.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            net.eval()(xb)
+    finally:
+        net.train(was_training)
+        for h in handles:
+            h.remove()
+    decision = fusion_mod.decide(act.program, sizes, steps, dev.type)
+    record.fusion = ("fused: " if decision.fuse else "eager: ") + decision.reason
+    if decision.fuse:
+        for module in sites:
+            module.set_fused(True)
 
 
 def _blowup_at_init(net: nn.Module, xb: torch.Tensor, limit: float, channels_last: bool):

@@ -100,7 +100,9 @@ class SearchConfig:
     workers: int = 1
     threads: int = 1  # CPU threads per evaluation (fixed so that executors agree exactly)
     device: str = "auto"
-    fused: bool = False
+    # torch.compile each candidate's activation: true, false, or "auto" -- where the cost
+    # model predicts that it pays back its compile time (gp_activations.fusion.decide)
+    fused: typing.Union[bool, str] = "auto"
     task_timeout: Optional[float] = None  # seconds before a worker is killed (None: auto)
     ray_address: Optional[str] = None
     seed: int = 0
@@ -125,6 +127,8 @@ class SearchConfig:
             if getattr(self, key) not in allowed:
                 raise UserError(f"config: {key!r} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, key)!r}{did_you_mean(getattr(self, key), allowed)}")
+        if self.fused not in (True, False, "auto"):
+            raise UserError(f"config: 'fused' must be true, false or \"auto\", got {self.fused!r}")
         positive = ("population", "workers", "threads", "max_height", "max_size",
                     "tournament_size")
         if self.generations is not None and self.generations < 1:
