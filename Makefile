@@ -33,6 +33,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/activation_overhead.py
+	$(PY) benchmarks/activation_overhead.py --sizes
 	$(PY) benchmarks/trainer_throughput.py
 	$(PY) benchmarks/search_overhead.py
 

@@ -9,9 +9,16 @@ float32 tensor, measures in one run:
 * torch.compile time per function, cold (empty inductor cache) and warm (cache on disk,
   in-memory caches reset).
 
-Targets: compiled <= 1.05x hand-written; fused <= 0.5x hand-written, saving only x.
+Targets: compiled <= 1.05x hand-written; fused <= 0.5x hand-written.  (On CPUs the fused
+module saves its transcendentals' results for backward instead of recomputing them -- more
+memory, half the SLEEF calls: gp_activations/fusion.py, finding 2; on GPUs it saves only x.)
+
+``--sizes``: the data behind the CPU cost model of ``fused = "auto"`` -- forward+backward per
+call, eager (our compiled module) vs fused, over element counts from a tiny MLP layer to a
+ResNet stage, each function with one learnable scalar, next to what the model predicts.
 
     python benchmarks/activation_overhead.py [--reps 10] [--shape 128,64,32,32]
+    python benchmarks/activation_overhead.py --sizes
 """
 
 from __future__ import annotations
@@ -83,11 +90,39 @@ def compile_seconds(expression: str, x) -> float:
     return time.perf_counter() - t0
 
 
+def size_sweep(reps: int) -> None:
+    """Measured eager/fused per-call time over sizes, beside the cost model's prediction."""
+    from gp_activations.fusion import COST_MODELS
+
+    model = COST_MODELS["cpu"]
+    print(f"forward+backward per call, us (measured / cost model), {torch.get_num_threads()} "
+          f"thread(s); one learnable scalar each")
+    print(f"{'function':24s} {'elements':>9s} {'eager':>15s} {'fused':>15s} {'fused/eager':>12s}")
+    for name, expression, _hand in CASES[1:]:
+        act = Activation.from_string(expression, params=[0])
+        ops, cost = act.program.kernel_count, act.estimated_cost
+        eager, fused = act.module(), act.module(fused=True)
+        for n in (4096, 32768, 131072, 1048576):
+            x = torch.randn(n // 256, 16, 16, requires_grad=True)
+            g = torch.randn_like(x)
+            n_reps = reps * (20 if n < 200_000 else 2)
+            te, tf = fwd_bwd_ms([eager, fused], x, g, n_reps)
+            pe, pf = 1e3 * model.eager(ops, cost, n), 1e3 * model.fused(ops, cost, n)
+            print(f"{name:24s} {n:9d} {1e3 * te:6.0f} / {1e3 * pe:6.0f} {1e3 * tf:6.0f} / "
+                  f"{1e3 * pf:6.0f} {tf / te:5.2f} / {pf / pe:4.2f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=15)
     parser.add_argument("--shape", default="128,64,32,32")
+    parser.add_argument("--sizes", action="store_true", help="the cost model's data (see above)")
     args = parser.parse_args(argv)
+    if args.sizes:
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="gp_act_inductor_")
+        torch.set_num_threads(1)
+        size_sweep(args.reps)
+        return 0
     shape = tuple(int(s) for s in args.shape.split(","))
     cache = tempfile.mkdtemp(prefix="gp_act_inductor_")
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache  # cold start: an empty kernel cache

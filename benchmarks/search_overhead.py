@@ -12,6 +12,9 @@ process and Ray executors and reports, in one run:
 Also serial with successive halving and with the surrogate (trainings = halving's rung
 trainings; the surrogate's feature computation and fitting count as outside training).
 
+And serial with ``fused = false`` beside the default ``fused = "auto"`` (the cost model
+decides per candidate whether torch.compile pays; its compile time counts as training).
+
 Targets: <= 5 % outside training (serial, also with halving and the surrogate); >= 1.7x serial
 with 2 workers.
 
@@ -77,6 +80,7 @@ def main(argv=None) -> int:
     runs.append(measure("serial", 1, 1, args, root, " + halving", fidelity="halving"))
     runs.append(measure("serial", 1, 1, args, root, " + surrogate", surrogate="forest",
                         surrogate_min=8))
+    runs.append(measure("serial", 1, 1, args, root, ", fused off", fused=False))
     base = runs[0]
     print(f"\nMNIST-1D search: population {args.population}, {args.generations} generations, "
           f"{args.epochs:g} epochs per candidate\n")
@@ -91,6 +95,9 @@ def main(argv=None) -> int:
     same = all(r["fitness"] == base["fitness"] for r in runs if r["label"].endswith("x 1 thread"))
     # (halving and the surrogate train other candidates: they are not compared here)
     print(f"\nsame candidates and fitness for every executor at 1 thread per evaluation: {same}")
+    off = next(r for r in runs if r["label"].endswith("fused off"))
+    print(f"fused = auto (the default) vs off, serial: {off['wall'] / base['wall']:.2f}x the "
+          f"evaluations per minute; same fitness: {off['fitness'] == base['fitness']}")
     shutil.rmtree(root, ignore_errors=True)
     return 0
 

@@ -11,8 +11,24 @@ Rows:
 * CIFAR-shaped random data / resnet20, a slice of an epoch, without and with augmentation,
   plus ours with autocast off (to show where the speed comes from).
 
-Then the per-step cost of two evolved-style activations relative to ReLU on resnet20, eager
-and fused (torch.compile).
+Then what evolved-style activations cost relative to ReLU (each with one learnable scalar on
+its output, as a search's parametric variants have), eager, fused (torch.compile) and as
+``fused = "auto"`` decides:
+
+* per ResNet-20 step (CPU: bf16 autocast where the CPU has it, channels_last), fused timed
+  after its compile;
+* per cnn1d fitness run (MNIST-1D, ``make run``'s 12-epoch budget, one thread), the whole
+  ``train`` call -- model construction and compile included -- each fused run in a fresh
+  process: cold (an empty kernel cache) and warm (the cache the cold run filled).
+
+Findings behind the fused path (gp_activations/fusion.py has them in full): the fused
+max(mish, silu) cost 3.6 ReLU steps because inductor handed BatchNorm's backward an NCHW
+gradient for a channels_last input (a 7x slower mixed-layout kernel: 664 vs 91 ms of
+``native_batch_norm_backward`` over 3 steps in the profiler), not because of recompilations,
+graph breaks or scalar loops (inductor's output code: one AVX-512 loop per graph; one
+static -> dynamic recompile); and AOTAutograd's partitioner recomputed every transcendental in
+the backward (8 SLEEF calls per element and step instead of 4).  What remains for that function
+is the four transcendentals of its forward over ~23 M elements per step.
 
     python benchmarks/trainer_throughput.py [--threads 2] [--cifar-steps 12]
 """
@@ -36,7 +52,30 @@ from gp_activations.models import build_model
 from gp_activations.train import TrainConfig, train
 
 EVOLVED = [("swish+sin", "add(mul(x, sigmoid(x)), mul(0.1, sin(x)))"),
-           ("max(mish,silu)", "max(mul(x, tanh(softplus(x))), mul(x, sigmoid(x)))")]
+           ("max(mish,silu)", "max(mul(x, tanh(softplus(x))), mul(x, sigmoid(x)))"),
+           ("relu-|x|gauss", "sub(relu(x), mul(abs(x), gauss(x)))")]
+
+# One cnn1d fitness run in a fresh process: the train() call's wall time (compile included).
+_FITNESS_RUN = """
+import json, sys
+from gp_activations import Activation
+from gp_activations.train import default_config, train
+act = Activation.from_string(sys.argv[1], params=[0]) if sys.argv[1] != "relu" else "relu"
+fused = {"true": True, "false": False, "auto": "auto"}[sys.argv[2]]
+cfg = default_config("mnist1d", "fitness", "cnn1d").replace(epochs=12, threads=1, fused=fused)
+r = train(act, "mnist1d", "cnn1d", cfg, seed=0, split="val")
+print(json.dumps({"wall": r.wall_time, "fused": r.fused, "fusion": r.fusion, "status": r.status}))
+"""
+
+
+def fitness_run(expr: str, fused: str, cache: str) -> dict:
+    import json
+    import subprocess
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+    proc = subprocess.run([sys.executable, "-c", _FITNESS_RUN, expr, fused], env=env,
+                          capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 class _Augmented(TorchDataset):
@@ -135,17 +174,48 @@ def main(argv=None) -> int:
         print(f"{label:38s} {ref:9.0f}/s {mine:9.0f}/s {mine / ref:6.2f}x")
 
     # Cost of evolved activations relative to ReLU on resnet20 steps (ours, same data).
+    from gp_activations import fusion
+    from gp_activations.activation import ActivationModule
+
     cifar.augment = False
     cfg = TrainConfig(**base)
     relu = ours(cifar, "resnet20", cfg, 0)
-    print(f"\nresnet20 time per step relative to ReLU ({relu:.0f} samples/s):")
-    print(f"{'activation':16s} {'eager':>8s} {'fused':>8s}")
+    full_steps = 200 * (50000 // 128)  # the CIFAR preset's schedule, for auto's decision
+    print(f"\nresnet20 time per step relative to ReLU ({relu:.0f} samples/s; fused: after its "
+          f"compile; auto: what fused = \"auto\" picks for a 200-epoch CIFAR schedule):")
+    print(f"{'activation':16s} {'eager':>8s} {'fused':>8s} {'auto':>14s}")
     for name, expr in EVOLVED:
-        act = Activation.from_string(expr)
-        eager = ours(cifar, "resnet20", cfg, 0, act)
+        act = Activation.from_string(expr, params=[0])
+        eager = ours(cifar, "resnet20", cfg.replace(fused=False), 0, act)
         ours(cifar, "resnet20", cfg.replace(fused=True, max_steps_per_epoch=2), 0, act)  # compile
         fused = ours(cifar, "resnet20", cfg.replace(fused=True), 0, act)
-        print(f"{name:16s} {relu / eager:7.2f}x {relu / fused:7.2f}x")
+        net = build_model("resnet20", act.factory(), num_classes=10, in_channels=3)
+        sizes = []
+        for m in net.modules():
+            if isinstance(m, ActivationModule):
+                m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+        with torch.no_grad():
+            net.eval()(cifar.x_train[:128])
+        pick = fusion.decide(act, sizes, full_steps, "cpu")
+        chosen = fused if pick.fuse else eager
+        print(f"{name:16s} {relu / eager:7.2f}x {relu / fused:7.2f}x {relu / chosen:7.2f}x "
+              f"({'fused' if pick.fuse else 'eager'})")
+
+    # cnn1d fitness runs, whole train() call, each fused run in a fresh process
+    cache = tempfile.mkdtemp(prefix="gp_act_bench_cache_")
+    base_run = fitness_run("relu", "false", cache)
+    print(f"\ncnn1d fitness run (MNIST-1D, 12 epochs, 1 thread; ReLU {base_run['wall']:.2f} s) "
+          f"relative to ReLU, compile included:")
+    print(f"{'activation':16s} {'eager':>8s} {'fused cold':>11s} {'fused warm':>11s} {'auto':>8s}  "
+          f"auto's choice")
+    for name, expr in EVOLVED:
+        eager = fitness_run(expr, "false", cache)
+        cold = fitness_run(expr, "true", cache)
+        warm = fitness_run(expr, "true", cache)
+        auto = fitness_run(expr, "auto", cache)
+        w = base_run["wall"]
+        print(f"{name:16s} {eager['wall'] / w:7.2f}x {cold['wall'] / w:10.2f}x "
+              f"{warm['wall'] / w:10.2f}x {auto['wall'] / w:7.2f}x  {auto['fusion']}")
     return 0
 
 

@@ -135,28 +135,39 @@ class FusedFunction:
         _mark_compiled(self.key)
         return out
 
-
     def _first_call(self, args):
-        """Compile and run; a failure that a fresh kernel cache cures (a corrupt cache entry:
-        "file too short", unpickling errors) is one warning, and the process moves to the
-        fresh cache for good."""
+        """Compile and run.  A backend failure (not a tracing one) is retried once in a fresh
+        kernel cache: where that cures it (a corrupt cache entry: "file too short", unpickling
+        errors) it is one warning and the process keeps the fresh cache; where it does not,
+        the old cache is kept and the failure is the function's."""
+        from torch._dynamo import exc as dynamo_exc
+
         try:
             return self._compiled(*args)
+        except (dynamo_exc.Unsupported, dynamo_exc.UserError):
+            raise  # dynamo cannot trace the function: no cache is involved
         except Exception as exc:  # noqa: BLE001
             old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
             if not old:
                 raise
             fresh = tempfile.mkdtemp(prefix="gp_activations_inductor_")
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = fresh
-            from torch._inductor.utils import clear_caches
-
-            clear_caches()  # inductor's in-memory caches of paths in the old directory
-            torch._dynamo.reset()
-            self._compiled = self._compile()
-            out = self._compiled(*args)  # a second failure is the function's: eager then
+            self._switch_cache(fresh)
+            try:
+                out = self._compiled(*args)
+            except Exception:  # noqa: BLE001
+                self._switch_cache(old)
+                raise exc from None
             warnings.warn(f"kernel cache {old} is unusable ({_one_line(exc)}); using a fresh one "
                           f"in {fresh}", RuntimeWarning, stacklevel=3)
             return out
+
+    def _switch_cache(self, directory: str) -> None:
+        from torch._inductor.utils import clear_caches
+
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = directory
+        clear_caches()  # inductor's in-memory caches of paths in the previous directory
+        torch._dynamo.reset()
+        self._compiled = self._compile()
 
 
 def _one_line(exc: BaseException) -> str:
@@ -230,13 +241,20 @@ def compiled_before(key: str) -> bool:
 @dataclass(frozen=True)
 class CostModel:
     """Per-call forward+backward time of an activation site on ``n`` elements, eager vs fused,
-    and what compiling costs; seconds.  CPU constants fitted to
-    ``benchmarks/activation_overhead.py --sizes`` on this project's 2-vCPU machine (one thread,
-    fp32 and bf16 alike within the model's error); CUDA constants are estimates (launch
-    latency and HBM bandwidth), not measured here."""
+    and what compiling costs; seconds.  An eager op costs a fixed ``eager_per_op`` plus, per
+    element, a memory pass (``eager_per_element``) and its arithmetic (``per_cost_unit`` times
+    the function's :attr:`~gp_activations.Activation.estimated_cost`, in ReLU units: a
+    transcendental is dearer than a multiply); the fused call costs ``fused_per_call`` plus
+    ``fused_fraction`` of that per-element work.  CPU constants fitted to
+    ``benchmarks/activation_overhead.py --sizes`` on this project's 2-vCPU machine (one thread;
+    the fused time within 30 % from 4 k to 1 M elements, the eager one within 2x: cache-resident
+    tensors run faster per element than the model says, so it can overrate fusing mid-sized
+    cheap functions); CUDA constants are estimates (launch latency, HBM bandwidth), not measured
+    here."""
 
     eager_per_op: float  # fixed cost of one eager op (dispatch + autograd), fwd+bwd
-    eager_per_element: float  # one eager op's passes over one element, fwd+bwd
+    eager_per_element: float  # one eager op's memory passes over one element, fwd+bwd
+    per_cost_unit: float  # arithmetic per element and ReLU unit of estimated cost, fwd+bwd
     fused_per_call: float  # fixed cost of one compiled call (guards, AOT wrapper), fwd+bwd
     fused_fraction: float  # fused per-element time / eager per-element time
     compile_cold: float  # a function new to the kernel cache
@@ -244,16 +262,19 @@ class CostModel:
     compile_start: float  # dynamo/inductor's first compile in a process
     compile_start_new_cache: float  # ... into a cache nothing was compiled into yet
 
-    def eager(self, ops: int, n: float) -> float:
-        return ops * (self.eager_per_op + n * self.eager_per_element)
+    def _per_element(self, ops: int, cost: float) -> float:
+        return ops * self.eager_per_element + cost * self.per_cost_unit
 
-    def fused(self, ops: int, n: float) -> float:
-        return self.fused_per_call + self.fused_fraction * ops * n * self.eager_per_element
+    def eager(self, ops: int, cost: float, n: float) -> float:
+        return ops * self.eager_per_op + n * self._per_element(ops, cost)
 
-    def saving(self, ops: int, sizes: Sequence[float], steps: float) -> float:
+    def fused(self, ops: int, cost: float, n: float) -> float:
+        return self.fused_per_call + self.fused_fraction * n * self._per_element(ops, cost)
+
+    def saving(self, ops: int, cost: float, sizes: Sequence[float], steps: float) -> float:
         """Seconds the fused function saves over ``steps`` training steps, ``sizes`` being the
         element counts of each site's call in one step."""
-        return steps * sum(self.eager(ops, n) - self.fused(ops, n) for n in sizes)
+        return steps * sum(self.eager(ops, cost, n) - self.fused(ops, cost, n) for n in sizes)
 
     def compile_cost(self, warm: bool, started: bool, cache_used: bool) -> float:
         start = 0.0 if started else (self.compile_start if cache_used else self.compile_start_new_cache)
@@ -261,12 +282,12 @@ class CostModel:
 
 
 COST_MODELS = {
-    "cpu": CostModel(eager_per_op=12e-6, eager_per_element=1.5e-9, fused_per_call=150e-6,
-                     fused_fraction=0.45, compile_cold=1.0, compile_warm=0.1, compile_start=2.0,
-                     compile_start_new_cache=10.0),
-    "cuda": CostModel(eager_per_op=15e-6, eager_per_element=3e-12, fused_per_call=40e-6,
-                      fused_fraction=0.3, compile_cold=3.0, compile_warm=0.3, compile_start=3.0,
-                      compile_start_new_cache=15.0),
+    "cpu": CostModel(eager_per_op=12e-6, eager_per_element=0.8e-9, per_cost_unit=0.2e-9,
+                     fused_per_call=150e-6, fused_fraction=0.45, compile_cold=1.0,
+                     compile_warm=0.1, compile_start=2.0, compile_start_new_cache=10.0),
+    "cuda": CostModel(eager_per_op=15e-6, eager_per_element=3e-12, per_cost_unit=0.0,
+                      fused_per_call=40e-6, fused_fraction=0.3, compile_cold=3.0,
+                      compile_warm=0.3, compile_start=3.0, compile_start_new_cache=15.0),
 }
 
 
@@ -278,16 +299,16 @@ class Decision:
     compile: float = 0.0  # predicted compile seconds
 
 
-def decide(program, sizes: Sequence[float], steps: float, device: str = "cpu",
-           key: Optional[str] = None) -> Decision:
-    """Whether fusing ``program`` pays in a training of ``steps`` steps whose activation sites
-    see ``sizes`` elements per step: the predicted saving must exceed the compile time."""
+def decide(activation, sizes: Sequence[float], steps: float, device: str = "cpu") -> Decision:
+    """Whether fusing ``activation`` pays in a training of ``steps`` steps whose activation
+    sites see ``sizes`` elements per step: the predicted saving must exceed the compile time."""
+    program = activation.program
     if not program.worth_fusing:
         return Decision(False, "a single built-in operator: eager is one kernel already")
     model = COST_MODELS.get(torch.device(device).type, COST_MODELS["cpu"])
-    key = key or function_key(program.source)
+    key = function_key(program.source)
     warm = compiled_before(key) or key in COMPILE_SECONDS
-    saving = model.saving(program.kernel_count, sizes, steps)
+    saving = model.saving(program.kernel_count, activation.estimated_cost, sizes, steps)
     cost = 0.0 if key in COMPILE_SECONDS else model.compile_cost(warm, _STARTED, cache_used())
     fuse = saving > cost
     how = "compiled in this process" if key in COMPILE_SECONDS else ("warm" if warm else "cold")

@@ -84,7 +84,7 @@ class TrainConfig:
             raise UserError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise UserError(f"lr must be positive, got {self.lr!r}")
-        if self.fused not in (True, False, "auto"):
+        if not (isinstance(self.fused, bool) or self.fused == "auto"):
             raise UserError(f"fused must be true, false or \"auto\", got {self.fused!r}")
         if self.threads is not None and int(self.threads) < 1:
             raise UserError(f"threads must be >= 1, got {self.threads!r}")
@@ -597,7 +597,7 @@ def _decide_fusion(record: TrainResult, act, net: nn.Module, xb: torch.Tensor,
         net.train(was_training)
         for h in handles:
             h.remove()
-    decision = fusion_mod.decide(act.program, sizes, steps, dev.type)
+    decision = fusion_mod.decide(act, sizes, steps, dev.type)
     record.fusion = ("fused: " if decision.fuse else "eager: ") + decision.reason
     if decision.fuse:
         for module in sites:

@@ -160,21 +160,21 @@ def test_decision_follows_the_cost_model(monkeypatch, tmp_path):
     relu = Activation.from_string("relu(x)")
     model = fusion.COST_MODELS["cpu"]
     # a brief fitness training of a small network: the compile would cost more than it saves
-    d = fusion.decide(mish.program, *CNN1D_FITNESS, "cpu")
+    d = fusion.decide(mish, *CNN1D_FITNESS, "cpu")
     assert not d.fuse and d.compile == pytest.approx(model.compile_cold + model.compile_start_new_cache)
-    assert d.saving == pytest.approx(model.saving(6, *CNN1D_FITNESS))
+    assert d.saving == pytest.approx(model.saving(6, mish.estimated_cost, *CNN1D_FITNESS))
     # a full CIFAR schedule on ResNet-20: it pays many times over
-    d = fusion.decide(mish.program, *RESNET20_CIFAR, "cpu")
+    d = fusion.decide(mish, *RESNET20_CIFAR, "cpu")
     assert d.fuse and d.saving > 100 * d.compile
     # one built-in op is one kernel already
-    assert not fusion.decide(relu.program, *RESNET20_CIFAR, "cpu").fuse
+    assert not fusion.decide(relu, *RESNET20_CIFAR, "cpu").fuse
     # a warm cache and a started process make compiling cheap, which tips a middle case
     middle = ([128 * 16 * 32 * 32] * 7, 20)
-    cold = fusion.decide(mish.program, *middle, "cpu")
+    cold = fusion.decide(mish, *middle, "cpu")
     (tmp_path / "gp-activations-fused").mkdir()
     (tmp_path / "gp-activations-fused" / fusion.function_key(mish.program.source)).touch()
     monkeypatch.setattr(fusion, "_STARTED", True)
-    warm = fusion.decide(mish.program, *middle, "cpu")
+    warm = fusion.decide(mish, *middle, "cpu")
     assert warm.compile == pytest.approx(model.compile_warm) and warm.compile < cold.compile
     assert "warm" in warm.reason and "cold" in cold.reason
     assert not cold.fuse and warm.fuse

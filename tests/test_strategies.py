@@ -13,6 +13,7 @@ import json
 import math
 import random
 import sqlite3
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -97,13 +98,27 @@ def test_lookup_reads_the_table_by_function_not_by_spelling():
 
 def test_a_table_row_is_what_the_train_command_measures(capsys):
     """Retraining rows with `gp-activations train` at the fitness budget and seed gives the
-    table's numbers (the table is real trainings, not estimates)."""
+    table's numbers (the table is real trainings, not estimates): to the digit on the CPU and
+    kernel set the table was built on (its sidecar's "processor"), within its seed-to-seed
+    noise elsewhere -- other SIMD paths round differently and the trainings part ways (the
+    shipped table predates that record; this project's Intel Xeon / AVX-512 machine retrains
+    ReLU's 0.902 as 0.907)."""
+    from gp_activations.references import import_file
+
+    processor = import_file(TABLE.parent / "build.py", "tabular_build").processor
+    same_cpu = json.loads(TABLE.with_suffix(".json").read_text()).get("processor") == processor()
+    with open(TABLE, newline="") as fh:
+        seeds = [[float(r[k]) for k in ("fitness", "fitness_s1", "fitness_s2")]
+                 for r in csv.DictReader(fh) if r["fitness_s1"] and r["fitness_s2"]]
+    stds = [statistics.stdev(v) for v in seeds if all(math.isfinite(a) for a in v)]
+    tolerance = 5e-5 if same_cpu else 3 * statistics.median(stds)
+    assert 5e-5 < tolerance < 0.05 or same_cpu
     for expression in ("relu(x)", "mul(x, erf(x))"):
         rc, out, _ = _cli(["train", "--act", expression, "--budget", "fitness", "--epochs", "12",
                            "--seed", "0", "--split", "val", "--threads", "1", "--json"], capsys)
         assert rc == 0
         assert json.loads(out)["mean_accuracy"] == pytest.approx(
-            float(_csv_row(expression)["fitness"]), abs=5e-5)
+            float(_csv_row(expression)["fitness"]), abs=tolerance)
 
 
 def test_a_search_on_the_table_fails_what_the_table_lacks(tmp_path):

@@ -43,6 +43,21 @@ CONFIG = HERE.parent.parent / "experiments" / "mnist1d.toml"
 COLUMNS = ("fitness", "fitness_e4", "fitness_s1", "fitness_s2", "test")
 
 
+def processor() -> str:
+    """The CPU model and torch's kernel set on it: the table's numbers are reproducible to the
+    digit only on the same pair (other SIMD paths round differently, and trainings diverge)."""
+    import torch
+
+    model = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            model = next((line.split(":", 1)[1].strip() for line in fh
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model} / {torch.backends.cpu.get_cpu_capability()}"
+
+
 def _columns():
     """{column: (train config dict, seed, split)} -- the search's fitness budget and its variants."""
     from gp_activations.search.config import SearchConfig
@@ -102,7 +117,8 @@ def build(out: Path, workers: int, noise: int, limit=None) -> None:
     meta = out / "meta.json"
     if not meta.exists():
         meta.write_text(json.dumps({"started_at": time.time(), "machine": platform.platform(),
-                                    "cpus": os.cpu_count(), "workers": workers}))
+                                    "processor": processor(), "cpus": os.cpu_count(),
+                                    "workers": workers}))
     started = time.time()
     count = [0]
     with open(journal, "a") as fh:
@@ -137,7 +153,8 @@ def write_meta(out: Path, path: Path, done: dict) -> None:
                       "functions": len(space.functions())},
             "command": "python benchmarks/tabular/build.py --out runs/tabular && python "
                        "benchmarks/tabular/build.py --out runs/tabular --csv " + str(path),
-            "machine": started.get("machine"), "cpus": started.get("cpus"),
+            "machine": started.get("machine"), "processor": started.get("processor"),
+            "cpus": started.get("cpus"),
             "workers": started.get("workers"), "trainings": len(done),
             "training_seconds": round(sum(e["seconds"] for e in done.values()), 1),
             "wall_seconds": round(max(0.0, (out / "journal.jsonl").stat().st_mtime

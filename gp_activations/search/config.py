@@ -127,7 +127,7 @@ class SearchConfig:
             if getattr(self, key) not in allowed:
                 raise UserError(f"config: {key!r} must be one of {', '.join(allowed)}, "
                                 f"got {getattr(self, key)!r}{did_you_mean(getattr(self, key), allowed)}")
-        if self.fused not in (True, False, "auto"):
+        if not (isinstance(self.fused, bool) or self.fused == "auto"):
             raise UserError(f"config: 'fused' must be true, false or \"auto\", got {self.fused!r}")
         positive = ("population", "workers", "threads", "max_height", "max_size",
                     "tournament_size")
