@@ -25,8 +25,8 @@ Findings behind the fused path (gp_activations/fusion.py has them in full): the 
 max(mish, silu) cost 3.6 ReLU steps because inductor handed BatchNorm's backward an NCHW
 gradient for a channels_last input (a 7x slower mixed-layout kernel: 664 vs 91 ms of
 ``native_batch_norm_backward`` over 3 steps in the profiler), not because of recompilations,
-graph breaks or scalar loops (inductor's output code: one AVX-512 loop per graph; one
-static -> dynamic recompile); and AOTAutograd's partitioner recomputed every transcendental in
+graph breaks or scalar loops (inductor's output code: one AVX-512 loop per graph; there was
+one static -> dynamic recompile); and AOTAutograd's partitioner recomputed every transcendental in
 the backward (8 SLEEF calls per element and step instead of 4).  What remains for that function
 is the four transcendentals of its forward over ~23 M elements per step.
 
@@ -175,7 +175,7 @@ def main(argv=None) -> int:
 
     # Cost of evolved activations relative to ReLU on resnet20 steps (ours, same data).
     from gp_activations import fusion
-    from gp_activations.activation import ActivationModule
+    from gp_activations.train import activation_site_sizes
 
     cifar.augment = False
     cfg = TrainConfig(**base)
@@ -190,12 +190,7 @@ def main(argv=None) -> int:
         ours(cifar, "resnet20", cfg.replace(fused=True, max_steps_per_epoch=2), 0, act)  # compile
         fused = ours(cifar, "resnet20", cfg.replace(fused=True), 0, act)
         net = build_model("resnet20", act.factory(), num_classes=10, in_channels=3)
-        sizes = []
-        for m in net.modules():
-            if isinstance(m, ActivationModule):
-                m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
-        with torch.no_grad():
-            net.eval()(cifar.x_train[:128])
+        sizes = activation_site_sizes(net, cifar.x_train[:128])
         pick = fusion.decide(act, sizes, full_steps, "cpu")
         chosen = fused if pick.fuse else eager
         print(f"{name:16s} {relu / eager:7.2f}x {relu / fused:7.2f}x {relu / chosen:7.2f}x "

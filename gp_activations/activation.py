@@ -18,7 +18,6 @@ import functools
 import inspect
 import json
 import math
-import os
 import textwrap
 from typing import Iterable, Optional
 
@@ -71,8 +70,7 @@ def _fused_function(program: Program, cache_dir: Optional[str] = None):
     fn = _FUSED.get(key)
     if fn is None:
         set_compile_cache(cache_dir)
-        fn = _FUSED[key] = fusion.FusedFunction(_eager_function(program),
-                                                fusion.function_key(program.source))
+        fn = _FUSED[key] = fusion.FusedFunction(_eager_function(program))
     return fn
 
 
@@ -82,7 +80,6 @@ class ActivationModule(nn.Module):
     def __init__(self, activation: "Activation", num_channels: Optional[int] = None,
                  fused: bool = False, cache_dir: Optional[str] = None):
         super().__init__()
-        program = activation.program
         self.activation = activation
         self.num_channels = num_channels
         self._param_names = [s.name for s in activation.slots]

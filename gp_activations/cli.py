@@ -394,9 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--primitives", default="pangaea", help="search space of --act")
     p.add_argument("--params", default="", help="nodes carrying learnable scalars, e.g. 0,3")
     p.add_argument("--per-channel", action="store_true", help="learnable scalars per channel")
-    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile the activation (default: where the cost model says it "
-                   "pays back its compile time)")
+    _fused_flags(p, "torch.compile the activation")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="batch size (default: the preset's)")
@@ -447,10 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="evolution seed (default 0)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                    help="learnable scalars per channel instead of per layer")
-    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile every candidate's activation; --no-fused: never "
-                   "(default: per candidate, where the cost model says it pays back its "
-                   "compile time)")
+    _fused_flags(p, "torch.compile every candidate's activation")
     p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed "
                    "(default: 24 h, or twice the training time limit)")
     p.add_argument("--ray-address", help="join an existing Ray cluster")
@@ -508,6 +503,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_transfer)
 
     return parser
+
+
+def _fused_value(text: str):
+    value = {"true": True, "false": False, "auto": "auto"}.get(text.strip().lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true, false or auto, got {text!r}")
+    return value
+
+
+def _fused_flags(p, what: str) -> None:
+    p.add_argument("--fused", nargs="?", const=True, default=None, type=_fused_value,
+                   metavar="auto", help=f"{what}; --fused auto: where the cost model says it "
+                   "pays back its compile time (the default)")
+    p.add_argument("--no-fused", dest="fused", action="store_const", const=False,
+                   help="never torch.compile the activation")
 
 
 def main(argv=None) -> int:

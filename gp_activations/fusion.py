@@ -8,32 +8,35 @@ CPU, bf16 autocast, channels_last, one thread):
    them).  Every activation sits after a BatchNorm, so a channels_last network handed
    ``native_batch_norm_backward`` an NCHW gradient for a channels_last input, and that
    mixed-layout backward ran **7x slower** (664 vs 91 ms per 3 steps) -- most of the fused
-   max(mish, silu)'s 3.6 ReLU steps.  Not recompilations, not graph breaks, not scalar loops:
-   the kernels are one vectorised AVX-512 pass, with one recompile (static -> dynamic shapes).
+   max(mish, silu)'s 3.6 ReLU steps.  Not recompilations (there was one, static -> dynamic
+   shapes), not graph breaks, not scalar loops: the kernels were one vectorised AVX-512 pass.
    Fix: :func:`call_in_memory_order` runs the elementwise function on ``x``'s storage in
    storage order (a 1-D view, or ``(outer, C, inner)`` for per-channel scalars), so the result
-   and the gradient keep ``x``'s layout; every site and batch size then shares one
-   ``dynamic=True`` graph (no recompiles).
+   and the gradient keep ``x``'s layout, and compiles with ``dynamic=True``: no recompiles
+   across sites and batch sizes (one graph per view rank and grad mode).
 2. **Recomputation.**  AOTAutograd's min-cut partitioner saves only ``x`` and recomputes every
    pointwise op in the backward -- right on a GPU, where pointwise ops are memory-bound, wrong
    on a CPU, where ``exp``/``log1p``/``tanh`` are compute-bound SLEEF calls: max(mish, silu)
-   evaluated 8 transcendentals per element and step instead of 4.  :class:`SaveTranscendentals`
-   marks them must-save in CPU graphs (the backward then has none); on CUDA the default
-   partitioner is kept.
+   evaluated 8 transcendentals per element and step instead of 4.  The partitioner in
+   :mod:`gp_activations._partition` marks them must-save in CPU graphs (the backward then has
+   none); on CUDA the default partitioner is kept.
 3. **What is left** is the arithmetic itself: max(mish, silu) evaluates four transcendentals
    per element in the forward, ~23 M elements per ResNet-20 step, which costs about half a ReLU
    step on this CPU whatever the fusion.
 
 Fusion is decided per candidate by :func:`decide` (``fused = "auto"``): fuse when the time a
-cost model says the fused kernel saves over the whole training exceeds the compile time --
-cold, warm (the function was compiled into this cache before: inductor's on-disk caches make
-it ~10x cheaper), plus dynamo's one-time start in a process that has compiled nothing yet.  A
-function inductor cannot compile runs eager, with one log line saying why.
+cost model says the fused kernel saves over the whole training exceeds a compile's cost.  The
+decision depends on the function, the sites' tensor sizes, the steps and the device only --
+never on what a process or the kernel cache has seen -- so a candidate trains the same way,
+and gets the same fitness, on every executor, worker and resume.  Compiled kernels are kept
+in an on-disk cache shared by every process and run (:func:`cache_root`), which makes a
+function compiled before ~10x cheaper to compile again.  A function inductor cannot compile
+runs eager, with one log line saying why; a corrupt or unwritable cache is a warning and a
+fresh one.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -47,12 +50,6 @@ import torch
 
 log = logging.getLogger("gp_activations.fusion")
 
-#: marker subfolder of the kernel cache: one empty file per function compiled into it
-_INDEX = "gp-activations-fused"
-#: a process that compiled nothing yet pays dynamo/inductor's start-up on its first compile
-_STARTED = False
-#: compile time of each function key in this process (seconds), for the training records
-COMPILE_SECONDS: dict = {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -65,7 +62,7 @@ def call_in_memory_order(fn, x: torch.Tensor, params: Sequence[torch.Tensor],
     channels_last).  Per-channel ``params`` have shape ``(C,)`` for channel dimension 1.
     Tensors that are no permutation of a dense layout (a strided slice) take the direct call."""
     params = list(params)
-    if x.dim() < 2:
+    if x.dim() < 2 or x.numel() == 0:
         return fn(x, *params)
     order = None if x.is_contiguous() else sorted(range(x.dim()), key=lambda d: -x.stride(d))
     xv = x if order is None else x.permute(order)
@@ -98,17 +95,22 @@ def _partitioner():
 # Compilation, with an eager fallback
 # ---------------------------------------------------------------------------------------------
 class FusedFunction:
-    """A compiled elementwise function that falls back to its eager form, once and for good,
-    when inductor cannot compile it (one log line says why).  An error the eager form raises
-    too is the function's own and propagates."""
+    """A compiled elementwise function.  Any call that fails inside dynamo/inductor -- the
+    first forward, a later graph (no-grad evaluation, another view rank) -- falls back to the
+    eager form, once and for good, with one log line; an error the eager form raises too is
+    the function's own and propagates.  A failure from a corrupt kernel cache is retried once
+    in a fresh cache (a warning).  ``compile_seconds``: the time of the calls that compiled a
+    graph, in this process."""
 
-    def __init__(self, eager, key: str, label: str = "activation"):
+    def __init__(self, eager):
         self.eager = eager
-        self.key = key
-        self.label = label
         self.fallback: Optional[str] = None  # why it runs eager, once it does
+        self.compile_seconds = 0.0
         self._compiled = self._compile()
-        self._first = True
+        from torch._dynamo.utils import counters
+
+        # dynamo's graph counter: a call that moves it compiled (or loaded from cache) a graph
+        self._stats = counters["stats"]
 
     def _compile(self):
         return torch.compile(self.eager, fullgraph=True, dynamic=True,
@@ -117,49 +119,32 @@ class FusedFunction:
     def __call__(self, *args):
         if self.fallback is not None:
             return self.eager(*args)
-        if not self._first:
-            return self._compiled(*args)
-        global _STARTED
+        graphs = self._stats["unique_graphs"]
         started = time.perf_counter()
         try:
-            out = self._first_call(args)
-        except Exception as exc:  # noqa: BLE001 -- inductor/dynamo failures have many types
-            out = self.eager(*args)  # raises if the function itself is at fault
-            self.fallback = _one_line(exc)
-            log.warning("fused %s could not be compiled, running eager: %s", self.label,
-                        self.fallback)
-            return out
-        self._first = False
-        _STARTED = True
-        COMPILE_SECONDS[self.key] = time.perf_counter() - started
-        _mark_compiled(self.key)
+            out = self._compiled(*args)
+        except Exception as exc:  # noqa: BLE001 -- dynamo/inductor failures have many types
+            out = self._recover(exc, args)
+        if self._stats["unique_graphs"] != graphs:  # this call compiled (or loaded) a graph
+            self.compile_seconds += time.perf_counter() - started
         return out
 
-    def _first_call(self, args):
-        """Compile and run.  A backend failure (not a tracing one) is retried once in a fresh
-        kernel cache: where that cures it (a corrupt cache entry: "file too short", unpickling
-        errors) it is one warning and the process keeps the fresh cache; where it does not,
-        the old cache is kept and the failure is the function's."""
-        from torch._dynamo import exc as dynamo_exc
-
-        try:
-            return self._compiled(*args)
-        except (dynamo_exc.Unsupported, dynamo_exc.UserError):
-            raise  # dynamo cannot trace the function: no cache is involved
-        except Exception as exc:  # noqa: BLE001
-            old = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-            if not old:
-                raise
-            fresh = tempfile.mkdtemp(prefix="gp_activations_inductor_")
+    def _recover(self, exc: BaseException, args):
+        if _from_the_cache(exc):
+            old, fresh = cache_root(), tempfile.mkdtemp(prefix="gp_activations_inductor_")
             self._switch_cache(fresh)
             try:
                 out = self._compiled(*args)
-            except Exception:  # noqa: BLE001
-                self._switch_cache(old)
-                raise exc from None
-            warnings.warn(f"kernel cache {old} is unusable ({_one_line(exc)}); using a fresh one "
-                          f"in {fresh}", RuntimeWarning, stacklevel=3)
-            return out
+            except Exception:  # noqa: BLE001 -- not the cache after all: eager below
+                pass
+            else:
+                warnings.warn(f"kernel cache {old} is unusable ({_one_line(exc)}); using a "
+                              f"fresh one in {fresh}", RuntimeWarning, stacklevel=3)
+                return out
+        out = self.eager(*args)  # raises if the function itself is at fault
+        self.fallback = _one_line(exc)
+        log.warning("fused activation could not be compiled, running eager: %s", self.fallback)
+        return out
 
     def _switch_cache(self, directory: str) -> None:
         from torch._inductor.utils import clear_caches
@@ -170,14 +155,28 @@ class FusedFunction:
         self._compiled = self._compile()
 
 
+def _from_the_cache(exc: BaseException) -> bool:
+    """Whether a compile failure comes from reading the kernel cache (a truncated ``.so``, an
+    unreadable pickle, a garbled generated module), judging by the exceptions in its chain:
+    their types, a path in the cache named in the message, or a frame in a cached file."""
+    import pickle
+    import traceback
+
+    root = os.path.realpath(cache_root())
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, (ImportError, EOFError, pickle.UnpicklingError)) or root in str(exc):
+            return True
+        if any(os.path.realpath(f.filename).startswith(root + os.sep)
+               for f in traceback.extract_tb(exc.__traceback__)):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
+
+
 def _one_line(exc: BaseException) -> str:
     first = (str(exc).strip().splitlines() or [""])[0][:200]
     return f"{type(exc).__name__}: {first}"
-
-
-def function_key(source: str) -> str:
-    """A short stable name of a generated function (its source text)."""
-    return hashlib.sha256(source.encode()).hexdigest()[:24]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,8 +198,8 @@ def use_cache_dir(directory: Optional[str] = None) -> str:
     warning and a fresh one, never a failed candidate."""
     directory = directory or cache_root()
     try:
-        os.makedirs(os.path.join(directory, _INDEX), exist_ok=True)
-        probe = os.path.join(directory, _INDEX, f".probe-{os.getpid()}")
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f".gp-activations-probe-{os.getpid()}")
         with open(probe, "w") as fh:
             fh.write("ok")
         os.remove(probe)
@@ -208,31 +207,9 @@ def use_cache_dir(directory: Optional[str] = None) -> str:
         fresh = tempfile.mkdtemp(prefix="gp_activations_inductor_")
         warnings.warn(f"kernel cache {directory} is not usable ({exc.strerror or exc}); using a "
                       f"fresh one in {fresh}", RuntimeWarning, stacklevel=2)
-        os.makedirs(os.path.join(fresh, _INDEX), exist_ok=True)
         directory = fresh
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(directory)
     return str(directory)
-
-
-def _mark_compiled(key: str) -> None:
-    try:
-        os.makedirs(os.path.join(cache_root(), _INDEX), exist_ok=True)
-        open(os.path.join(cache_root(), _INDEX, key), "w").close()
-    except OSError:  # a read-only cache still serves; the next decision just says "cold"
-        pass
-
-
-def cache_used() -> bool:
-    """Whether anything was compiled into the current kernel cache (its start-up is cheaper)."""
-    try:
-        return any(os.scandir(os.path.join(cache_root(), _INDEX)))
-    except OSError:
-        return False
-
-
-def compiled_before(key: str) -> bool:
-    """Whether this function was compiled into the current kernel cache (a warm compile)."""
-    return os.path.exists(os.path.join(cache_root(), _INDEX, key))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,10 +234,11 @@ class CostModel:
     per_cost_unit: float  # arithmetic per element and ReLU unit of estimated cost, fwd+bwd
     fused_per_call: float  # fixed cost of one compiled call (guards, AOT wrapper), fwd+bwd
     fused_fraction: float  # fused per-element time / eager per-element time
-    compile_cold: float  # a function new to the kernel cache
-    compile_warm: float  # one compiled into the cache before
-    compile_start: float  # dynamo/inductor's first compile in a process
-    compile_start_new_cache: float  # ... into a cache nothing was compiled into yet
+    #: what a compile is charged: a new function (~1 s on this CPU) plus dynamo/inductor's
+    #: start in a process (~2 s; ~10 s the first time into an empty cache, not charged).  A
+    #: function compiled before compiles ~10x faster from the cache; the decision ignores it
+    #: on purpose, so that it never depends on what a process or the cache has seen.
+    compile_cost: float
 
     def _per_element(self, ops: int, cost: float) -> float:
         return ops * self.eager_per_element + cost * self.per_cost_unit
@@ -276,18 +254,12 @@ class CostModel:
         element counts of each site's call in one step."""
         return steps * sum(self.eager(ops, cost, n) - self.fused(ops, cost, n) for n in sizes)
 
-    def compile_cost(self, warm: bool, started: bool, cache_used: bool) -> float:
-        start = 0.0 if started else (self.compile_start if cache_used else self.compile_start_new_cache)
-        return (self.compile_warm if warm else self.compile_cold) + start
-
 
 COST_MODELS = {
     "cpu": CostModel(eager_per_op=12e-6, eager_per_element=0.8e-9, per_cost_unit=0.2e-9,
-                     fused_per_call=150e-6, fused_fraction=0.45, compile_cold=1.0,
-                     compile_warm=0.1, compile_start=2.0, compile_start_new_cache=10.0),
+                     fused_per_call=150e-6, fused_fraction=0.45, compile_cost=3.0),
     "cuda": CostModel(eager_per_op=15e-6, eager_per_element=3e-12, per_cost_unit=0.0,
-                      fused_per_call=40e-6, fused_fraction=0.3, compile_cold=3.0,
-                      compile_warm=0.3, compile_start=3.0, compile_start_new_cache=15.0),
+                      fused_per_call=40e-6, fused_fraction=0.3, compile_cost=6.0),
 }
 
 
@@ -306,11 +278,7 @@ def decide(activation, sizes: Sequence[float], steps: float, device: str = "cpu"
     if not program.worth_fusing:
         return Decision(False, "a single built-in operator: eager is one kernel already")
     model = COST_MODELS.get(torch.device(device).type, COST_MODELS["cpu"])
-    key = function_key(program.source)
-    warm = compiled_before(key) or key in COMPILE_SECONDS
     saving = model.saving(program.kernel_count, activation.estimated_cost, sizes, steps)
-    cost = 0.0 if key in COMPILE_SECONDS else model.compile_cost(warm, _STARTED, cache_used())
-    fuse = saving > cost
-    how = "compiled in this process" if key in COMPILE_SECONDS else ("warm" if warm else "cold")
-    return Decision(fuse, f"predicted saving {saving:.2f} s vs compile {cost:.2f} s ({how})",
-                    saving, cost)
+    return Decision(saving > model.compile_cost,
+                    f"predicted saving {saving:.2f} s vs compile {model.compile_cost:.2f} s",
+                    saving, model.compile_cost)

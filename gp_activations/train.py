@@ -425,34 +425,42 @@ def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfi
             raise UserError(f"dataset {ds_name!r} has no default model; pass model=")
         model = data_mod.get_dataset_info(ds_name).default_model
     model_name = model if isinstance(model, str) else getattr(model, "__name__", "custom")
-    if config.threads and torch.get_num_threads() != int(config.threads):
-        previous = torch.get_num_threads()
-        torch.set_num_threads(int(config.threads))
-        try:  # the thread count is process-wide: give it back afterwards
-            return _fusion_outcome(_train(act, ds, model, model_name, ds_name, config, dev,
-                                          seed, split, progress, started), act)
-        finally:
+    fused_fn = _fused_function_of(act)
+    compiled_before = fused_fn.compile_seconds if fused_fn else 0.0
+    with _num_threads(config.threads):
+        record = _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progress,
+                        started)
+    fused_fn = _fused_function_of(act) if record.fused else None
+    if fused_fn is not None:  # what the activation's compiled function did in this training
+        if fused_fn.fallback:
+            record.fused = False
+            record.fusion = f"eager: inductor could not compile it ({fused_fn.fallback})"
+        else:
+            record.fusion = (f"{record.fusion or 'fused'}; compiled in "
+                             f"{fused_fn.compile_seconds - compiled_before:.2f} s")
+    return record
+
+
+@contextlib.contextmanager
+def _num_threads(threads: Optional[int]):
+    """torch's thread count for a block (it is process-wide: given back afterwards)."""
+    previous = torch.get_num_threads()
+    if threads and previous != int(threads):
+        torch.set_num_threads(int(threads))
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != previous:
             torch.set_num_threads(previous)
-    return _fusion_outcome(_train(act, ds, model, model_name, ds_name, config, dev, seed, split,
-                                  progress, started), act)
 
 
-def _fusion_outcome(record: "TrainResult", act) -> "TrainResult":
-    """Say in the record whether the activation ran fused, its compile time in this process
-    (part of ``wall_time``) or why inductor could not compile it."""
+def _fused_function_of(act):
+    """The shared compiled function of ``act``, where one was made in this process."""
     if not isinstance(act, Activation):
-        return record
+        return None
     from .activation import _FUSED, _cache_key
 
-    fn = _FUSED.get(_cache_key(act.program))
-    if record.fused and fn is not None:
-        if fn.fallback:
-            record.fused = False
-            record.fusion = f"eager: inductor could not compile it ({fn.fallback})"
-        elif fn.key in fusion_mod.COMPILE_SECONDS:
-            how = record.fusion or "fused"
-            record.fusion = f"{how}; compiled in {fusion_mod.COMPILE_SECONDS[fn.key]:.2f} s"
-    return record
+    return _FUSED.get(_cache_key(act.program))
 
 
 def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progress,
@@ -585,23 +593,30 @@ def _decide_fusion(record: TrainResult, act, net: nn.Module, xb: torch.Tensor,
     if not act.program.worth_fusing:
         record.fusion = "eager: a single built-in operator is one kernel already"
         return
+    if channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    decision = fusion_mod.decide(act, activation_site_sizes(net, xb), steps, dev.type)
+    record.fusion = ("fused: " if decision.fuse else "eager: ") + decision.reason
+    if decision.fuse:
+        for module in sites:
+            module.set_fused(True)
+
+
+def activation_site_sizes(net: nn.Module, xb: torch.Tensor) -> list:
+    """Elements each activation call of ``net`` sees for the batch ``xb`` (one eval-mode
+    forward without gradient: no BatchNorm statistics change, no random numbers are drawn)."""
     sizes: list = []
-    handles = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel())) for m in sites]
+    handles = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
+               for m in net.modules() if isinstance(m, ActivationModule)]
     was_training = net.training
     try:
-        if channels_last:
-            xb = xb.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
             net.eval()(xb)
     finally:
         net.train(was_training)
         for h in handles:
             h.remove()
-    decision = fusion_mod.decide(act, sizes, steps, dev.type)
-    record.fusion = ("fused: " if decision.fuse else "eager: ") + decision.reason
-    if decision.fuse:
-        for module in sites:
-            module.set_fused(True)
+    return sizes
 
 
 def _blowup_at_init(net: nn.Module, xb: torch.Tensor, limit: float, channels_last: bool):
