@@ -98,7 +98,9 @@ class FusedFunction:
     """A compiled elementwise function.  Any call that fails inside dynamo/inductor -- the
     first forward, a later graph (no-grad evaluation, another view rank) -- falls back to the
     eager form, once and for good, with one log line; an error the eager form raises too is
-    the function's own and propagates.  A failure from a corrupt kernel cache is retried once
+    the function's own and propagates.  (Backward graphs compile inside autograd, out of this
+    call's reach: the trainer compiles them before the first step and calls :meth:`give_up`
+    where that fails.)  A failure from a corrupt kernel cache is retried once
     in a fresh cache (a warning).  ``compile_seconds``: the time of the calls that compiled a
     graph, in this process."""
 
@@ -142,9 +144,13 @@ class FusedFunction:
                               f"fresh one in {fresh}", RuntimeWarning, stacklevel=3)
                 return out
         out = self.eager(*args)  # raises if the function itself is at fault
+        self.give_up(exc)
+        return out
+
+    def give_up(self, exc: BaseException) -> None:
+        """Run eager from now on, saying why once."""
         self.fallback = _one_line(exc)
         log.warning("fused activation could not be compiled, running eager: %s", self.fallback)
-        return out
 
     def _switch_cache(self, directory: str) -> None:
         from torch._inductor.utils import clear_caches

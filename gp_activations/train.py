@@ -508,6 +508,11 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
             return _failed(record, exc, started)
     record.fused = any(getattr(m, "fused", False) for m in net.modules()
                        if isinstance(m, ActivationModule))
+    if record.fused:
+        try:
+            _compile_fused(net, x_train[:batch], channels_last, amp, dev)
+        except Exception as exc:  # noqa: BLE001 -- the function's own error: it fails, as eager would
+            return _failed(record, exc, started)
     if config.blowup_limit:
         try:
             blowup = _blowup_at_init(net, x_train[:batch], config.blowup_limit, channels_last)
@@ -600,6 +605,43 @@ def _decide_fusion(record: TrainResult, act, net: nn.Module, xb: torch.Tensor,
     if decision.fuse:
         for module in sites:
             module.set_fused(True)
+
+
+def _compile_fused(net: nn.Module, xb: torch.Tensor, channels_last: bool, amp: bool,
+                   dev: torch.device) -> None:
+    """Compile the fused activations' training graphs, forward *and backward*, before the first
+    step: one forward and backward of a batch in eval mode under the training's autocast
+    (no BatchNorm statistics change, no random numbers drawn, gradients cleared after).  A graph
+    inductor cannot compile -- the backward's too, which no forward call could catch -- turns
+    that function eager (:class:`~gp_activations.fusion.FusedFunction`) before training."""
+    sites = [m for m in net.modules() if isinstance(m, ActivationModule) and m.fused]
+    fns = {id(m._fn): m._fn for m in sites}
+    counted = {key: fn.compile_seconds for key, fn in fns.items()}
+    started = time.perf_counter()
+    was_training = net.training
+    if channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    try:
+        net.eval()
+        for _ in range(2):  # a second pass once a failing backward has turned a function eager
+            try:
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                    out = net(xb)
+                out.float().sum().backward()
+                break
+            except Exception as exc:  # noqa: BLE001 -- the backward's compile failed
+                compiled = [fn for fn in fns.values() if fn.fallback is None]
+                if not compiled:
+                    raise
+                for fn in compiled:
+                    fn.give_up(exc)
+    finally:
+        net.train(was_training)
+        net.zero_grad(set_to_none=True)
+    # the backward graphs compiled inside autograd: their time goes to the functions' count
+    forward = sum(fn.compile_seconds - counted[key] for key, fn in fns.items())
+    for fn in fns.values():
+        fn.compile_seconds += max(0.0, time.perf_counter() - started - forward) / len(fns)
 
 
 def activation_site_sizes(net: nn.Module, xb: torch.Tensor) -> list:
