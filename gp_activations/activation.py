@@ -100,7 +100,9 @@ class ActivationModule(nn.Module):
     def forward(self, x):
         params = [getattr(self, name) for name in self._param_names]
         if self.fused:
-            return fusion.call_in_memory_order(self._fn, x, params, self.num_channels is not None)
+            y = fusion.call_in_memory_order(self._fn, x, params, self.num_channels is not None)
+            if y is not None:
+                return y
         if self.num_channels is not None:
             shape = (-1,) + (1,) * (x.dim() - 2)
             params = [p.view(shape) for p in params]

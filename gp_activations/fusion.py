@@ -51,25 +51,22 @@ import torch
 log = logging.getLogger("gp_activations.fusion")
 
 
-
 # ---------------------------------------------------------------------------------------------
 # Layout: the compiled function runs on x's memory in storage order
 # ---------------------------------------------------------------------------------------------
 def call_in_memory_order(fn, x: torch.Tensor, params: Sequence[torch.Tensor],
-                         per_channel: bool) -> torch.Tensor:
+                         per_channel: bool) -> Optional[torch.Tensor]:
     """``fn(x, *params)`` for an elementwise ``fn``, called on a contiguous view of ``x``'s
     storage so that the output and the gradient keep ``x``'s layout (channels_last stays
     channels_last).  Per-channel ``params`` have shape ``(C,)`` for channel dimension 1.
-    Tensors that are no permutation of a dense layout (a strided slice) take the direct call."""
-    params = list(params)
+    None where ``x`` has no such view (under 2-D, empty, or no permutation of a dense layout,
+    e.g. a strided slice): the caller makes the direct call."""
     if x.dim() < 2 or x.numel() == 0:
-        return fn(x, *params)
+        return None
     order = None if x.is_contiguous() else sorted(range(x.dim()), key=lambda d: -x.stride(d))
     xv = x if order is None else x.permute(order)
     if not xv.is_contiguous():
-        if per_channel:
-            params = [p.view((-1,) + (1,) * (x.dim() - 2)) for p in params]
-        return fn(x, *params)
+        return None
     if per_channel:
         c = 1 if order is None else order.index(1)
         y = fn(xv.reshape(-1, xv.shape[c], math.prod(xv.shape[c + 1:])),
@@ -84,8 +81,8 @@ def call_in_memory_order(fn, x: torch.Tensor, params: Sequence[torch.Tensor],
 # Partitioning: on the CPU, save what is expensive to recompute
 # ---------------------------------------------------------------------------------------------
 def _partitioner():
-    # a module of its own, imported when the first function compiles (inductor's import is
-    # heavy), whose class inductor can pickle into its cache key
+    # a module of its own, imported when the first fused function is made (inductor's import
+    # is heavy), whose class inductor can pickle into its cache key
     from ._partition import SaveTranscendentals
 
     return SaveTranscendentals()
@@ -100,9 +97,9 @@ class FusedFunction:
     eager form, once and for good, with one log line; an error the eager form raises too is
     the function's own and propagates.  (Backward graphs compile inside autograd, out of this
     call's reach: the trainer compiles them before the first step and calls :meth:`give_up`
-    where that fails.)  A failure from a corrupt kernel cache is retried once
-    in a fresh cache (a warning).  ``compile_seconds``: the time of the calls that compiled a
-    graph, in this process."""
+    where that fails.)  A failure from a corrupt kernel cache is retried once in a fresh cache
+    (a warning).  ``compile_seconds``: the time of the calls that compiled a graph, in this
+    process."""
 
     def __init__(self, eager):
         self.eager = eager

@@ -501,16 +501,19 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
     gen.manual_seed(seed)
     chance = float(torch.bincount(y_eval, minlength=ds.num_classes).max().item()) / max(1, len(y_eval))
 
-    if config.fused == "auto":
+    sites = [m for m in net.modules() if isinstance(m, ActivationModule)]
+    probe = x_train[:batch]
+    if channels_last:
+        probe = probe.contiguous(memory_format=torch.channels_last)
+    if config.fused == "auto" and sites:
         try:
-            _decide_fusion(record, act, net, x_train[:batch], channels_last, total_steps, dev)
+            _decide_fusion(record, act, net, sites, probe, total_steps, dev)
         except Exception as exc:  # noqa: BLE001 -- e.g. a user operator raising: this candidate fails
             return _failed(record, exc, started)
-    record.fused = any(getattr(m, "fused", False) for m in net.modules()
-                       if isinstance(m, ActivationModule))
+    record.fused = any(m.fused for m in sites)
     if record.fused:
         try:
-            _compile_fused(net, x_train[:batch], channels_last, amp, dev)
+            _compile_fused(net, sites, probe, amp, dev)
         except Exception as exc:  # noqa: BLE001 -- the function's own error: it fails, as eager would
             return _failed(record, exc, started)
     if config.blowup_limit:
@@ -588,60 +591,63 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
     return _finish(record, "ok", "", started, train_time, samples)
 
 
-def _decide_fusion(record: TrainResult, act, net: nn.Module, xb: torch.Tensor,
-                   channels_last: bool, steps: int, dev: torch.device) -> None:
-    """``fused = "auto"``: one eval-mode forward pass (nothing changes, no RNG drawn) counts
-    the elements each activation site sees per step; the cost model decides; the sites switch."""
-    sites = [m for m in net.modules() if isinstance(m, ActivationModule)]
-    if not isinstance(act, Activation) or not sites:
+def _decide_fusion(record: TrainResult, act, net: nn.Module, sites: list, probe: torch.Tensor,
+                   steps: int, dev: torch.device) -> None:
+    """``fused = "auto"``: one eval-mode forward pass of ``probe`` counts the elements each
+    activation site sees per step; the cost model decides; the sites switch."""
+    if not isinstance(act, Activation):
         return
     if not act.program.worth_fusing:
         record.fusion = "eager: a single built-in operator is one kernel already"
         return
-    if channels_last:
-        xb = xb.contiguous(memory_format=torch.channels_last)
-    decision = fusion_mod.decide(act, activation_site_sizes(net, xb), steps, dev.type)
+    decision = fusion_mod.decide(act, activation_site_sizes(net, probe), steps, dev.type)
     record.fusion = ("fused: " if decision.fuse else "eager: ") + decision.reason
     if decision.fuse:
         for module in sites:
             module.set_fused(True)
 
 
-def _compile_fused(net: nn.Module, xb: torch.Tensor, channels_last: bool, amp: bool,
+def _compile_fused(net: nn.Module, sites: list, probe: torch.Tensor, amp: bool,
                    dev: torch.device) -> None:
     """Compile the fused activations' training graphs, forward *and backward*, before the first
-    step: one forward and backward of a batch in eval mode under the training's autocast
+    step: one forward and backward of ``probe`` in eval mode under the training's autocast
     (no BatchNorm statistics change, no random numbers drawn, gradients cleared after).  A graph
     inductor cannot compile -- the backward's too, which no forward call could catch -- turns
     that function eager (:class:`~gp_activations.fusion.FusedFunction`) before training."""
-    sites = [m for m in net.modules() if isinstance(m, ActivationModule) and m.fused]
-    fns = {id(m._fn): m._fn for m in sites}
+    fns = {id(m._fn): m._fn for m in sites if m.fused}
     counted = {key: fn.compile_seconds for key, fn in fns.items()}
     started = time.perf_counter()
-    was_training = net.training
-    if channels_last:
-        xb = xb.contiguous(memory_format=torch.channels_last)
     try:
-        net.eval()
-        for _ in range(2):  # a second pass once a failing backward has turned a function eager
-            try:
-                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                    out = net(xb)
-                out.float().sum().backward()
-                break
-            except Exception as exc:  # noqa: BLE001 -- the backward's compile failed
-                compiled = [fn for fn in fns.values() if fn.fallback is None]
-                if not compiled:
-                    raise
-                for fn in compiled:
-                    fn.give_up(exc)
+        with _eval_mode(net):
+            for _ in range(2):  # a second pass once a failing backward turned a function eager
+                try:
+                    with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                        out = net(probe)
+                    out.float().sum().backward()
+                    break
+                except Exception as exc:  # noqa: BLE001 -- the backward's compile failed
+                    compiled = [fn for fn in fns.values() if fn.fallback is None]
+                    if not compiled:
+                        raise
+                    for fn in compiled:
+                        fn.give_up(exc)
     finally:
-        net.train(was_training)
         net.zero_grad(set_to_none=True)
     # the backward graphs compiled inside autograd: their time goes to the functions' count
     forward = sum(fn.compile_seconds - counted[key] for key, fn in fns.items())
     for fn in fns.values():
         fn.compile_seconds += max(0.0, time.perf_counter() - started - forward) / len(fns)
+
+
+@contextlib.contextmanager
+def _eval_mode(net: nn.Module):
+    """``net`` in eval mode for a block (BatchNorm statistics untouched, dropout off)."""
+    was_training = net.training
+    net.eval()
+    try:
+        yield net
+    finally:
+        net.train(was_training)
 
 
 def activation_site_sizes(net: nn.Module, xb: torch.Tensor) -> list:
@@ -650,12 +656,10 @@ def activation_site_sizes(net: nn.Module, xb: torch.Tensor) -> list:
     sizes: list = []
     handles = [m.register_forward_hook(lambda _m, _i, out: sizes.append(out.numel()))
                for m in net.modules() if isinstance(m, ActivationModule)]
-    was_training = net.training
     try:
-        with torch.no_grad():
-            net.eval()(xb)
+        with torch.no_grad(), _eval_mode(net):
+            net(xb)
     finally:
-        net.train(was_training)
         for h in handles:
             h.remove()
     return sizes
