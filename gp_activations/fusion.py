@@ -99,10 +99,12 @@ class FusedFunction:
     call's reach: the trainer compiles them before the first step and calls :meth:`give_up`
     where that fails.)  A failure from a corrupt kernel cache is retried once in a fresh cache
     (a warning).  ``compile_seconds``: the time of the calls that compiled a graph, in this
-    process."""
+    process.  ``traced``: the function torch.compile traces; ``eager``: what runs instead
+    (the same values; default ``traced``)."""
 
-    def __init__(self, eager):
-        self.eager = eager
+    def __init__(self, traced, eager=None):
+        self.traced = traced
+        self.eager = eager if eager is not None else traced
         self.fallback: Optional[str] = None  # why it runs eager, once it does
         self.compile_seconds = 0.0
         self._compiled = self._compile()
@@ -112,7 +114,7 @@ class FusedFunction:
         self._stats = counters["stats"]
 
     def _compile(self):
-        return torch.compile(self.eager, fullgraph=True, dynamic=True,
+        return torch.compile(self.traced, fullgraph=True, dynamic=True,
                              options={"custom_partitioner_fn": _partitioner()})
 
     def __call__(self, *args):
