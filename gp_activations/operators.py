@@ -47,6 +47,8 @@ import numpy as np
 import sympy
 import torch
 
+from . import kernels
+
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)
 
 
@@ -141,7 +143,8 @@ class Operator:
 
     # -- direct use --------------------------------------------------------------------------
     def __call__(self, *operands, params=()):
-        """Apply the (protected) torch implementation to tensors -- handy in notebooks and tests."""
+        """Apply the (protected) torch implementation to tensors, as eager activations run it
+        (:mod:`kernels`) -- handy in notebooks and tests."""
         fn = _template_function(self)
         return fn(*operands, *params)
 
@@ -169,7 +172,7 @@ def _template_function(op: Operator):
         params = [f"p{i}" for i in range(len(op.params))]
         args = ", ".join(operands + params)
         src = f"def _op({args}):\n    return {op.render(operands, params)}\n"
-        namespace = template_namespace()
+        namespace = kernels.namespace()  # as generated eager code runs it
         namespace.update(op.helpers)
         exec(compile(src, f"<operator {op.name}>", "exec"), namespace)  # noqa: S102 -- our template
         fn = _TEMPLATE_CACHE[key] = namespace["_op"]
