@@ -13,12 +13,15 @@ Also serial with successive halving and with the surrogate (trainings = halving'
 trainings; the surrogate's feature computation and fitting count as outside training).
 
 And serial with ``fused = false`` beside the default ``fused = "auto"`` (the cost model
-decides per candidate whether torch.compile pays; its compile time counts as training).
+decides per candidate whether torch.compile pays; its compile time counts as training), and
+serial as the search ran before issue 12: fused off and eager activations on plain torch
+kernels (``gp_activations.kernels`` off: boolean masks in clamp / maximum / nan_to_num
+backward passes).
 
 Targets: <= 5 % outside training (serial, also with halving and the surrogate); >= 1.7x serial
 with 2 workers.
 
-    python benchmarks/search_overhead.py [--generations 3] [--epochs 6]
+    python benchmarks/search_overhead.py [--generations 3] [--epochs 6] [--rows serial,before]
 """
 
 from __future__ import annotations
@@ -31,8 +34,12 @@ import sys
 import tempfile
 import time
 
+from gp_activations import kernels
 from gp_activations.search import SearchConfig, run_search
 from gp_activations.search.store import RunStore
+
+
+ROWS = ("serial", "process", "ray", "threads", "halving", "surrogate", "fused-off", "before")
 
 
 def measure(executor: str, workers: int, threads: int, args, root: str, label: str = "",
@@ -66,21 +73,38 @@ def main(argv=None) -> int:
     parser.add_argument("--generations", type=int, default=4)
     parser.add_argument("--epochs", type=float, default=8)
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help=f"which rows to run (serial is always run): {','.join(ROWS)}")
     args = parser.parse_args(argv)
+    rows = set(args.rows.split(",")) | {"serial"}
+    if rows - set(ROWS):
+        parser.error(f"unknown rows: {', '.join(sorted(rows - set(ROWS)))}")
     root = tempfile.mkdtemp(prefix="gpa-bench-")
     # Serial runs train in this process: load MNIST-1D now so that its ~3 s generation is not
     # counted as the first candidate's training (workers load it during their start-up).
     from gp_activations.train import get_dataset, resolve_device
 
     get_dataset("mnist1d", resolve_device("cpu"))
-    runs = [measure("serial", 1, 1, args, root), measure("process", 2, 1, args, root)]
-    if not args.skip_ray:
+    runs = [measure("serial", 1, 1, args, root)]
+    if "process" in rows:
+        runs.append(measure("process", 2, 1, args, root))
+    if "ray" in rows and not args.skip_ray:
         runs.append(measure("ray", 2, 1, args, root))
-    runs.append(measure("serial", 1, 2, args, root))
-    runs.append(measure("serial", 1, 1, args, root, " + halving", fidelity="halving"))
-    runs.append(measure("serial", 1, 1, args, root, " + surrogate", surrogate="forest",
-                        surrogate_min=8))
-    runs.append(measure("serial", 1, 1, args, root, ", fused off", fused=False))
+    if "threads" in rows:
+        runs.append(measure("serial", 1, 2, args, root))
+    if "halving" in rows:
+        runs.append(measure("serial", 1, 1, args, root, " + halving", fidelity="halving"))
+    if "surrogate" in rows:
+        runs.append(measure("serial", 1, 1, args, root, " + surrogate", surrogate="forest",
+                            surrogate_min=8))
+    if "fused-off" in rows:
+        runs.append(measure("serial", 1, 1, args, root, ", fused off", fused=False))
+    if "before" in rows:
+        kernels.set_enabled(False)
+        try:
+            runs.append(measure("serial", 1, 1, args, root, ", before issue 12", fused=False))
+        finally:
+            kernels.set_enabled(True)
     base = runs[0]
     print(f"\nMNIST-1D search: population {args.population}, {args.generations} generations, "
           f"{args.epochs:g} epochs per candidate\n")
@@ -95,9 +119,13 @@ def main(argv=None) -> int:
     same = all(r["fitness"] == base["fitness"] for r in runs if r["label"].endswith("x 1 thread"))
     # (halving and the surrogate train other candidates: they are not compared here)
     print(f"\nsame candidates and fitness for every executor at 1 thread per evaluation: {same}")
-    off = next(r for r in runs if r["label"].endswith("fused off"))
-    print(f"fused = auto (the default) vs off, serial: {off['wall'] / base['wall']:.2f}x the "
-          f"evaluations per minute; same fitness: {off['fitness'] == base['fitness']}")
+    for suffix, what in (("fused off", "fused = auto (the default) vs off"),
+                         ("before issue 12", "the default vs fused off on plain torch kernels "
+                                             "(the search before issue 12)")):
+        other = next((r for r in runs if r["label"].endswith(suffix)), None)
+        if other is not None:
+            print(f"{what}, serial: {other['wall'] / base['wall']:.2f}x the evaluations per "
+                  f"minute; same fitness: {other['fitness'] == base['fitness']}")
     shutil.rmtree(root, ignore_errors=True)
     return 0
 

@@ -21,8 +21,10 @@ gradient** as autograd (for every non-NaN input), without a boolean kernel:
 
 The generated activation source stays one text (the export, the fused path and the eager path
 run the same statements): :func:`namespace` binds ``torch`` in the eager path to a proxy whose
-four functions are these, and delegates everything else to torch.  They step aside (plain torch) off the CPU and when no gradient is recorded (the same values either way); the fused path
-compiles the plain source.
+four functions are these, and delegates everything else to torch.  They step aside (plain
+torch) off the CPU and when no gradient is recorded (the same values either way); the fused
+path compiles the plain source.  ``GP_ACTIVATIONS_PLAIN_KERNELS=1`` (or :func:`set_enabled`)
+turns them off: the benchmarks' baseline.
 
 Not here: torch's float32 ``sinh`` / ``cosh`` / ``asinh`` / ``sinc`` / ``i0e`` are scalar loops
 on this CPU too (forward plus backward 570-1,050 us per 47.5 k elements against 35 for relu).
@@ -39,12 +41,23 @@ import types
 
 import torch
 
-__all__ = ["clamp", "nan_to_num", "maximum", "minimum", "namespace", "TORCH"]
+__all__ = ["clamp", "nan_to_num", "maximum", "minimum", "namespace", "set_enabled", "TORCH"]
+
+
+#: set to "1" to run generated eager code on plain torch (a baseline for the benchmarks)
+PLAIN_ENV = "GP_ACTIVATIONS_PLAIN_KERNELS"
+_ENABLED = os.environ.get(PLAIN_ENV) != "1"
+
+
+def set_enabled(enabled: bool) -> None:
+    """Use these kernels (the default) or plain torch in eager activations, process-wide."""
+    global _ENABLED
+    _ENABLED = bool(enabled)
 
 
 def _recorded(*tensors) -> bool:
     """A CPU autograd graph is being recorded through at least one of ``tensors``."""
-    if not torch.is_grad_enabled():
+    if not (_ENABLED and torch.is_grad_enabled()):
         return False
     grad = False
     for t in tensors:
@@ -190,10 +203,6 @@ class _CheapTorch(types.ModuleType):
 TORCH = _CheapTorch("torch")
 
 
-#: set to "1" to run generated eager code on plain torch (a baseline for the benchmarks)
-PLAIN_ENV = "GP_ACTIVATIONS_PLAIN_KERNELS"
-
-
 def namespace() -> dict:
     """Globals for the eager execution of generated source (see the module docstring)."""
-    return {"torch": torch if os.environ.get(PLAIN_ENV) == "1" else TORCH}
+    return {"torch": TORCH}
