@@ -30,7 +30,7 @@ one static -> dynamic recompile); and AOTAutograd's partitioner recomputed every
 the backward (8 SLEEF calls per element and step instead of 4).  What remains for that function
 is the four transcendentals of its forward over ~23 M elements per step.
 
-    python benchmarks/trainer_throughput.py [--threads 2] [--cifar-steps 12]
+    python benchmarks/trainer_throughput.py [--threads 2] [--cifar-steps 12] [--parts resnet20,cnn1d]
 """
 
 from __future__ import annotations
@@ -68,11 +68,13 @@ print(json.dumps({"wall": r.wall_time, "fused": r.fused, "fusion": r.fusion, "st
 """
 
 
-def fitness_run(expr: str, fused: str, cache: str) -> dict:
+def fitness_run(expr: str, fused: str, cache: str, plain_kernels: bool = False) -> dict:
     import json
     import subprocess
 
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache}
+    from gp_activations.kernels import PLAIN_ENV
+
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, PLAIN_ENV: "1" if plain_kernels else "0"}
     proc = subprocess.run([sys.executable, "-c", _FITNESS_RUN, expr, fused], env=env,
                           capture_output=True, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -141,24 +143,37 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--cifar-steps", type=int, default=12)
     parser.add_argument("--mnist1d-epochs", type=int, default=5)
+    parser.add_argument("--parts", default="loops,resnet20,cnn1d",
+                        help="which tables: loops (ours vs the plain loop), resnet20, cnn1d")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="gp_act_inductor_"))
     print(f"torch {torch.__version__}, {args.threads} threads, CPU")
     rows = []
-
-    ds = load_dataset("mnist1d")
-    cfg = TrainConfig(epochs=args.mnist1d_epochs, batch_size=100, optimizer="adam", lr=1e-2,
-                      weight_decay=0.0, chance_check=False, threads=args.threads)
-    steps = args.mnist1d_epochs * (len(ds.y_train) // 100)
-    ref = reference_loop(ds, "cnn1d", cfg, 0, steps, augment=False)
-    mine = ours(ds, "cnn1d", cfg, 0)
-    rows.append(("mnist1d / cnn1d", ref, mine))
-
     cifar = random_cifar()
     steps = args.cifar_steps
     base = dict(epochs=1, batch_size=128, optimizer="sgd", lr=0.05, chance_check=False,
                 threads=args.threads, max_steps_per_epoch=steps, eval_batch_size=256)
+    if "loops" in parts:
+        loops(args, rows, cifar, base)
+    if "resnet20" in parts:
+        resnet20_costs(cifar, base)
+    if "cnn1d" in parts:
+        cnn1d_costs()
+    return 0
+
+
+def loops(args, rows, cifar, base):
+    steps = args.cifar_steps
+    ds = load_dataset("mnist1d")
+    cfg = TrainConfig(epochs=args.mnist1d_epochs, batch_size=100, optimizer="adam", lr=1e-2,
+                      weight_decay=0.0, chance_check=False, threads=args.threads)
+    ref = reference_loop(ds, "cnn1d", cfg, 0, args.mnist1d_epochs * (len(ds.y_train) // 100),
+                         augment=False)
+    mine = ours(ds, "cnn1d", cfg, 0)
+    rows.append(("mnist1d / cnn1d", ref, mine))
+
     for augment in (False, True):
         cifar.augment = augment
         ref = reference_loop(cifar, "resnet20", TrainConfig(**base), 0, steps, augment)
@@ -173,6 +188,8 @@ def main(argv=None) -> int:
     for label, ref, mine in rows:
         print(f"{label:38s} {ref:9.0f}/s {mine:9.0f}/s {mine / ref:6.2f}x")
 
+
+def resnet20_costs(cifar, base):
     # Cost of evolved activations relative to ReLU on resnet20 steps (ours, same data).
     from gp_activations import fusion
     from gp_activations.train import activation_site_sizes
@@ -196,22 +213,24 @@ def main(argv=None) -> int:
         print(f"{name:16s} {relu / eager:7.2f}x {relu / fused:7.2f}x {relu / chosen:7.2f}x "
               f"({'fused' if pick.fuse else 'eager'})")
 
+
+def cnn1d_costs():
     # cnn1d fitness runs, whole train() call, each fused run in a fresh process
     cache = tempfile.mkdtemp(prefix="gp_act_bench_cache_")
     base_run = fitness_run("relu", "false", cache)
     print(f"\ncnn1d fitness run (MNIST-1D, 12 epochs, 1 thread; ReLU {base_run['wall']:.2f} s) "
           f"relative to ReLU, compile included:")
-    print(f"{'activation':16s} {'eager':>8s} {'fused cold':>11s} {'fused warm':>11s} {'auto':>8s}  "
-          f"auto's choice")
+    print(f"{'activation':16s} {'eager':>8s} {'plain':>8s} {'fused cold':>11s} {'fused warm':>11s} "
+          f"{'auto':>8s}  auto's choice   (plain: eager on plain torch kernels, before issue 12)")
     for name, expr in EVOLVED:
         eager = fitness_run(expr, "false", cache)
+        plain = fitness_run(expr, "false", cache, plain_kernels=True)
         cold = fitness_run(expr, "true", cache)
         warm = fitness_run(expr, "true", cache)
         auto = fitness_run(expr, "auto", cache)
         w = base_run["wall"]
-        print(f"{name:16s} {eager['wall'] / w:7.2f}x {cold['wall'] / w:10.2f}x "
+        print(f"{name:16s} {eager['wall'] / w:7.2f}x {plain['wall'] / w:7.2f}x {cold['wall'] / w:10.2f}x "
               f"{warm['wall'] / w:10.2f}x {auto['wall'] / w:7.2f}x  {auto['fusion']}")
-    return 0
 
 
 if __name__ == "__main__":

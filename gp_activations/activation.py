@@ -68,12 +68,15 @@ def set_compile_cache(directory: Optional[str]) -> None:
     fusion.use_cache_dir(str(directory) if directory else None)
 
 
-def _fused_function(program: Program, cache_dir: Optional[str] = None):
+def _fused_function(program: Program, traced: Program, cache_dir: Optional[str] = None):
+    """The compiled function of ``program``: torch.compile traces ``traced`` (its source for
+    the compiler, :func:`codegen.generate` with ``fused=True``); the eager fallback runs
+    ``program``."""
     key = _cache_key(program)
     fn = _FUSED.get(key)
     if fn is None:
         set_compile_cache(cache_dir)
-        fn = _FUSED[key] = fusion.FusedFunction(_eager_function(program, cheap=False),
+        fn = _FUSED[key] = fusion.FusedFunction(_eager_function(traced, cheap=False),
                                                 _eager_function(program))
     return fn
 
@@ -98,7 +101,8 @@ class ActivationModule(nn.Module):
         for fused modules created) here, not in forward."""
         program = self.activation.program
         self.fused = bool(fused and program.worth_fusing)
-        self._fn = _fused_function(program, cache_dir) if self.fused else _eager_function(program)
+        self._fn = (_fused_function(program, self.activation.fused_program, cache_dir)
+                    if self.fused else _eager_function(program))
         return self
 
     def forward(self, x):
@@ -159,6 +163,7 @@ class Activation:
                             f"0..{len(tree) - 1} of {str(tree)!r}")
         self.params = params
         self._program: Optional[Program] = None
+        self._fused_program: Optional[Program] = None
         self._slots: Optional[list] = None
 
     # -- construction ----------------------------------------------------------------------
@@ -222,6 +227,13 @@ class Activation:
         if self._program is None:
             self._program = generate(self.tree, self.pset, self.params)
         return self._program
+
+    @property
+    def fused_program(self) -> Program:
+        """The source torch.compile traces (same function and arguments as :attr:`program`)."""
+        if self._fused_program is None:
+            self._fused_program = generate(self.tree, self.pset, self.params, fused=True)
+        return self._fused_program
 
     @property
     def size(self) -> int:

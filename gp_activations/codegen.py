@@ -12,6 +12,17 @@ Two small optimisations keep the compiled function as cheap as hand-written torc
   overflow (``x * sigmoid(x)`` and ``relu(x) + 0.01 * min(x, 0)`` need no guard; ``exp(x)``
   does).  Learnable scalars are taken at their initial value for this analysis;
 * **common subexpressions** -- identical parameter-free subtrees are computed once.
+
+For torch.compile only (``generate(..., fused=True)``; the eager function and the export keep
+the operators' own forms), the exponential family shares one ``e = exp(min(u, 30))`` per
+operand ``u``: ``tanh(softplus(u)) = n / (n + 2)`` with ``n = e (e + 2)`` (mish's three
+transcendentals become one exp), and where two or more of sigmoid / sigmul / softplus /
+tanh∘softplus read the same ``u``, ``sigmoid(u) = e / (e + 1)`` and
+``softplus(u) = u if u > 20 else log1p(e)`` (torch's threshold).  Beyond 30 each is 1 in
+float32 already (the clamp keeps n finite; at 30, not 20, so that its bound, where torch's
+clamp passes no gradient, is not softplus's threshold); below, the forms agree with torch to
+a few ulp.  Inductor drops the
+statement a rewrite leaves unused (softplus under tanh).
 """
 
 from __future__ import annotations
@@ -89,8 +100,57 @@ def leaf_value(node, pset):
     return float(pset.constants[node.value])
 
 
-def generate(tree, pset, edges=(), function_name: str = "activation") -> Program:
-    """Straight-line source for the tree with learnable multipliers on ``edges``."""
+_EXP_FAMILY = ("sigmoid", "sigmul", "softplus")
+
+
+def _shared_exponentials(tree, kids, edge_param, op_params) -> tuple[dict, dict]:
+    """For the fused source: node -> the node whose value is its exp operand u, for every
+    tanh(softplus(u)) (always rewritten) and every sigmoid / sigmul / softplus whose u has two
+    or more such readers; and the canonical key of each node's value (text, or the node
+    itself where a learnable scalar makes it unique)."""
+    n = len(tree)
+    key = [""] * n
+    for idx in range(n - 1, -1, -1):
+        node = tree[idx]
+        unique = idx in edge_param or idx in op_params or any(key[k].startswith("#") for k in kids[idx])
+        if isinstance(node, gp.Primitive):
+            text = f"{node.name}({', '.join(key[k] for k in kids[idx])})"
+        else:
+            text = node.format()
+        key[idx] = f"#{idx}" if unique else text
+    operand: dict = {}
+    for idx, node in enumerate(tree):
+        if not isinstance(node, gp.Primitive):
+            continue
+        if node.name == "tanh":
+            (child,) = kids[idx]
+            c = tree[child]
+            if (isinstance(c, gp.Primitive) and c.name == "softplus" and child not in edge_param
+                    and child not in op_params):
+                operand[idx] = kids[child][0]
+        elif node.name in _EXP_FAMILY and idx not in op_params:
+            operand[idx] = kids[idx][0]
+    readers: dict = {}
+    for idx, u in operand.items():
+        readers[key[u]] = readers.get(key[u], 0) + 1
+    rewrite = {idx: u for idx, u in operand.items()
+               if tree[idx].name == "tanh" or readers[key[u]] >= 2}
+    return rewrite, {idx: key[u] for idx, u in rewrite.items()}
+
+
+def _fused_form(name: str, u: str, e: str, operands: list) -> str:
+    if name == "tanh":  # tanh(softplus(u))
+        return f"({e} * ({e} + 2.0)) / ({e} * ({e} + 2.0) + 2.0)"
+    if name == "sigmoid":
+        return f"{e} / ({e} + 1.0)"
+    if name == "sigmul":
+        return f"{e} / ({e} + 1.0) * {operands[1]}"
+    return f"torch.where({u} > 20.0, {u}, torch.log1p({e}))"  # softplus
+
+
+def generate(tree, pset, edges=(), function_name: str = "activation", fused: bool = False) -> Program:
+    """Straight-line source for the tree with learnable multipliers on ``edges``; ``fused``:
+    the source torch.compile traces (the exponential family rewritten, module docstring)."""
     slots = param_slots(tree, pset, edges)
     edge_param = {s.node: s.name for s in slots if s.kind == "edge"}
     op_params: dict[int, list[str]] = {}
@@ -109,6 +169,8 @@ def generate(tree, pset, edges=(), function_name: str = "activation") -> Program
     lines: list[str] = []
     helpers: dict = {}
     kernels = 0
+    rewrite, exp_key = _shared_exponentials(tree, kids, edge_param, op_params) if fused else ({}, {})
+    exps: dict = {}  # exp operand key -> the variable holding exp(min(u, 30))
 
     for idx in range(n - 1, -1, -1):
         node = tree[idx]
@@ -125,6 +187,13 @@ def generate(tree, pset, edges=(), function_name: str = "activation") -> Program
             span[idx] = (lo, hi) if fast else (max(lo, -FLOAT32_MAX), min(hi, FLOAT32_MAX))
             expr = op.render([var[k] for k in ks], op_params.get(idx, ()), fast=fast)
             helpers.update(op.helpers)
+            if idx in rewrite:
+                u = var[rewrite[idx]]
+                e = exps.get(exp_key[idx])
+                if e is None:
+                    e = exps[exp_key[idx]] = f"e{idx}"
+                    lines.append(f"    {e} = torch.exp(torch.clamp({u}, max=30.0))")
+                expr = _fused_form(node.name, u, e, [var[k] for k in ks])
         else:
             value = leaf_value(node, pset)
             text[idx] = node.format()
