@@ -136,3 +136,18 @@ def test_a_training_step_is_exactly_the_plain_torch_one(space):
             loss.backward()
             results.append([loss.detach()] + [p.grad for p in net.parameters()])
         assert_identical(*results)
+
+
+def test_the_benchmark_runs_and_lists_every_operator():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gp_activations.operators import REGISTRY
+
+    script = Path(__file__).resolve().parent.parent / "benchmarks" / "eager_kernels.py"
+    out = subprocess.run([sys.executable, str(script), "--repeat", "1"], capture_output=True,
+                         text=True, check=True, timeout=300).stdout
+    rows = {line.split()[0] for line in out.splitlines()[3:] if line.strip()}
+    assert {"max", "min", "add", "minzero", "sinh"} <= rows
+    assert rows == {n for n, op in REGISTRY.items() if not op.params and not op.user_defined}
