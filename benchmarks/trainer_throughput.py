@@ -147,14 +147,15 @@ def main(argv=None) -> int:
                         help="which tables: loops (ours vs the plain loop), resnet20, cnn1d")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
+    if parts - {"loops", "resnet20", "cnn1d"}:
+        parser.error(f"unknown parts: {', '.join(sorted(parts - {'loops', 'resnet20', 'cnn1d'}))}")
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="gp_act_inductor_"))
     print(f"torch {torch.__version__}, {args.threads} threads, CPU")
     rows = []
-    cifar = random_cifar()
-    steps = args.cifar_steps
+    cifar = random_cifar() if parts & {"loops", "resnet20"} else None
     base = dict(epochs=1, batch_size=128, optimizer="sgd", lr=0.05, chance_check=False,
-                threads=args.threads, max_steps_per_epoch=steps, eval_batch_size=256)
+                threads=args.threads, max_steps_per_epoch=args.cifar_steps, eval_batch_size=256)
     if "loops" in parts:
         loops(args, rows, cifar, base)
     if "resnet20" in parts:

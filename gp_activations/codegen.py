@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from deap import gp
 
 from .expression import children, is_literal
-from .operators import FLOAT32_MAX
+from .operators import FLOAT32_MAX, REGISTRY
 
 
 @dataclass(frozen=True)
@@ -103,7 +103,12 @@ def leaf_value(node, pset):
 _EXP_FAMILY = ("sigmoid", "sigmul", "softplus")
 
 
-def _shared_exponentials(tree, kids, edge_param, op_params) -> tuple[dict, dict]:
+def _builtin(pset, name: str) -> bool:
+    """``name`` is the built-in operator (not a user's operator of the same name)."""
+    return pset.operators.get(name) is REGISTRY.get(name)
+
+
+def _shared_exponentials(tree, pset, kids, edge_param, op_params) -> tuple[dict, dict]:
     """For the fused source: node -> the node whose value is its exp operand u, for every
     tanh(softplus(u)) (always rewritten) and every sigmoid / sigmul / softplus whose u has two
     or more such readers; and the canonical key of each node's value (text, or the node
@@ -122,11 +127,13 @@ def _shared_exponentials(tree, kids, edge_param, op_params) -> tuple[dict, dict]
     for idx, node in enumerate(tree):
         if not isinstance(node, gp.Primitive):
             continue
+        if not _builtin(pset, node.name):
+            continue
         if node.name == "tanh":
             (child,) = kids[idx]
             c = tree[child]
-            if (isinstance(c, gp.Primitive) and c.name == "softplus" and child not in edge_param
-                    and child not in op_params):
+            if (isinstance(c, gp.Primitive) and c.name == "softplus" and _builtin(pset, c.name)
+                    and child not in edge_param and child not in op_params):
                 operand[idx] = kids[child][0]
         elif node.name in _EXP_FAMILY and idx not in op_params:
             operand[idx] = kids[idx][0]
@@ -139,13 +146,16 @@ def _shared_exponentials(tree, kids, edge_param, op_params) -> tuple[dict, dict]
 
 
 def _fused_form(name: str, u: str, e: str, operands: list) -> str:
+    """The rewritten operator, in u's dtype (exp autocasts to float32 on CUDA)."""
     if name == "tanh":  # tanh(softplus(u))
-        return f"({e} * ({e} + 2.0)) / ({e} * ({e} + 2.0) + 2.0)"
-    if name == "sigmoid":
-        return f"{e} / ({e} + 1.0)"
-    if name == "sigmul":
-        return f"{e} / ({e} + 1.0) * {operands[1]}"
-    return f"torch.where({u} > 20.0, {u}, torch.log1p({e}))"  # softplus
+        form = f"({e} * ({e} + 2.0)) / ({e} * ({e} + 2.0) + 2.0)"
+    elif name == "sigmoid":
+        form = f"{e} / ({e} + 1.0)"
+    elif name == "sigmul":
+        return f"({e} / ({e} + 1.0)).to({u}.dtype) * {operands[1]}"
+    else:  # softplus
+        form = f"torch.where({u} > 20.0, {u}, torch.log1p({e}))"
+    return f"({form}).to({u}.dtype)"
 
 
 def generate(tree, pset, edges=(), function_name: str = "activation", fused: bool = False) -> Program:
@@ -169,7 +179,7 @@ def generate(tree, pset, edges=(), function_name: str = "activation", fused: boo
     lines: list[str] = []
     helpers: dict = {}
     kernels = 0
-    rewrite, exp_key = _shared_exponentials(tree, kids, edge_param, op_params) if fused else ({}, {})
+    rewrite, exp_key = _shared_exponentials(tree, pset, kids, edge_param, op_params) if fused else ({}, {})
     exps: dict = {}  # exp operand key -> the variable holding exp(min(u, 30))
 
     for idx in range(n - 1, -1, -1):

@@ -22,8 +22,8 @@ gradient** as autograd (for every non-NaN input), without a boolean kernel:
 The generated activation source stays one text (the export, the fused path and the eager path
 run the same statements): :func:`namespace` binds ``torch`` in the eager path to a proxy whose
 four functions are these, and delegates everything else to torch.  They step aside (plain
-torch) off the CPU and when no gradient is recorded (the same values either way); the fused
-path compiles the plain source.  ``GP_ACTIVATIONS_PLAIN_KERNELS=1`` (or :func:`set_enabled`)
+torch) off the CPU, when no gradient is recorded, under torch.compile and under torch.func
+transforms (the same values either way); the fused path compiles the plain source.  ``GP_ACTIVATIONS_PLAIN_KERNELS=1`` (or :func:`set_enabled`)
 turns them off: the benchmarks' baseline.
 
 Not here: torch's float32 ``sinh`` / ``cosh`` / ``asinh`` / ``sinc`` / ``i0e`` are scalar loops
@@ -56,8 +56,11 @@ def set_enabled(enabled: bool) -> None:
 
 
 def _recorded(*tensors) -> bool:
-    """A CPU autograd graph is being recorded through at least one of ``tensors``."""
+    """A CPU autograd graph is being recorded through at least one of ``tensors`` -- by plain
+    autograd: torch.compile tracing and torch.func transforms (vmap, grad, jvp) get torch."""
     if not (_ENABLED and torch.is_grad_enabled()):
+        return False
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False
     grad = False
     for t in tensors:
@@ -117,6 +120,9 @@ class _Clamp(torch.autograd.Function):
         mn, mx = (float(v) for v in torch.aminmax(x))
         if math.isnan(mn) or math.isnan(mx):
             return _torch_gradient(lambda t: torch.clamp(t, lo, hi), x, g), None, None
+        # torch compares with the bounds rounded to x's dtype (1e15 is not a float32)
+        lo = None if lo is None else torch.tensor(lo, dtype=x.dtype).item()
+        hi = None if hi is None else torch.tensor(hi, dtype=x.dtype).item()
         mask = None
         if lo is not None and mn <= lo:
             mask = _within(x, lo, above=True)

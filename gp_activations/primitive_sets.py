@@ -178,7 +178,7 @@ class SearchSpace:
 
 #: Names the generated code uses itself (torch, x, the function, its variables v<i> and
 #: scalars p<i>/beta<i>): a user operator -- called by its name -- may not take them.
-_RESERVED_NAME = re.compile(r"torch|x|activation|(?:v|p|beta)\d+")
+_RESERVED_NAME = re.compile(r"torch|x|activation|(?:v|p|beta|e)\d+")
 
 
 def _undefined_function(name: str):

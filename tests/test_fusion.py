@@ -178,10 +178,32 @@ def test_the_compiled_source_shares_one_exponential(expression):
             outs.append((y.detach(), x.grad, module.p0.grad))
         for a, b in zip(*outs):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, equal_nan=True, msg=expression)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        x = grid.to(torch.bfloat16)
-        y_e, y_f = act.module()(x), act.module(fused=True)(x)
-    torch.testing.assert_close(y_f.float(), y_e.float(), rtol=1.6e-2, atol=1e-2, msg=expression)
+    outs = []
+    for fused in (False, True):
+        x = grid.clamp(-1e4, 1e4).to(torch.bfloat16).requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = act.module(fused=fused)(x)
+        y.float().sum().backward()
+        outs.append((y.detach().float(), x.grad.float()))
+    assert outs[1][0].dtype == outs[0][0].dtype
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b, rtol=1.6e-2, atol=1e-2, msg=expression)
+
+
+def test_a_users_operator_with_a_builtin_name_is_not_rewritten(tmp_path):
+    """Only the built-in softplus / sigmoid / tanh are rewritten: a search space's own
+    ``softplus`` (here with β = 3) compiles as written, equal to eager."""
+    path = tmp_path / "own_softplus.py"
+    path.write_text("import torch\nfrom gp_activations import SearchSpace\n"
+                    "space = SearchSpace('own', 'a softplus of its own')\n"
+                    "space.use('tanh', 'mul', 'sigmoid')\n"
+                    "@space.unary(sympy=lambda x: x)\n"
+                    "def softplus(x):\n"
+                    "    return torch.nn.functional.softplus(x, beta=3.0)\n")
+    act = Activation.from_string("mul(tanh(softplus(x)), sigmoid(softplus(x)))", str(path))
+    assert "torch.exp(" not in act.fused_program.source
+    x = torch.linspace(-5, 5, 101)
+    torch.testing.assert_close(act.module(fused=True)(x), act.module()(x))
 
 
 # -- the decision -----------------------------------------------------------------------------

@@ -17,10 +17,19 @@ from gp_activations.primitive_sets import builtin_names, load_primitive_set
 INF = float("inf")
 
 
-def grads(fn, *inputs, seed=0):
-    """fn's value and the gradients of a random-weighted sum w.r.t. every input needing one."""
+@pytest.fixture(autouse=True)
+def kernels_on(monkeypatch):
+    """The kernels in use whatever the environment says (GP_ACTIVATIONS_PLAIN_KERNELS)."""
+    monkeypatch.setattr(kernels, "_ENABLED", True)
+
+
+def grads(fn, *inputs, seed=0, node=None):
+    """fn's value and the gradients of a random-weighted sum w.r.t. every input needing one;
+    ``node``: the autograd node the output must come from (the kernel, not torch's)."""
     leaves = [t.detach().clone().requires_grad_(t.requires_grad) for t in inputs]
     out = fn(*leaves)
+    if node is not None:
+        assert type(out.grad_fn).__name__ == node, out.grad_fn
     g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.dtype)
     out.backward(g)
     return [out.detach()] + [t.grad for t in leaves if t.requires_grad]
@@ -51,11 +60,17 @@ def sample(n=257, dtype=torch.float32, seed=0):
                                     (None, 80.0), (-1e-6, 1e-6)])
 def test_clamp_is_torch_clamp(dtype, lo, hi):
     x = sample(dtype=dtype).requires_grad_()
-    assert_identical(grads(lambda t: kernels.clamp(t, lo, hi), x),
+    assert_identical(grads(lambda t: kernels.clamp(t, lo, hi), x, node="_ClampBackward"),
                      grads(lambda t: torch.clamp(t, lo, hi), x))
     inside = (torch.randn(100) * 0.5).to(dtype).requires_grad_()  # nothing clamped: the shortcut
     assert_identical(grads(lambda t: kernels.clamp(t, min=-1e18, max=1e18), inside),
                      grads(lambda t: torch.clamp(t, min=-1e18, max=1e18), inside))
+    # an element exactly on a bound as x's dtype rounds it (1e15 is no float32), none beyond
+    for bound in (b for b in (lo, hi) if b is not None):
+        on = torch.tensor([bound, bound * 0.5 if bound else 0.5, -3.0 if bound > 0 else 3.0])
+        on = on.to(dtype).requires_grad_()
+        assert_identical(grads(lambda t: kernels.clamp(t, lo, hi), on),
+                         grads(lambda t: torch.clamp(t, lo, hi), on))
 
 
 def test_clamp_with_a_nan_input_takes_torchs_formula():
@@ -69,7 +84,8 @@ def test_nan_to_num_is_torch_nan_to_num(dtype):
     for x in (sample(dtype=dtype), torch.randn(50).to(dtype),
               torch.tensor([1.0, float("nan"), INF, -INF, 2.0]).to(dtype)):
         x = x.requires_grad_()
-        assert_identical(grads(kernels.nan_to_num, x), grads(torch.nan_to_num, x))
+        assert_identical(grads(kernels.nan_to_num, x, node="_NanToNumBackward"),
+                         grads(torch.nan_to_num, x))
 
 
 @pytest.mark.parametrize("ours, theirs", [(kernels.maximum, torch.maximum),
@@ -77,7 +93,7 @@ def test_nan_to_num_is_torch_nan_to_num(dtype):
 def test_maximum_and_minimum_are_torchs_with_ties_and_broadcasting(ours, theirs):
     a = torch.tensor([1.0, 2.0, 0.0, -0.0, 0.0, 5.0, -1e38, 3e38, -3e38, 7.0])
     b = torch.tensor([1.0, 1.0, -0.0, 0.0, 0.0, 6.0, 1e38, -3e38, 3e38, 7.0])
-    assert_identical(grads(ours, a.requires_grad_(), b.requires_grad_()),
+    assert_identical(grads(ours, a.requires_grad_(), b.requires_grad_(), node="_MaximumBackward"),
                      grads(theirs, a, b))
     x = torch.randn(4, 3, 5, requires_grad=True)
     x.data[0, 0, :2] = 0.25  # ties against the per-channel operand below
@@ -97,6 +113,14 @@ def test_without_a_gradient_or_off_the_cpu_graph_they_are_torch():
     y = kernels.clamp(torch.randn(10), 0.0, 1.0)
     assert y.grad_fn is None and torch.equal(y, y.clamp(0.0, 1.0))
     assert kernels.TORCH.sin is torch.sin and kernels.TORCH.nn.functional is torch.nn.functional
+    # torch.func transforms get torch itself (custom Functions would need a vmap rule)
+    from torch.func import grad, vmap
+
+    t = torch.tensor([1.0, -2.0, 3.0])
+    torch.testing.assert_close(grad(lambda v: kernels.clamp(v, -1.5, 2.0).sum())(t),
+                               torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(vmap(lambda v: kernels.maximum(v, torch.tensor(0.0)))(t),
+                               t.clamp(min=0.0))
 
 
 def random_trees(space: str, n: int, seed: int = 5):

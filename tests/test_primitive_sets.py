@@ -157,6 +157,7 @@ HEADER = "import torch\nfrom gp_activations import SearchSpace\nspace = SearchSp
     ("space.use('add')\n\nraise RuntimeError('boom')\n", 6, "RuntimeError: boom"),
     ("space.use('add', 'no_such_op')\n", 4, "unknown operator 'no_such_op'"),
     ("space.use('add')\n@space.unary\ndef activation(x):\n    return x\n", 5, "reserved"),
+    ("space.use('add')\n@space.unary\ndef e2(x):\n    return x\n", 5, "reserved"),
     ("space.use('add')\n@space.unary\ndef add(x):\n    return x\n", 5, "defined twice"),
     ("space.use('add')\nspace.constants(big=float('inf'))\n", 5, "must be finite"),
     ("space.use('add')\nspace.constants('two')\n", 5, "unknown constant 'two'"),
