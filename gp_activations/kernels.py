@@ -1,7 +1,7 @@
 """Cheaper CPU gradients for the torch functions our protected operators use.
 
-On CPU, PyTorch's backward formulas for ``clamp``, ``nan_to_num``, ``maximum`` and ``minimum``
-build boolean masks and go through ``where`` / ``masked_fill`` -- kernels that are not
+On CPU, PyTorch's backward formulas for ``clamp``, ``nan_to_num``, ``maximum``, ``minimum``
+and ``where`` build boolean masks and go through ``where`` / ``masked_fill`` -- kernels that are not
 vectorised for bool (measured here, 2-vCPU Xeon, torch 2.14, 47.5 k fp32 elements: ``where``
 154 us, ``masked_fill`` 167 us, ``isfinite`` 69 us, against 5 us for ``relu`` or a multiply).
 Forward plus backward, ``torch.maximum`` cost 17 ReLUs and a protected ``x + y``
@@ -17,11 +17,13 @@ gradient** as autograd (for every non-NaN input), without a boolean kernel:
   ``sign`` (the bound itself as torch has it: torch 2.14 passes no gradient there, probed at
   import), and a NaN (or, for nan_to_num, infinite) input takes torch's own autograd;
 * ``maximum`` / ``minimum``: the weight ``sign(a - b) / 2 + 1/2`` is 1, 1/2 (a tie, torch's
-  half-and-half) or 0, so ``g * w`` and ``g - g * w`` are exactly torch's two gradients.
+  half-and-half) or 0, so ``g * w`` and ``g - g * w`` are exactly torch's two gradients;
+* ``where`` (protected division's denominator): the condition as 0/1 once, ``g * m`` and
+  ``g - g * m`` -- torch's two gradients while g is finite (checked; else torch's formula).
 
 The generated activation source stays one text (the export, the fused path and the eager path
 run the same statements): :func:`namespace` binds ``torch`` in the eager path to a proxy whose
-four functions are these, and delegates everything else to torch.  They step aside (plain
+five functions are these, and delegates everything else to torch.  They step aside (plain
 torch) off the CPU, when no gradient is recorded, under torch.compile and under torch.func
 transforms (the same values either way); the fused path compiles the plain source.  ``GP_ACTIVATIONS_PLAIN_KERNELS=1`` (or :func:`set_enabled`)
 turns them off: the benchmarks' baseline.
@@ -41,7 +43,8 @@ import types
 
 import torch
 
-__all__ = ["clamp", "nan_to_num", "maximum", "minimum", "namespace", "set_enabled", "TORCH"]
+__all__ = ["clamp", "nan_to_num", "maximum", "minimum", "where", "namespace", "set_enabled",
+           "TORCH"]
 
 
 #: set to "1" to run generated eager code on plain torch (a baseline for the benchmarks)
@@ -71,11 +74,11 @@ def _recorded(*tensors) -> bool:
     return grad
 
 
-def _reduce(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+def _reduce_to(grad: torch.Tensor, shape, dtype) -> torch.Tensor:
     """A broadcast operand's gradient: summed to its shape, in its dtype."""
-    if grad.shape != like.shape:
-        grad = grad.sum_to_size(like.shape)
-    return grad.to(like.dtype) if grad.dtype != like.dtype else grad
+    if grad.shape != shape:
+        grad = grad.sum_to_size(shape)
+    return grad.to(dtype) if grad.dtype != dtype else grad
 
 
 def _torch_gradient(fn, x, g):
@@ -165,7 +168,37 @@ class _Maximum(torch.autograd.Function):
         ga = g * w
         gb = g - ga
         need_a, need_b, _ = ctx.needs_input_grad
-        return (_reduce(ga, a) if need_a else None), (_reduce(gb, b) if need_b else None), None
+        return ((_reduce_to(ga, a.shape, a.dtype) if need_a else None),
+                (_reduce_to(gb, b.shape, b.dtype) if need_b else None), None)
+
+
+class _Where(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, cond, a, b):
+        ctx.save_for_backward(cond)
+        ctx.shapes = (a.shape, a.dtype), (b.shape, b.dtype)
+        return torch.where(cond, a, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        (cond,) = ctx.saved_tensors
+        mn, mx = (float(v) for v in torch.aminmax(g)) if g.numel() else (0.0, 0.0)
+        if not (math.isfinite(mn) and math.isfinite(mx)):  # g * 0 would be NaN: torch's formula
+            zero = torch.zeros((), dtype=g.dtype)
+            ga, gb = torch.where(cond, g, zero), torch.where(cond, zero, g)
+        else:
+            ga = g * cond.to(g.dtype)
+            gb = g - ga  # exactly g where cond is false, 0 where true
+        (sa, da), (sb, db) = ctx.shapes
+        need_a, need_b = ctx.needs_input_grad[1:]
+        return (None, _reduce_to(ga, sa, da) if need_a else None,
+                _reduce_to(gb, sb, db) if need_b else None)
+
+
+def where(cond, a, b):
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or not _recorded(a, b):
+        return torch.where(cond, a, b)
+    return _Where.apply(cond, a, b)
 
 
 def clamp(x, min=None, max=None):  # noqa: A002 -- torch.clamp's signature
@@ -195,12 +228,13 @@ def minimum(a, b):
 
 
 class _CheapTorch(types.ModuleType):
-    """``torch`` for generated eager code: four functions replaced, the rest delegated."""
+    """``torch`` for generated eager code: five functions replaced, the rest delegated."""
 
     clamp = staticmethod(clamp)
     nan_to_num = staticmethod(nan_to_num)
     maximum = staticmethod(maximum)
     minimum = staticmethod(minimum)
+    where = staticmethod(where)
 
     def __getattr__(self, name):
         return getattr(torch, name)

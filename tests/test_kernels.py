@@ -106,6 +106,28 @@ def test_maximum_and_minimum_are_torchs_with_ties_and_broadcasting(ours, theirs)
     assert_identical(grads(ours, xb, scalar), grads(theirs, xb, scalar))
 
 
+def test_where_is_torch_where_with_broadcasting_and_non_finite_gradients():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 3, 5, generator=g)
+    x[0, 0, :2] = 0.0
+    a = x.clamp(max=-1e-6).requires_grad_()
+    b = torch.randn(3, 1, generator=g).requires_grad_()
+    for cond, other in ((x < 0, b), (x < 0, torch.tensor(0.5, requires_grad=True)),
+                        (torch.tensor(True), b)):
+        assert_identical(grads(kernels.where, cond, a, other, node="_WhereBackward"),
+                         grads(torch.where, cond, a, other))
+    # a gradient with inf / NaN in it takes torch's formula (inf * 0 would be NaN)
+    a2, b2 = torch.ones(4, requires_grad=True), torch.zeros(4, requires_grad=True)
+    cond = torch.tensor([True, False, True, False])
+    upstream = torch.tensor([INF, -INF, float("nan"), 2.0])
+    results = []
+    for fn in (kernels.where, torch.where):
+        a2.grad = b2.grad = None
+        fn(cond, a2, b2).backward(upstream)
+        results.append([a2.grad.clone(), b2.grad.clone()])
+    assert_identical(*results)
+
+
 def test_without_a_gradient_or_off_the_cpu_graph_they_are_torch():
     x = torch.randn(10)
     with torch.no_grad():
