@@ -236,8 +236,10 @@ class _CheapTorch(types.ModuleType):
     minimum = staticmethod(minimum)
     where = staticmethod(where)
 
-    def __getattr__(self, name):
-        return getattr(torch, name)
+    def __getattr__(self, name):  # only for names not yet looked up: kept as attributes
+        value = getattr(torch, name)
+        setattr(self, name, value)
+        return value
 
 
 TORCH = _CheapTorch("torch")
