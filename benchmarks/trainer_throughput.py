@@ -27,8 +27,11 @@ gradient for a channels_last input (a 7x slower mixed-layout kernel: 664 vs 91 m
 ``native_batch_norm_backward`` over 3 steps in the profiler), not because of recompilations,
 graph breaks or scalar loops (inductor's output code: one AVX-512 loop per graph; there was
 one static -> dynamic recompile); and AOTAutograd's partitioner recomputed every transcendental in
-the backward (8 SLEEF calls per element and step instead of 4).  What remains for that function
-is the four transcendentals of its forward over ~23 M elements per step.
+the backward (8 SLEEF calls per element and step instead of 4).  Then its four forward
+transcendentals over ~23 M elements per step: the compiled source now shares one exp among
+them (gp_activations/codegen.py), 1.69-1.77 -> 1.28-1.32 ReLU steps.  The cnn1d table's
+"plain" column runs eager activations on plain torch kernels (gp_activations/kernels.py off),
+as before issue 12.
 
     python benchmarks/trainer_throughput.py [--threads 2] [--cifar-steps 12] [--parts resnet20,cnn1d]
 """
