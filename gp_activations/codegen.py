@@ -21,8 +21,7 @@ tanh∘softplus read the same ``u``, ``sigmoid(u) = e / (e + 1)`` and
 ``softplus(u) = u if u > 20 else log1p(e)`` (torch's threshold).  Beyond 30 each is 1 in
 float32 already (the clamp keeps n finite; at 30, not 20, so that its bound, where torch's
 clamp passes no gradient, is not softplus's threshold); below, the forms agree with torch to
-a few ulp.  Inductor drops the
-statement a rewrite leaves unused (softplus under tanh).
+a few ulp.  Inductor drops the statement a rewrite leaves unused (softplus under tanh).
 """
 
 from __future__ import annotations
@@ -117,7 +116,8 @@ def _shared_exponentials(tree, pset, kids, edge_param, op_params) -> tuple[dict,
     key = [""] * n
     for idx in range(n - 1, -1, -1):
         node = tree[idx]
-        unique = idx in edge_param or idx in op_params or any(key[k].startswith("#") for k in kids[idx])
+        unique = (idx in edge_param or idx in op_params
+                  or any(key[k].startswith("#") for k in kids[idx]))
         if isinstance(node, gp.Primitive):
             text = f"{node.name}({', '.join(key[k] for k in kids[idx])})"
         else:
@@ -158,7 +158,8 @@ def _fused_form(name: str, u: str, e: str, operands: list) -> str:
     return f"({form}).to({u}.dtype)"
 
 
-def generate(tree, pset, edges=(), function_name: str = "activation", fused: bool = False) -> Program:
+def generate(tree, pset, edges=(), function_name: str = "activation",
+             fused: bool = False) -> Program:
     """Straight-line source for the tree with learnable multipliers on ``edges``; ``fused``:
     the source torch.compile traces (the exponential family rewritten, module docstring)."""
     slots = param_slots(tree, pset, edges)
@@ -179,7 +180,8 @@ def generate(tree, pset, edges=(), function_name: str = "activation", fused: boo
     lines: list[str] = []
     helpers: dict = {}
     kernels = 0
-    rewrite, exp_key = _shared_exponentials(tree, pset, kids, edge_param, op_params) if fused else ({}, {})
+    rewrite, exp_key = ({}, {}) if not fused else _shared_exponentials(tree, pset, kids,
+                                                                       edge_param, op_params)
     exps: dict = {}  # exp operand key -> the variable holding exp(min(u, 30))
 
     for idx in range(n - 1, -1, -1):

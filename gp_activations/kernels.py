@@ -1,8 +1,8 @@
 """Cheaper CPU gradients for the torch functions our protected operators use.
 
 On CPU, PyTorch's backward formulas for ``clamp``, ``nan_to_num``, ``maximum``, ``minimum``
-and ``where`` build boolean masks and go through ``where`` / ``masked_fill`` -- kernels that are not
-vectorised for bool (measured here, 2-vCPU Xeon, torch 2.14, 47.5 k fp32 elements: ``where``
+and ``where`` build boolean masks and go through ``where`` / ``masked_fill`` -- kernels that
+are not vectorised for bool (measured here, 2-vCPU Xeon, torch 2.14, 47.5 k fp32 elements: ``where``
 154 us, ``masked_fill`` 167 us, ``isfinite`` 69 us, against 5 us for ``relu`` or a multiply).
 Forward plus backward, ``torch.maximum`` cost 17 ReLUs and a protected ``x + y``
 (``nan_to_num``) 6; on MNIST-1D's small tensors those masks, not arithmetic, were most of an
@@ -25,8 +25,9 @@ The generated activation source stays one text (the export, the fused path and t
 run the same statements): :func:`namespace` binds ``torch`` in the eager path to a proxy whose
 five functions are these, and delegates everything else to torch.  They step aside (plain
 torch) off the CPU, when no gradient is recorded, under torch.compile and under torch.func
-transforms (the same values either way); the fused path compiles the plain source.  ``GP_ACTIVATIONS_PLAIN_KERNELS=1`` (or :func:`set_enabled`)
-turns them off: the benchmarks' baseline.
+transforms (the same values either way); the fused path compiles the plain source.
+``GP_ACTIVATIONS_PLAIN_KERNELS=1`` (or :func:`set_enabled`) turns them off: the benchmarks'
+baseline.
 
 Not here: torch's float32 ``sinh`` / ``cosh`` / ``asinh`` / ``sinc`` / ``i0e`` are scalar loops
 on this CPU too (forward plus backward 570-1,050 us per 47.5 k elements against 35 for relu).
