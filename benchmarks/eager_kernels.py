@@ -5,8 +5,8 @@ For every operator of the built-in registry (protected form, and its fast form w
 one): forward + backward time on one activation site of the cnn1d fitness network (100 x 25 x
 19 fp32 = 47.5 k elements, one thread), with the generated code's ``torch`` bound to plain
 torch and to the kernels' proxy, relative to ReLU.  The kernels replace ``clamp``,
-``nan_to_num``, ``maximum`` and ``minimum`` by versions with the same values and gradients
-whose backward passes avoid boolean kernels (``where`` / ``masked_fill``: 150-170 us here).
+``nan_to_num``, ``maximum``, ``minimum`` and ``where`` by versions with the same values and
+gradients whose backward passes avoid boolean kernels (``where`` / ``masked_fill``: 150-170 us here).
 
     python benchmarks/eager_kernels.py [--repeat 300]
 """

@@ -197,7 +197,9 @@ class _Where(torch.autograd.Function):
 
 
 def where(cond, a, b):
-    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or not _recorded(a, b):
+    if (not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor))
+            or getattr(cond, "dtype", None) is not torch.bool  # uint8: nonzero true, not a weight
+            or not _recorded(a, b)):
         return torch.where(cond, a, b)
     return _Where.apply(cond, a, b)
 

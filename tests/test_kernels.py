@@ -4,6 +4,7 @@ values and gradients exactly, alone and inside training steps of random activati
 from __future__ import annotations
 
 import random
+import warnings
 
 import pytest
 import torch
@@ -116,6 +117,13 @@ def test_where_is_torch_where_with_broadcasting_and_non_finite_gradients():
                         (torch.tensor(True), b)):
         assert_identical(grads(kernels.where, cond, a, other, node="_WhereBackward"),
                          grads(torch.where, cond, a, other))
+    # a uint8 condition (deprecated in torch, still accepted): nonzero is true, not a weight
+    byte = torch.tensor([2, 0, 255, 1], dtype=torch.uint8)
+    ones, zeros = torch.ones(4, requires_grad=True), torch.zeros(4, requires_grad=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert_identical(grads(kernels.where, byte, ones, zeros),
+                         grads(torch.where, byte, ones, zeros))
     # a gradient with inf / NaN in it takes torch's formula (inf * 0 would be NaN)
     a2, b2 = torch.ones(4, requires_grad=True), torch.zeros(4, requires_grad=True)
     cond = torch.tensor([True, False, True, False])
