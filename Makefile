@@ -34,6 +34,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) benchmarks/activation_overhead.py
 	$(PY) benchmarks/activation_overhead.py --sizes
+	$(PY) benchmarks/eager_kernels.py
 	$(PY) benchmarks/trainer_throughput.py
 	$(PY) benchmarks/search_overhead.py
 

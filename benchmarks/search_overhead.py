@@ -15,8 +15,8 @@ trainings; the surrogate's feature computation and fitting count as outside trai
 And serial with ``fused = false`` beside the default ``fused = "auto"`` (the cost model
 decides per candidate whether torch.compile pays; its compile time counts as training), and
 serial as the search ran before issue 12: fused off and eager activations on plain torch
-kernels (``gp_activations.kernels`` off: boolean masks in clamp / maximum / nan_to_num
-backward passes).
+kernels (``gp_activations.kernels`` off: boolean masks in the backward passes of clamp,
+nan_to_num, maximum, minimum and where).
 
 Targets: <= 5 % outside training (serial, also with halving and the surrogate); >= 1.7x serial
 with 2 workers.
