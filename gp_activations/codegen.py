@@ -107,22 +107,24 @@ def _builtin(pset, name: str) -> bool:
     return pset.operators.get(name) is REGISTRY.get(name)
 
 
-def _shared_exponentials(tree, pset, kids, edge_param, op_params) -> tuple[dict, dict]:
+def _canonical(tree, kids, edge_param, op_params) -> tuple[list, list]:
+    """Per node: whether a learnable scalar sits in its subtree, and its canonical text (the
+    key of common-subexpression elimination for parameter-free subtrees)."""
+    n = len(tree)
+    has_param, text = [False] * n, [""] * n
+    for idx in range(n - 1, -1, -1):
+        node, ks = tree[idx], kids[idx]
+        has_param[idx] = idx in edge_param or idx in op_params or any(has_param[k] for k in ks)
+        text[idx] = (f"{node.name}({', '.join(text[k] for k in ks)})"
+                     if isinstance(node, gp.Primitive) else node.format())
+    return has_param, text
+
+
+def _shared_exponentials(tree, pset, kids, edge_param, op_params, key) -> tuple[dict, dict]:
     """For the fused source: node -> the node whose value is its exp operand u, for every
     tanh(softplus(u)) (always rewritten) and every sigmoid / sigmul / softplus whose u has two
-    or more such readers; and the canonical key of each node's value (text, or the node
-    itself where a learnable scalar makes it unique)."""
-    n = len(tree)
-    key = [""] * n
-    for idx in range(n - 1, -1, -1):
-        node = tree[idx]
-        unique = (idx in edge_param or idx in op_params
-                  or any(key[k].startswith("#") for k in kids[idx]))
-        if isinstance(node, gp.Primitive):
-            text = f"{node.name}({', '.join(key[k] for k in kids[idx])})"
-        else:
-            text = node.format()
-        key[idx] = f"#{idx}" if unique else text
+    or more such readers; and each rewritten node's operand key (``key``: a node's canonical
+    text, or the node itself where a learnable scalar makes its value unique)."""
     operand: dict = {}
     for idx, node in enumerate(tree):
         if not isinstance(node, gp.Primitive):
@@ -174,23 +176,22 @@ def generate(tree, pset, edges=(), function_name: str = "activation",
     var = [""] * n
     span = [(0.0, 0.0)] * n  # (lo, hi) of each node's value
     depends = [False] * n
-    has_param = [False] * n
-    text = [""] * n  # canonical text of parameter-free subtrees, for CSE
+    has_param, text = _canonical(tree, kids, edge_param, op_params)
     computed: dict[str, str] = {}
     lines: list[str] = []
     helpers: dict = {}
     kernels = 0
-    rewrite, exp_key = ({}, {}) if not fused else _shared_exponentials(tree, pset, kids,
-                                                                       edge_param, op_params)
+    rewrite, exp_key = {}, {}
+    if fused:
+        key = [f"#{i}" if has_param[i] else text[i] for i in range(n)]
+        rewrite, exp_key = _shared_exponentials(tree, pset, kids, edge_param, op_params, key)
     exps: dict = {}  # exp operand key -> the variable holding exp(min(u, 30))
 
     for idx in range(n - 1, -1, -1):
         node = tree[idx]
         ks = kids[idx]
-        has_param[idx] = idx in edge_param or idx in op_params or any(has_param[k] for k in ks)
         if isinstance(node, gp.Primitive):
             op = pset.operators[node.name]
-            text[idx] = f"{node.name}({', '.join(text[k] for k in ks)})"
             depends[idx] = any(depends[k] for k in ks)
             operands = [span[k] for k in ks]
             fast = op.can_use_fast(operands)
@@ -208,7 +209,6 @@ def generate(tree, pset, edges=(), function_name: str = "activation",
                 expr = _fused_form(node.name, u, e, [var[k] for k in ks])
         else:
             value = leaf_value(node, pset)
-            text[idx] = node.format()
             if value is None:
                 depends[idx], span[idx], expr = True, (-FLOAT32_MAX, FLOAT32_MAX), "x"
             else:

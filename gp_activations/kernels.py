@@ -82,6 +82,19 @@ def _reduce_to(grad: torch.Tensor, shape, dtype) -> torch.Tensor:
     return grad.to(dtype) if grad.dtype != dtype else grad
 
 
+def _extremes(t: torch.Tensor) -> tuple[float, float]:
+    """(min, max) of ``t`` as floats -- one kernel and one host sync; (0, 0) when empty."""
+    if t.numel() == 0:
+        return 0.0, 0.0
+    mn, mx = torch.aminmax(t)
+    return float(mn), float(mx)
+
+
+def _rounded(bound, dtype):
+    """A clamp bound as torch compares it: rounded to x's dtype (1e15 is not a float32)."""
+    return None if bound is None else torch.tensor(bound, dtype=dtype).item()
+
+
 def _torch_gradient(fn, x, g):
     """torch's own gradient of ``fn`` at ``x`` (the rare inputs the shortcuts leave alone)."""
     with torch.enable_grad():
@@ -112,21 +125,16 @@ class _Clamp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, lo, hi):
         ctx.save_for_backward(x)
-        ctx.lo, ctx.hi = lo, hi
+        ctx.lo, ctx.hi = _rounded(lo, x.dtype), _rounded(hi, x.dtype)
         return torch.clamp(x, lo, hi)
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
         lo, hi = ctx.lo, ctx.hi
-        if x.numel() == 0:
-            return g, None, None
-        mn, mx = (float(v) for v in torch.aminmax(x))
+        mn, mx = _extremes(x)
         if math.isnan(mn) or math.isnan(mx):
             return _torch_gradient(lambda t: torch.clamp(t, lo, hi), x, g), None, None
-        # torch compares with the bounds rounded to x's dtype (1e15 is not a float32)
-        lo = None if lo is None else torch.tensor(lo, dtype=x.dtype).item()
-        hi = None if hi is None else torch.tensor(hi, dtype=x.dtype).item()
         mask = None
         if lo is not None and mn <= lo:
             mask = _within(x, lo, above=True)
@@ -145,9 +153,7 @@ class _NanToNum(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        if x.numel() == 0:
-            return g
-        mn, mx = (float(v) for v in torch.aminmax(x))
+        mn, mx = _extremes(x)
         if math.isfinite(mn) and math.isfinite(mx):
             return g
         return _torch_gradient(torch.nan_to_num, x, g)  # the rare overflowed input
@@ -183,7 +189,7 @@ class _Where(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (cond,) = ctx.saved_tensors
-        mn, mx = (float(v) for v in torch.aminmax(g)) if g.numel() else (0.0, 0.0)
+        mn, mx = _extremes(g)
         if not (math.isfinite(mn) and math.isfinite(mx)):  # g * 0 would be NaN: torch's formula
             zero = torch.zeros((), dtype=g.dtype)
             ga, gb = torch.where(cond, g, zero), torch.where(cond, zero, g)
