@@ -7,16 +7,16 @@ CLI := $(VENV)/bin/gp-activations
 # e.g. `make test TORCH_SPEC="torch torchvision"`).
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
-PIP_QUIET ?= -q
+PIP_FLAGS ?= -q
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
 .PHONY: install run test bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install $(PIP_QUIET) --upgrade pip
-	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(PIP_QUIET) $(TORCH_SPEC)
-	$(PY) -m pip install $(PIP_QUIET) -e ".[ray,test]"
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(PIP_FLAGS) $(TORCH_SPEC)
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[ray,test]"
 	touch $(STAMP)
 
 install: $(STAMP)
