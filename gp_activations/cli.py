@@ -8,6 +8,8 @@ reduced to a single line as well.
 from __future__ import annotations
 
 import argparse
+import os
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -27,12 +29,15 @@ class _Parser(argparse.ArgumentParser):
 
 def _write_output(text: str, out) -> None:
     if out:
+        from .errors import check_writable, os_error_message
+
         path = Path(out)
+        check_writable(path, "file", "--out")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text if text.endswith("\n") else text + "\n")
         except OSError as exc:
-            raise UserError(f"cannot write {out}: {exc.strerror}") from None
+            raise UserError(os_error_message(exc, out, verb="write")) from None
         print(f"wrote {path}", file=sys.stderr)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
@@ -213,9 +218,9 @@ def cmd_search(args) -> int:
     if args.resume:
         if not out:
             raise UserError("--resume needs --out RUN (the run directory to continue)")
-        if args.config:
-            print(f"note: --resume continues {out} with its stored config; {args.config} is "
-                  f"not read", file=sys.stderr)
+        _check_run_writable(out, "search --resume")
+        if args.config:  # the file's changes count as the same changes given as flags
+            flags = {**_config_file_changes(args.config, out, flags), **flags}
         search = Search(SearchConfig(), out, resume=True, overrides=flags,
                         progress=not args.no_progress)
     else:
@@ -281,6 +286,66 @@ def cmd_search(args) -> int:
     return 0
 
 
+def _check_run_writable(run, command: str) -> None:
+    """A command that writes into an existing run (resume, evaluate): one line now if the run
+    directory is read-only, rather than a failure half-way (a missing run is left to the
+    command's own message)."""
+    from .errors import check_writable
+
+    if Path(run).is_dir():
+        try:
+            check_writable(run, "dir", "the run directory",
+                           fix=f"{command.split()[0]} writes into the run: copy it to writable "
+                               f"storage (cp -r {run} /tmp/) and run the command on the copy")
+        except UserError as exc:
+            raise UserError(f"{command}: {exc}") from None
+        db = Path(run) / "run.sqlite"
+        if db.is_file() and not os.access(db, os.W_OK):
+            raise UserError(f"{command}: cannot write {db}: it is read-only (make it writable, "
+                            f"e.g. chmod u+w {db}, or copy the run)")
+
+
+def _config_file_changes(config_path, out, flags: dict) -> dict:
+    """``search --config FILE --resume``: the values of FILE that differ from the run's stored
+    config, to be applied as flags would be.  Keys that define the run (everything but
+    driver.RESUME_OVERRIDABLE) may not change: one line naming the file, the key and both
+    values.  Keys also given as flags are the flags' (they override the file)."""
+    import dataclasses
+    import typing
+
+    from .search.config import SearchConfig, _coerce, load_toml
+    from .search.driver import RESUME_OVERRIDABLE
+    from .search.store import RunStore, is_run_dir
+
+    values = load_toml(config_path)  # a broken file is an error even on resume
+    if not is_run_dir(out):
+        return {}  # Search says that this is not a run
+    store = RunStore.open(out, readonly=True)
+    try:
+        stored = store.config()
+    finally:
+        store.close()
+    hints = typing.get_type_hints(SearchConfig)
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    changes = {}
+    for key, value in values.items():
+        if key in flags or key not in known:
+            continue
+        value = _coerce(key, value, hints[key], str(config_path))
+        if stored.get(key) == value:
+            continue
+        if key not in RESUME_OVERRIDABLE:
+            raise UserError(f"--resume: {config_path} sets {key} = {value!r} but {out} was "
+                            f"started with {stored.get(key)!r}; {key!r} defines the run and "
+                            f"cannot change (only {', '.join(sorted(RESUME_OVERRIDABLE))} can): "
+                            f"restore it in the file, or start a new run with another --out")
+        changes[key] = value
+    for key, value in changes.items():
+        print(f"note: {config_path} changes {key} from {stored.get(key)!r} to {value!r}",
+              file=sys.stderr)
+    return changes
+
+
 def _network_label(cfg, model) -> str:
     from .data import dataset_names, get_dataset_info
     from .search.config import is_object_label
@@ -302,6 +367,7 @@ def _network_label(cfg, model) -> str:
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_run, evaluate_tasks, format_table
 
+    _check_run_writable(args.run, "evaluate")
     common = dict(top=args.top, seeds=args.seeds, epochs=args.epochs, baselines=args.baselines,
                   executor=args.executor, workers=args.workers, device=args.device,
                   data_dir=args.data_dir, task_timeout=args.task_timeout,
@@ -331,8 +397,13 @@ def cmd_report(args) -> int:
 
 
 def cmd_transfer(args) -> int:
+    from .errors import check_writable
     from .transfer import run_transfer
 
+    # transfer.md, transfer.csv and transfer.sqlite go there: a file in the way or read-only
+    # media is one line now, not after the trainings
+    check_writable(args.out, "dir", "transfer --out",
+                   fix="choose an --out directory on writable storage")
     table = run_transfer(args.runs, args.tasks, args.out, top=args.top, seeds=args.seeds,
                          baselines=args.baselines, epochs=args.epochs, executor=args.executor,
                          workers=args.workers, device=args.device, task_timeout=args.task_timeout,
@@ -349,6 +420,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Discover activation functions with evolution "
                      "(DEAP) and gradient descent (PyTorch), after PANGAEA.")
     from . import __version__
+    from .data import dataset_names
+
+    datasets = ", ".join(dataset_names())  # every one, so --help never falls behind data.py
 
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
@@ -381,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train a network with one activation (several seeds)")
     p.add_argument("--act", required=True, help="an expression or a zoo name (e.g. relu)")
-    p.add_argument("--dataset", default="mnist1d", help="mnist1d (default), digits, cifar10, cifar100")
+    p.add_argument("--dataset", default="mnist1d", help=f"{datasets} (default mnist1d)")
     p.add_argument("--model", help="network (default: the dataset's; e.g. cnn1d, resnet20)")
     p.add_argument("--epochs", type=float, help="epochs (default: the dataset's budget)")
     p.add_argument("--budget", default="train", choices=["train", "fitness"],
@@ -407,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="TOML file (e.g. experiments/mnist1d.toml); flags override it")
     p.add_argument("--out", help="run directory (default runs/DATASET-STRATEGY-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
-    p.add_argument("--dataset", help="mnist1d (default), digits, cifar10, cifar100")
+    p.add_argument("--dataset", help=f"{datasets} (default mnist1d)")
     p.add_argument("--model", help="network (default: the dataset's), or file.py:function")
     p.add_argument("--primitives", help="built-in search space (default pangaea), .py file or "
                    "module:attr")
@@ -466,7 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "else relu,silu,gelu,elu,selu,softplus,mish,tanh)")
     p.add_argument("--model", help="evaluate on another model (transfer), e.g. wrn10_4; uses "
                    "that model's preset schedule")
-    p.add_argument("--dataset", help="evaluate on another dataset (transfer)")
+    p.add_argument("--dataset", help=f"evaluate on another dataset (transfer): {datasets}")
     p.add_argument("--executor", choices=["serial", "process", "ray"],
                    help="default: the run's executor")
     p.add_argument("--workers", type=int, help="default: the run's workers")
@@ -522,6 +596,7 @@ def _fused_flags(p, what: str) -> None:
 
 def main(argv=None) -> int:
     parser = build_parser()
+    args = None
     try:
         args, extras = parser.parse_known_args(argv)
         if extras:  # name the sub-command whose help lists the valid flags
@@ -534,13 +609,70 @@ def main(argv=None) -> int:
             return 0
         return int(args.func(args) or 0)
     except UserError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return _error(exc)
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # e.g. `gp-activations zoo | head`
         return 0
+    except (OSError, UnicodeDecodeError, sqlite3.Error) as exc:
+        # The environment's fault, not a bug: read-only media, a file where a directory
+        # belongs, a full disk, a file that is not UTF-8, a run database that cannot be
+        # written.  Anything else keeps its traceback.
+        message = _environment_error(exc, args)
+        if message is None:
+            raise
+        return _error(UserError(message))
+
+
+def _error(exc: UserError) -> int:
+    print(f"{PROG}: error: {exc}", file=sys.stderr)
+    return exc.exit_code
+
+
+def _context_path(args):
+    """The path a command writes to (or reads): where an error without a file name happened."""
+    if args is None:
+        return None
+    for key in ("out", "run"):
+        value = getattr(args, key, None)
+        if value:
+            return value
+    runs = getattr(args, "runs", None)
+    return runs[0] if runs else None
+
+
+_SQLITE_ENVIRONMENT = {
+    "readonly database": "the run directory or its run.sqlite is read-only; copy the run to "
+                         "writable storage (or chmod u+w it) and run the command there",
+    "unable to open database file": "the run directory is read-only, missing or not a "
+                                    "directory; copy the run to writable storage and run the "
+                                    "command there",
+    "disk is full": "the disk is full; free some space and run the command again (finished "
+                    "work is kept)",
+    "disk i/o error": "the disk failed or is read-only; check it, then run the command again",
+    "database is locked": "another process holds the database; wait for it to finish",
+    "malformed": "the database is corrupt; restore it from a copy",
+    "not a database": "the file is not a run database; check the path",
+}
+
+
+def _environment_error(exc, args):
+    """One line for an error of the environment (see main), or None for a bug."""
+    from .errors import is_path_error, os_error_message, unicode_error_message
+
+    where = _context_path(args)
+    if isinstance(exc, UnicodeDecodeError):
+        return unicode_error_message(exc, f"a file read for {where}" if where else None)
+    if isinstance(exc, sqlite3.Error):
+        text = str(exc)
+        hint = next((h for k, h in _SQLITE_ENVIRONMENT.items() if k in text.lower()), None)
+        if hint is None:
+            return None
+        return f"cannot write the database of {where or 'the run'}: {text} ({hint})"
+    if is_path_error(exc):
+        return os_error_message(exc, where)
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

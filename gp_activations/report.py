@@ -322,17 +322,32 @@ def surrogate_section(store: RunStore) -> list:
             f"accuracy among its own picks.)", ""]
 
 
+def report_dir(run_dir) -> Path:
+    """``RUN/report``, made; one line (before any plot is drawn) if it cannot be written -- a
+    file in its place, a read-only run directory."""
+    from .errors import check_writable, os_error_message
+
+    out = Path(run_dir) / "report"
+    check_writable(out, "dir", "the report directory",
+                   fix=f"the report is written into the run; to report a run on read-only "
+                       f"media, copy it (cp -r {run_dir} /tmp/) and report the copy")
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"report: {os_error_message(exc, out, verb='create')}") from None
+    return out
+
+
 def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     if k < 1:  # top_functions(0) would mean "all" and a negative k "all but the last"
         raise UserError(f"--top must be >= 1, got {k}")
-    store = RunStore.open(run_dir, readonly=True)
+    store = RunStore.open(run_dir, readonly=True)  # read-only: a failed write cannot touch it
     others = [RunStore.open(c, readonly=True) for c in compare]
     top = _ranked(store, k)
-    out = Path(run_dir) / "report"
-    out.mkdir(exist_ok=True)
+    out = report_dir(run_dir)
     cfg = SearchConfig.from_dict(store.config(), where="stored config")
     plot_shapes(store, out / "shapes.png", k)
     plot_fitness(store, out / "fitness.png", others)

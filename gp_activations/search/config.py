@@ -398,14 +398,11 @@ class SearchConfig:
 
     @classmethod
     def from_toml(cls, path, overrides: Optional[dict] = None) -> "SearchConfig":
+        """The config of a TOML file, ``overrides`` (flags) on top.  Relative paths in the file
+        (model, data, fitness, strategy, primitives, lookup, data_dir) are relative to the
+        file's directory; those among ``overrides`` stay relative to the current directory."""
         path = Path(path)
-        try:
-            with open(path, "rb") as fh:
-                values = tomllib.load(fh)
-        except FileNotFoundError:
-            raise UserError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"{path}: invalid TOML: {exc}") from None
+        values = load_toml(path)
         values.update({k: v for k, v in (overrides or {}).items() if v is not None})
         if "tasks" in values and "dataset" in values:  # given by the user, not a default
             raise UserError(f"{path}: 'dataset' and 'tasks' are both given; a multi-task search "
@@ -414,6 +411,77 @@ class SearchConfig:
 
     def replace(self, **changes) -> "SearchConfig":
         return SearchConfig.from_dict({**self.to_dict(), **changes})
+
+
+#: Config keys whose values may name a file (or, for data_dir, a directory).
+PATH_KEYS = ("model", "data", "fitness", "strategy", "primitives", "lookup", "data_dir")
+
+
+def load_toml(path) -> dict:
+    """A config file's values as written -- keys checked, relative paths made absolute
+    against the file's directory (:func:`resolve_paths`).  Every way of failing to read it (a
+    missing file, a directory, no permission, not UTF-8, bad TOML) is one line naming it."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as fh:
+            values = tomllib.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"config file {path} is a directory; give a TOML file "
+                        f"(e.g. experiments/mnist1d.toml)") from None
+    except UnicodeDecodeError as exc:
+        from ..errors import unicode_error_message
+
+        raise UserError(unicode_error_message(exc, f"config file {path}")) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+    except OSError as exc:
+        from ..errors import os_error_message
+
+        exc.filename = None
+        raise UserError(os_error_message(exc, f"config file {path}", verb="read")) from None
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    for key in values:
+        if key not in known:
+            raise UserError(f"{path}: unknown key {key!r}{did_you_mean(key, known)} "
+                            f"(known: {', '.join(sorted(known))})")
+    return resolve_paths(values, path.expanduser().resolve().parent)
+
+
+def resolve_paths(values: dict, base) -> dict:
+    """``values`` with the relative paths among :data:`PATH_KEYS` made absolute against
+    ``base`` (a config file's directory): ``file.py:function`` references, ``.py`` search
+    spaces, the lookup table and the data directory.  Registered names (``cnn1d``,
+    ``pangaea``, ``evolution``) and ``module:attr`` references are left as they are."""
+    base = Path(base)
+
+    def absolute(text: str) -> str:
+        p = Path(text).expanduser()
+        return str(p if p.is_absolute() else (base / p).resolve())
+
+    out = dict(values)
+    for key in PATH_KEYS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if key in ("lookup", "data_dir"):
+            out[key] = absolute(value)
+        elif ".py:" in value:  # file.py:function
+            file, _, attr = value.rpartition(":")
+            out[key] = f"{absolute(file)}:{attr}"
+        elif key == "primitives" and _looks_like_path(value):
+            out[key] = absolute(value)
+    return out
+
+
+def _looks_like_path(text: str) -> bool:
+    """A primitives value that load_primitive_set reads as a file (not a built-in name)."""
+    from ..primitive_sets import builtin_names
+
+    text = text.strip()
+    return text not in builtin_names() and ":" not in text and (
+        text.endswith(".py") or os.sep in text or text.startswith("."))
 
 
 def _check_table(table: dict, known: dict, prefix: str, typed: str, within: str = "") -> None:
