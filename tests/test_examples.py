@@ -1,8 +1,9 @@
-"""Every shipped example runs: each ``experiments/*`` file and every runnable README snippet.
+"""Every shipped example runs: each ``experiments/*`` file and every runnable documented snippet.
 
 A refactor that breaks an example must fail ``make test`` (one did, and landed), so nothing
-here is a copy of an example: the commands are read out of ``README.md`` and
-``experiments/README.md`` and the configs out of ``experiments/``, then run on a tiny budget
+here is a copy of an example: the commands and Python blocks are read out of ``README.md``,
+``experiments/README.md`` and the user guide ``docs/*.md``, and the configs out of
+``experiments/``, then run on a tiny budget
 (CIFAR on the fake CIFAR the suite writes).  The budget is the only thing changed: a search gets
 ``--budget 2 --epochs 0.05``, an evaluation one seed of 0.05 epochs with ReLU as the only
 baseline, ``train`` 0.05 epochs and one seed.
@@ -30,6 +31,8 @@ from gp_activations.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS = ROOT / "experiments"
+#: The user guide's pages (relative to ROOT): their Python blocks and commands run here too.
+DOC_PAGES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("**/*.md"))
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -214,29 +217,51 @@ def test_python_example_runs_as_a_script(name, tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# README.md and experiments/README.md
+# README.md, experiments/README.md and docs/
 # ---------------------------------------------------------------------------------------------
-def test_readme_python_snippets_run(scratch, capsys):
-    blocks = python_blocks(ROOT / "README.md")
-    assert len(blocks) >= 2
+def write_file_blocks(path: Path, cwd: Path) -> list[str]:
+    """Write the Python blocks that name a file on their first line (``# my_space.py``: a file
+    the document asks the user to write) into ``cwd``; return their names."""
+    names = []
+    for body in python_blocks(path):
+        first = body.splitlines()[0].strip() if body.strip() else ""
+        if re.fullmatch(r"# [\w.-]+\.py", first):
+            (cwd / first[2:]).write_text(body + "\n")
+            names.append(first[2:])
+    return names
+
+
+@pytest.mark.parametrize("doc", ["README.md"] + DOC_PAGES)
+def test_documented_python_blocks_run(doc, scratch, capsys):
+    """Every ```python block of the page, in order, in one namespace (a page's later blocks may
+    use its earlier ones' names), in a scratch directory -- the examples carry their own tiny
+    budgets."""
+    blocks = python_blocks(ROOT / doc)
+    if doc == "README.md":
+        assert len(blocks) >= 2
+    write_file_blocks(ROOT / doc, scratch)
+    namespace = {"__name__": "__doc_snippet__"}
     for body in blocks:
-        first = body.splitlines()[0].strip()
-        if re.fullmatch(r"# [\w.-]+\.py", first):  # a file the README asks the user to write
-            (scratch / first[2:]).write_text(body + "\n")
-        namespace = {"__name__": "__readme__"}
-        exec(compile(body, f"README.md snippet {first!r}", "exec"), namespace)  # noqa: S102
-    # the README's own search space file works where it says it does
-    assert (scratch / "my_space.py").is_file()
-    out = run_cli(["primitives", "my_space.py"], capsys)
-    assert "log1psq" in out
+        first = body.splitlines()[0].strip() if body.strip() else ""
+        exec(compile(body, f"{doc} snippet {first!r}", "exec"), namespace)  # noqa: S102
+    capsys.readouterr()
+    if (scratch / "my_space.py").is_file():  # a search space file works where it says it does
+        out = run_cli(["primitives", "my_space.py"], capsys)
+        assert "log1psq" in out
 
 
-@pytest.mark.parametrize("doc", ["README.md", "experiments/README.md"])
+def test_the_docs_show_a_search_space_file(tmp_path):
+    assert any("my_space.py" in write_file_blocks(ROOT / d, tmp_path)
+               for d in ["README.md"] + DOC_PAGES)
+
+
+@pytest.mark.parametrize("doc", ["README.md", "experiments/README.md"] + DOC_PAGES)
 def test_documented_commands_run(doc, scratch, capsys):
+    write_file_blocks(ROOT / doc, scratch)  # e.g. my_space.py, which a command then names
     commands = doc_commands(ROOT / doc, scratch)
     expected = {"README.md": {"search", "evaluate", "report", "export", "train", "zoo",
                               "primitives"},
-                "experiments/README.md": {"search", "evaluate", "report", "transfer"}}[doc]
+                "experiments/README.md": {"search", "evaluate", "report", "transfer"}}.get(doc, set())
     assert expected <= {c[0] for c in commands if c}, commands
     for argv in commands:
         if argv and argv[0] in ("evaluate", "report", "export") and not Path(argv[1]).exists() \
