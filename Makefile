@@ -4,19 +4,21 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/gp-activations
 # The torch wheels to install first (local wheels on our machines; override elsewhere,
-# e.g. `make test TORCH_SPEC="torch torchvision"`).
+# e.g. `make test TORCH_SPEC="torch torchvision"`, or the CPU-only build:
+# `make run TORCH_SPEC="torch torchvision --index-url https://download.pytorch.org/whl/cpu"`).
+# Installed only where $(VENV) has no torch yet.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 PIP_FLAGS ?= -q
 export TORCHINDUCTOR_CACHE_DIR ?= $(CURDIR)/.cache/inductor
 
-.PHONY: install run test bench clean
+.PHONY: install run test docs bench clean
 
 $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(PIP_FLAGS) $(TORCH_SPEC)
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[ray,test,models]"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[ray,test,models,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -31,6 +33,10 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# The documentation (docs/, mkdocs.yml) into site/; strict: a warning is an error.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: $(STAMP)
 	$(PY) benchmarks/activation_overhead.py
 	$(PY) benchmarks/activation_overhead.py --sizes
@@ -39,4 +45,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/search_overhead.py
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) .cache build *.egg-info site
