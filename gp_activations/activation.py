@@ -764,6 +764,16 @@ _SITES_CLASS_DOC = '''
     __CLASS__.apply_to(model) replaces a network's activation modules, one site each.
     '''
 
+def _apply_to_source() -> str:
+    """The sites machinery that the exported ``apply_to`` calls: gp_activations.replace's
+    standalone core (torch only), embedded verbatim so that the file needs no gp_activations."""
+    from .replace import core_source
+
+    return ("# Activation sites of a network (gp_activations.replace_activations' own code), for\n"
+            "# apply_to: registered activation modules, further calls, functional calls.\n"
+            + core_source().rstrip())
+
+
 _SITES_METHODS_SOURCE = '''
     @staticmethod
     def site_name(site):
@@ -783,55 +793,69 @@ _SITES_METHODS_SOURCE = '''
         return SITES[index]
 
     @classmethod
-    def apply_to(cls, model, by="name", types=(torch.nn.ReLU, torch.nn.ReLU6, torch.nn.GELU,
-                                                torch.nn.SiLU)):
-        """Replace the activation modules of ``model`` by instances of this class, in place.
+    def apply_to(cls, model, by="name", types=None, where=None, calls=True):
+        """Put an instance of this class at every activation site of ``model``; returns the
+        model with them: ``model`` itself (its modules replaced in place), or a
+        torch.fx.GraphModule of it when calls had to become modules.
 
-        The targets are the modules of ``types`` (and of this class) in
-        ``model.named_modules(remove_duplicate=False)`` order; returns ``model``.
+        The sites are gp_activations.replace_activations' (the same code, embedded in this
+        file): every registered hidden activation module -- types=None: torch.nn's ReLU,
+        ReLU6, LeakyReLU, PReLU, ELU, SELU, CELU, GELU, SiLU, Mish, Hardswish, Tanh, Softplus,
+        ..., transformers' and timm's activation classes, not the Sigmoid / Hardsigmoid of
+        gates -- and every module of this class; then, found by tracing model with torch.fx,
+        every further call of a module that forward calls several times (``<name>_1``, ...)
+        and every functional call (F.relu, F.gelu, torch.tanh, x.relu_(), ...), which gets a
+        module ``<path>.relu_fx``, ... in the module whose forward makes it.  ``types``:
+        exactly these module classes (and their functional calls); ``where(name, what) ->
+        bool`` narrows the choice (``what``: the module, or the function called).
+        ``calls=False``: no tracing, only the registered modules.  Sites are ordered as
+        ``named_modules`` lists them in the result.
 
-        * ``by="name"``: the module named N takes site N.  For the network the values were
-          learned in (built again): its activation modules must be exactly SITES, else a
-          ValueError names the missing and the unknown ones.
-        * ``by="order"``: the i-th module takes SITES[i].  The counts must be equal, else a
+        * ``by="name"``: the site named N takes site N.  For the network the values were
+          learned in (built again): its sites must be exactly SITES, else a ValueError names
+          the missing and the unknown ones.
+        * ``by="order"``: the i-th site takes SITES[i].  The counts must be equal, else a
           ValueError; meaningful for a network with the same layout of activations.
-        * ``by="mean"``: every module takes LEARNED_MEAN (site=None); fits any network.
+        * ``by="mean"``: every site takes LEARNED_MEAN (site=None); fits any network.
 
-        A module called at several places in forward is one target (torchvision's BasicBlock
-        calls self.relu twice): give every call its own module first, e.g.
-        ``model = gp_activations.replace_activations(model, torch.nn.ReLU)``.  New modules are
-        on the CPU: move the model afterwards as usual.
+        A module whose forward torch.fx cannot trace (control flow on values or shapes) keeps
+        its registered modules replaced and its children traced one by one, but a functional
+        call or a further call of one module written in that forward itself is not reached:
+        replace_activations warns about it, this file (torch only) cannot.  A model without
+        any site is a ValueError; on any error model is left as it was.  New modules are on
+        the CPU: move the model afterwards as usual.
         """
         if by not in ("name", "order", "mean"):
             raise ValueError(f"by must be 'name', 'order' or 'mean', got {by!r}")
-        types = tuple(types) + (cls,)
-        if isinstance(model, types):
+        mode = True if calls else None
+        if isinstance(model, cls) or (is_hidden_activation(model) if types is None
+                                      else isinstance(model, tuple(types))):
             raise ValueError(f"model is itself an activation module; use {cls.__name__}(site=...)")
-        targets = [name for name, module in model.named_modules(remove_duplicate=False)
-                   if isinstance(module, types)]
-        kinds = ", ".join(t.__name__ for t in types)
+        _, found, _ = _act_sites(model, None, types, where, mode, dry_run=True, also=(cls,))
+        targets = [name for name, _, _ in found]
+        kinds = ("hidden activations" if types is None
+                 else ", ".join(t.__name__ for t in types)) + f", {cls.__name__}"
         if by == "name":
             missing = [s for s in SITES if s not in targets]
             unknown = [t for t in targets if t not in LEARNED]
             if missing or unknown:
-                raise ValueError(f"by='name': the activation modules of model ({kinds}) are not "
+                raise ValueError(f"by='name': the activation sites of model ({kinds}) are not "
                                  f"the learned sites: missing {missing}, not learned {unknown}; "
                                  f"the {len(SITES)} learned sites are {SITES} (by='order' maps "
                                  f"by position, by='mean' fits any network)")
             chosen = targets
         elif by == "order":
             if len(targets) != len(SITES):
-                raise ValueError(f"by='order': model has {len(targets)} activation modules "
-                                 f"({kinds}) but {len(SITES)} sites were learned ({SITES}); "
-                                 f"by='mean' fits any network")
+                raise ValueError(f"by='order': model has {len(targets)} activation modules and "
+                                 f"calls ({kinds}) but {len(SITES)} sites were learned "
+                                 f"({SITES}); by='mean' fits any network")
             chosen = list(SITES)
         else:
             chosen = [None] * len(targets)
-        for name, site in zip(targets, chosen):
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            setattr(parent, child, cls(site=site))
-        return model
+        site_of = dict(zip(targets, chosen))
+        result, _, _ = _act_sites(model, lambda name: cls(site=site_of[name]), types, where,
+                                  mode, also=(cls,))
+        return result
 
     def extra_repr(self):
         text = "site=None (mean over sites)" if self.site is None else f"site={self.site!r}"
@@ -863,6 +887,7 @@ def export_torch_source(act: Activation, values=None, class_name="EvolvedActivat
     if sites is not None:
         parts.append(_sites_source(sites, _site_mean(sites, act.slots)))
         parts.append(_LEARNED_PARAMETER_SOURCE)
+        parts.append(_apply_to_source())
     init_args = "self, num_channels=None" + (", site=None" if sites is not None else "")
     doc = (_SITES_CLASS_DOC.replace("__CLASS__", class_name).replace("__N__", str(len(sites)))
            if sites is not None else "")

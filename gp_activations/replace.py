@@ -142,15 +142,19 @@ def _act_class_text(module):
     return f"nn.{cls.__name__}" if cls.__module__.startswith("torch.nn") else cls.__name__
 
 
-def _act_sites(model, make, types=None, where=None, calls=True, share=False, dry_run=False):
+def _act_sites(model, make, types=None, where=None, calls=True, share=False, dry_run=False,
+               also=()):
     """Replace every activation site of ``model``; the one implementation behind
     ``replace_activations`` and the exported ``apply_to``.
 
-    ``make(name)`` builds the module of the site ``name``.  Returns ``(result, sites,
+    ``make(name)`` builds the module of the site ``name``.  ``types``: the module classes to
+    replace (None: the default set, :func:`is_hidden_activation`), plus those of ``also``.
+    ``calls``: True replaces functional calls too, False only splits further calls of one
+    module, None does not trace at all (registered modules only).  Returns ``(result, sites,
     problem)``: ``result`` is ``model`` (its registered modules replaced in place) or a
     ``torch.fx.GraphModule`` when calls had to become modules; ``sites`` lists ``(name, kind,
-    what)`` in registration, then graph order; ``problem`` says why ``model`` could not be
-    traced (None when it was, or with ``share``).  ``dry_run``: only find the sites (``make``
+    what)`` in the ``named_modules`` order of ``result``; ``problem`` says why ``model`` could
+    not be traced (None when it was, or with ``share`` or ``calls=None``).  ``dry_run``: only find the sites (``make``
     is not called), leaving ``model`` as it was.  Any error leaves ``model`` as it was.
     """
     if types is not None:
@@ -163,8 +167,11 @@ def _act_sites(model, make, types=None, where=None, calls=True, share=False, dry
         raise ActivationSiteError(f"where must be a function (name, module) -> bool, got "
                                   f"{type(where).__name__}")
 
+    also = tuple(also)
+
     def selected(module):
-        return isinstance(module, types) if types is not None else is_hidden_activation(module)
+        return (isinstance(module, types) if types is not None
+                else is_hidden_activation(module)) or isinstance(module, also)
 
     def chosen(name, what):
         if where is None:
@@ -205,21 +212,26 @@ def _act_sites(model, make, types=None, where=None, calls=True, share=False, dry
             parent._modules[child] = new
             sites.append((name, f"module {_act_class_text(old)}", old))
         result, problem = model, None
-        if not share:
-            try:
-                graph = _act_trace(model, {id(m) for m in made}, types)
-            except Exception as exc:  # noqa: BLE001 - any tracing failure: say so, keep modules
-                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                problem = f"{type(exc).__name__}: {reason[:200]}"
-            else:
-                functions, methods = _act_call_table(types) if calls else ({}, {})
-                result = _act_rebuild(model, graph, {id(m) for m in made}, make, functions,
-                                      methods, chosen, sites)
+        if not share and calls is not None:
+            functions, methods = _act_call_table(types) if calls else ({}, {})
+            problems = []
+            result = _act_tree(model, "", ({id(m) for m in made}, tuple(types or ()) + also),
+                               (make, functions, methods, chosen, sites, undo), problems)
+            if problems:
+                path, name, reason = problems[0]
+                problem = f"{name}{' at ' + path if path else ''} ({reason})"
+                if len(problems) > 1:
+                    problem += (f" and the forward of {len(problems) - 1} more: "
+                                + ", ".join(f"{p} ({n})" for p, n, _ in problems[1:6])
+                                + (", ..." if len(problems) > 6 else ""))
         if not sites:
             raise ActivationSiteError(
                 f"no activation site to replace in {type(model).__name__}"
                 + (f" (and it cannot be traced: {problem})" if problem else "")
                 + ": it has no module of the chosen types and calls none of their functions")
+        order = {name: i for i, (name, _) in
+                 enumerate(result.named_modules(remove_duplicate=False))}
+        sites.sort(key=lambda site: order.get(site[0], len(order)))
         done = not dry_run
         return (model if dry_run else result), sites, problem
     finally:
@@ -228,23 +240,48 @@ def _act_sites(model, make, types=None, where=None, calls=True, share=False, dry
                 parent._modules[child] = old
 
 
-def _act_trace(model, leaf_ids, types):
-    """torch.fx graph of ``model``; activation modules (new, known, or of ``types``) are leaves."""
+def _act_tracer(leaf_ids, types):
+    """A torch.fx tracer for which activation modules (new, known, of ``types``) are leaves."""
 
     class _Tracer(torch.fx.Tracer):
         def is_leaf_module(self, m, qualname):
             return (id(m) in leaf_ids or is_hidden_activation(m)
                     or _act_library_match(m, _ACT_LIBRARY_OTHER)
-                    or (types is not None and isinstance(m, types))
+                    or isinstance(m, types)
                     or super().is_leaf_module(m, qualname))
 
-    return _Tracer().trace(model)
+    return _Tracer()
 
 
-def _act_rebuild(model, graph, made_ids, make, functions, methods, chosen, sites):
+def _act_tree(module, path, leaves, rebuild_args, problems):
+    """``module`` traced and rebuilt (``_act_rebuild``); when torch.fx cannot trace it, its
+    children are, each in its place (``undo`` records the swaps), and ``problems`` gets
+    ``(path, class name, reason)``: calls written in its own forward stay unreached."""
+    tracer = _act_tracer(*leaves)
+    try:
+        graph = tracer.trace(module)
+    except Exception as exc:  # noqa: BLE001 - any tracing failure: note it, trace the children
+        if type(module).forward is not torch.nn.Module.forward:  # ModuleList & co: no forward
+            reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            problems.append((path, type(module).__name__, f"{type(exc).__name__}: {reason[:200]}"))
+        undo = rebuild_args[-1]
+        for name, child in list(module._modules.items()):
+            if child is None or tracer.is_leaf_module(child, name):
+                continue
+            new = _act_tree(child, f"{path}.{name}" if path else name, leaves, rebuild_args,
+                            problems)
+            if new is not child:
+                undo.append((module, name, child))
+                module._modules[name] = new
+        return module
+    return _act_rebuild(module, graph, leaves[0], *rebuild_args[:-1], prefix=path)
+
+
+def _act_rebuild(model, graph, made_ids, make, functions, methods, chosen, sites, prefix=""):
     """``model`` itself when every new module is called once and no call is chosen, else a
     GraphModule in which each further call of a new module and each chosen activation call
-    has its own new module (``sites`` gets them)."""
+    has its own new module (``sites`` gets them; ``prefix``: ``model``'s path in the whole)."""
+    full = lambda name: f"{prefix}.{name}" if prefix and name else (prefix or name)  # noqa: E731
     nodes = list(graph.nodes)
     seen, repeated, call_nodes = set(), [], []
     for node in nodes:
@@ -293,14 +330,16 @@ def _act_rebuild(model, graph, made_ids, make, functions, methods, chosen, sites
 
     def install(path, leaf, node):
         site = f"{path}.{leaf}" if path else leaf
-        private(path).add_module(leaf, make(site))
+        private(path).add_module(leaf, make(full(site)))
         return site
 
+    registered = {name: (kind, what) for name, kind, what in sites}
     for node in repeated:
         path, _, leaf = node.target.rpartition(".")
         leaf = free_name(path, leaf)
         site = install(path, leaf, node)
-        sites.append((site, f"call of module {node.target}", model.get_submodule(node.target)))
+        kind, old = registered.get(full(node.target), ("module ?", None))
+        sites.append((full(site), f"call of {kind} ({full(node.target)})", old))
         node.target = site
     for node, fn, spelling in call_nodes:
         stack = node.meta.get("nn_module_stack") or {}
@@ -309,10 +348,10 @@ def _act_rebuild(model, graph, made_ids, make, functions, methods, chosen, sites
         label = spelling.partition(".")[2].rstrip("_")
         leaf = free_name(path, f"{label}_fx")
         site = f"{path}.{leaf}" if path else leaf
-        if not chosen(site, fn):
+        if not chosen(full(site), fn):
             continue
         install(path, leaf, node)
-        sites.append((site, f"call {spelling}", fn))
+        sites.append((full(site), f"call {spelling}", fn))
         x = node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("self"))
         with graph.inserting_before(node):
             new = graph.call_module(site, (x,))
@@ -381,8 +420,10 @@ class ReplacedActivations(list):
         return [name for name, _ in self]
 
     def counts(self) -> dict:
+        """{kind: number of sites}; further calls of a module count together."""
         out: dict = {}
         for _, kind in self:
+            kind = kind.split(" (")[0]
             out[kind] = out.get(kind, 0) + 1
         return out
 
@@ -477,11 +518,11 @@ def replace_activations(model: nn.Module, act, types: Optional[Sequence[type]] =
     summary = ReplacedActivations((name, kind) for name, kind, _ in sites)
     summary.problem = problem
     if problem is not None:
-        warnings.warn(f"replace_activations: torch.fx cannot trace {type(model).__name__} "
-                      f"({problem}); its {len(sites)} registered activation modules were "
-                      f"replaced, but functional activation calls and further calls of a module "
-                      f"that forward calls several times could not be reached (share=True: "
-                      f"replace modules without tracing)", stacklevel=2)
+        warnings.warn(f"replace_activations: torch.fx cannot trace {problem}; {len(sites)} "
+                      f"sites were replaced (the registered activation modules, and the calls "
+                      f"in the submodules that trace), but a functional activation call or a "
+                      f"further call of one module written in such a forward itself is not "
+                      f"reached (share=True: replace modules without tracing)", stacklevel=2)
     try:
         result.replaced_activations = summary
     except (AttributeError, TypeError):  # noqa: PERF203 - a module that refuses attributes
