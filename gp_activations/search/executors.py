@@ -74,26 +74,58 @@ _STARTUP_GRACE = 300.0
 
 
 def _worker_main(conn, env: dict, warmup: Optional[dict] = None) -> None:  # pragma: no cover
+    """A worker process: evaluate each task the driver sends until it sends None.
+
+    When the driver is gone (``kill -9``, a crash) the worker exits at once and quietly: its
+    pipe fails (EOF, broken pipe, reset) or its parent changes (an orphan notices within a
+    second, mid-task too) -- never a traceback on the terminal the driver shared with it.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver handles Ctrl-C and stops us
     os.environ.update(env)
+    driver = os.getppid()
+
+    def quit_quietly():
+        # Every result has been sent (or nobody is left to receive it); skip the interpreter's
+        # teardown (about 1 s with torch loaded, which the driver would wait for at the end of
+        # every search).  A stream whose reader is gone must not complain either.
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001 -- a broken pipe, a closed terminal
+                pass
+        os._exit(0)
+
+    def watch_driver():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != driver:  # orphaned: re-parented to init or a subreaper
+                quit_quietly()
+
+    import threading
+
+    threading.Thread(target=watch_driver, name="driver-watch", daemon=True).start()
     import torch  # noqa: F401 -- the slow imports of every task, before the clock starts
 
     from .. import activation, train  # noqa: F401
     if warmup:
         prepare(warmup)
-    conn.send(_READY)
+    gone = (EOFError, OSError)  # BrokenPipeError, ConnectionResetError: the driver is gone
+    try:
+        conn.send(_READY)
+    except gone:
+        quit_quietly()
     while True:
         try:
             task = conn.recv()
-        except (EOFError, KeyboardInterrupt):
+        except (KeyboardInterrupt, *gone):
             task = None
         if task is None:
-            # Every result has been sent; skip the interpreter's teardown (about 1 s with torch
-            # loaded, which the driver would wait for at the end of every search).
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(0)
-        conn.send(evaluate_task(task))
+            quit_quietly()
+        result = evaluate_task(task)
+        try:
+            conn.send(result)
+        except gone:
+            quit_quietly()
 
 
 class _Slot:
