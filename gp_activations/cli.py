@@ -8,6 +8,7 @@ reduced to a single line as well.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sqlite3
 import sys
@@ -32,15 +33,25 @@ def _write_output(text: str, out) -> None:
         from .errors import check_writable, os_error_message
 
         path = Path(out)
-        check_writable(path, "file", "--out")
+        with _prefixed("export"):
+            check_writable(path, "file", "--out")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text if text.endswith("\n") else text + "\n")
         except OSError as exc:
-            raise UserError(os_error_message(exc, out, verb="write")) from None
+            raise UserError(f"export: {os_error_message(exc, out, verb='write')}") from None
         print(f"wrote {path}", file=sys.stderr)
     else:
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+@contextlib.contextmanager
+def _prefixed(command: str):
+    """A UserError raised inside names the command first: ``transfer: cannot write ...``."""
+    try:
+        yield
+    except UserError as exc:
+        raise UserError(f"{command}: {exc}") from None
 
 
 def _parse_int_list(text: str, what: str) -> list[int]:
@@ -293,12 +304,10 @@ def _check_run_writable(run, command: str) -> None:
     from .errors import check_writable
 
     if Path(run).is_dir():
-        try:
+        with _prefixed(command):
             check_writable(run, "dir", "the run directory",
                            fix=f"{command.split()[0]} writes into the run: copy it to writable "
                                f"storage (cp -r {run} /tmp/) and run the command on the copy")
-        except UserError as exc:
-            raise UserError(f"{command}: {exc}") from None
         db = Path(run) / "run.sqlite"
         if db.is_file() and not os.access(db, os.W_OK):
             raise UserError(f"{command}: cannot write {db}: it is read-only (make it writable, "
@@ -402,8 +411,9 @@ def cmd_transfer(args) -> int:
 
     # transfer.md, transfer.csv and transfer.sqlite go there: a file in the way or read-only
     # media is one line now, not after the trainings
-    check_writable(args.out, "dir", "transfer --out",
-                   fix="choose an --out directory on writable storage")
+    with _prefixed("transfer"):
+        check_writable(args.out, "dir", "--out", fix="choose an --out directory on writable "
+                       "storage")
     table = run_transfer(args.runs, args.tasks, args.out, top=args.top, seeds=args.seeds,
                          baselines=args.baselines, epochs=args.epochs, executor=args.executor,
                          workers=args.workers, device=args.device, task_timeout=args.task_timeout,

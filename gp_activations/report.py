@@ -328,9 +328,12 @@ def report_dir(run_dir) -> Path:
     from .errors import check_writable, os_error_message
 
     out = Path(run_dir) / "report"
-    check_writable(out, "dir", "the report directory",
-                   fix=f"the report is written into the run; to report a run on read-only "
-                       f"media, copy it (cp -r {run_dir} /tmp/) and report the copy")
+    try:
+        check_writable(out, "dir", "the report directory",
+                       fix=f"the report is written into the run; to report a run on read-only "
+                           f"media, copy it (cp -r {run_dir} /tmp/) and report the copy")
+    except UserError as exc:
+        raise UserError(f"report: {exc}") from None
     try:
         out.mkdir(exist_ok=True)
     except OSError as exc:

@@ -269,7 +269,7 @@ def test_resume_with_a_file_that_changes_generations_continues(run, made_run, tm
 def test_report_of_a_read_only_run(read_only, made_run, capsys):
     ro, before = read_only
     code, _, err = run_main(capsys, "report", ro)
-    assert_one_line_error(code, err, "cannot write the report directory", "Read-only file system",
+    assert_one_line_error(code, err, "report: cannot write the report directory", "Read-only file system",
                           "copy it")
     assert_intact(ro, before, made_run)
 
@@ -294,10 +294,10 @@ def test_resume_of_a_read_only_run(read_only, made_run, capsys):
 def test_export_and_transfer_onto_read_only_media(read_only, made_run, capsys):
     ro, before = read_only
     code, out, err = run_main(capsys, "export", ro, "--out", ro / "best.py", "--format", "torch")
-    assert_one_line_error(code, err, f"cannot write --out {ro / 'best.py'}", "Read-only")
+    assert_one_line_error(code, err, f"export: cannot write --out {ro / 'best.py'}", "Read-only")
     code, _, err = run_main(capsys, "transfer", ro, "--tasks", "digits/mlp", "--out",
                             ro / "t" / "u", "--seeds", "2")
-    assert_one_line_error(code, err, f"cannot write transfer --out {ro / 't' / 'u'}", "Read-only",
+    assert_one_line_error(code, err, f"transfer: cannot write --out {ro / 't' / 'u'}", "Read-only",
                           "writable storage")
     assert_intact(ro, before, made_run)
 
@@ -330,7 +330,7 @@ def test_report_when_run_report_is_a_file(run, made_run, capsys):
     (run / "report").write_text("mine\n")
     before = digest(run)
     code, _, err = run_main(capsys, "report", run)
-    assert_one_line_error(code, err, f"cannot write the report directory {run / 'report'}",
+    assert_one_line_error(code, err, f"report: cannot write the report directory {run / 'report'}",
                           "it is a file, not a directory")
     assert digest(run) == before and snapshot(run) == snapshot(made_run)
 
@@ -340,7 +340,7 @@ def test_transfer_out_onto_an_existing_file(run, tmp_path, capsys):
     out.write_text("keep me\n")
     code, _, err = run_main(capsys, "transfer", run, "--tasks", "digits/mlp", "--out", out,
                             "--seeds", "2")
-    assert_one_line_error(code, err, f"cannot write transfer --out {out}", "is a file")
+    assert_one_line_error(code, err, f"transfer: cannot write --out {out}", "is a file")
     assert out.read_text() == "keep me\n"
     code, _, err = run_main(capsys, "transfer", run, "--tasks", "digits/mlp", "--out",
                             out / "below", "--seeds", "2")
@@ -349,7 +349,7 @@ def test_transfer_out_onto_an_existing_file(run, tmp_path, capsys):
 
 def test_export_out_onto_a_directory_or_below_a_file(tmp_path, capsys):
     code, _, err = run_main(capsys, "export", "--expr", "relu", "--out", tmp_path)
-    assert_one_line_error(code, err, f"cannot write --out {tmp_path}", "is a directory")
+    assert_one_line_error(code, err, f"export: cannot write --out {tmp_path}", "is a directory")
     afile = tmp_path / "afile"
     afile.write_text("x")
     code, _, err = run_main(capsys, "export", "--expr", "relu", "--out", afile / "x.py")
