@@ -254,7 +254,7 @@ def test_resume_with_a_file_that_changes_generations_continues(run, made_run, tm
     assert "Traceback" not in err and f"note: {config} changes generations from 1 to 2" in err
     stored = RunStore.open(run, readonly=True)
     try:
-        assert stored.config()["generations"] == 2 and stored.last_generation() == 1
+        assert stored.config()["generations"] == 2 and stored.last_generation().generation == 1
     finally:
         stored.close()
     # a flag overrides the file, as on a fresh start
