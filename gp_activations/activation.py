@@ -761,7 +761,8 @@ _SITES_CLASS_DOC = '''
     ``num_channels``: C gives each parameter C values (a learned scalar repeats; values
     learned per channel must have C entries); None keeps the values as learned.
 
-    __CLASS__.apply_to(model) replaces a network's activation modules, one site each.
+    __CLASS__.apply_to(model) puts one module at each activation site of a network
+    (activation modules, further calls of one module, functional calls such as F.relu).
     '''
 
 def _apply_to_source() -> str:
