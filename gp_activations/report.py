@@ -350,7 +350,12 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     store = RunStore.open(run_dir, readonly=True)  # read-only: a failed write cannot touch it
     others = [RunStore.open(c, readonly=True) for c in compare]
     top = _ranked(store, k)
-    out = report_dir(run_dir)
+    try:
+        out = report_dir(run_dir)
+    except UserError:
+        for s in (store, *others):
+            s.close()
+        raise
     cfg = SearchConfig.from_dict(store.config(), where="stored config")
     plot_shapes(store, out / "shapes.png", k)
     plot_fitness(store, out / "fitness.png", others)
