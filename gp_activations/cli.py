@@ -488,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("search", help="evolve activation functions (PANGAEA-style)")
-    p.add_argument("--config", help="TOML file (e.g. experiments/mnist1d.toml); flags override it")
+    p.add_argument("--config", help="TOML file (e.g. experiments/mnist1d.toml); flags override "
+                   "it, and paths in it are relative to it. With --resume its changes to the "
+                   "stored config count as the same flags would")
     p.add_argument("--out", help="run directory (default runs/DATASET-STRATEGY-TIME)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--dataset", help=f"{datasets} (default mnist1d)")

@@ -26,7 +26,6 @@ from pathlib import Path
 import pytest
 
 from gp_activations.cli import main
-from gp_activations.errors import UserError
 from gp_activations.search import SearchConfig, run_search
 from gp_activations.search.store import RunStore
 
@@ -45,7 +44,8 @@ def run_main(capsys, *argv):
 def digest(run: Path) -> dict:
     """Every file of a run, by content (a failed write must change none of them)."""
     return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run.rglob("*")) if p.is_file() and p.name != "lock" and not p.name.endswith("-shm")}
+            for p in sorted(run.rglob("*"))  # the lock and sqlite's shared-memory index aside
+            if p.is_file() and p.name != "lock" and not p.name.endswith("-shm")}
 
 
 # ---------------------------------------------------------------------------------------------
