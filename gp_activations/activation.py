@@ -19,6 +19,7 @@ import inspect
 import json
 import math
 import textwrap
+from pathlib import Path
 from typing import Iterable, Optional
 
 import sympy
@@ -767,12 +768,14 @@ _SITES_CLASS_DOC = '''
 
 def _apply_to_source() -> str:
     """The sites machinery that the exported ``apply_to`` calls: gp_activations.replace's
-    standalone core (torch only), embedded verbatim so that the file needs no gp_activations."""
-    from .replace import core_source
-
+    standalone core (torch only), embedded verbatim so that the file needs no gp_activations.
+    Read as text between its markers, not imported (replace imports this module)."""
+    text = (Path(__file__).resolve().parent / "replace.py").read_text(encoding="utf-8")
+    begin = text.index("# ---- standalone core begin")
+    core = text[text.index("\n", begin) + 1:text.index("# ---- standalone core end")]
     return ("# Activation sites of a network (gp_activations.replace_activations' own code), for\n"
             "# apply_to: registered activation modules, further calls, functional calls.\n"
-            + core_source().rstrip())
+            + core.rstrip())
 
 
 _SITES_METHODS_SOURCE = '''

@@ -243,14 +243,14 @@ def cmd_search(args) -> int:
         search = Search(config, out, progress=not args.no_progress)
     cfg = search.config
     stop = [f"{cfg.generations} generations"] if cfg.generations is not None else []
-    if search.tasks:
-        counted = f"budget {cfg.budget} candidates ({len(search.tasks)} trainings each)"
-    elif search.rungs:
-        counted = f"budget {cfg.budget} candidates (each trains 1 to {len(search.rungs)} rungs)"
+    if search.plan.tasks:
+        counted = f"budget {cfg.budget} candidates ({len(search.plan.tasks)} trainings each)"
+    elif search.plan.rungs:
+        counted = f"budget {cfg.budget} candidates (each trains 1 to {len(search.plan.rungs)} rungs)"
     else:
         counted = f"budget {cfg.budget} trainings"
     stop += [counted] if cfg.budget else []
-    where = (" + ".join(t["name"] for t in search.tasks) if search.tasks else cfg.dataset)
+    where = (" + ".join(t.name for t in search.plan.tasks) if search.plan.tasks else cfg.dataset)
     how = cfg.strategy + (" + successive halving" if cfg.fidelity == "halving" else "") + (
         f" + {cfg.surrogate} surrogate" if cfg.surrogate else "") + (
         f" (fitness looked up in {cfg.lookup})" if cfg.lookup else "")
@@ -259,11 +259,11 @@ def cmd_search(args) -> int:
           + f", {cfg.executor} x{cfg.workers}; run directory {out}", file=sys.stderr)
     result = search.run()
     print()
-    network = _network_label(cfg, search.model)
-    if search.tasks:
-        how = ("weighted mean" if len({t["weight"] for t in search.tasks}) > 1 else "mean") \
+    network = _network_label(cfg, search.plan.base_job.model)
+    if search.plan.tasks:
+        how = ("weighted mean" if len({t.weight for t in search.plan.tasks}) > 1 else "mean") \
             if cfg.task_aggregate == "mean" else "minimum"
-        print(f"Top functions of {out} for {len(search.tasks)} tasks (fitness = the {how} over "
+        print(f"Top functions of {out} for {len(search.plan.tasks)} tasks (fitness = the {how} over "
               f"tasks of validation accuracy / ReLU's, each task's fitness budget):")
         print(result.table())
         print(result.task_table())
@@ -271,9 +271,9 @@ def cmd_search(args) -> int:
               f"{out} retrains them on each task's test set)")
     else:
         print(f"Top functions of {out} for {network} (fitness = validation accuracy after "
-              f"{search.train_config.epochs:g} epochs):")
+              f"{search.plan.base_job.train['epochs']:g} epochs):")
         print(result.table())
-    if not cfg.fitness and not search.tasks:
+    if not cfg.fitness and not search.plan.tasks:
         print(f"(selected for {network}: specialised to that network and task until evaluated "
               f"elsewhere -- gp-activations evaluate {out} --model NAME tests a transfer)")
         if network == "mnist1d / cnn1d":

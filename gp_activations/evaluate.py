@@ -28,7 +28,6 @@ from .data import get_dataset_info
 from .errors import UserError
 from .models import MODELS
 from .search.config import SearchConfig, is_object_label, object_label
-from .search.executors import make_executor
 from .search.ranking import ranked_functions
 from .search.store import RunStore
 
@@ -71,7 +70,9 @@ def parse_baselines(text) -> list[str]:
     return names
 
 
-def _protocol(train_config: dict, dataset: str, model) -> str:
+def protocol_key(train_config: dict, dataset: str, model) -> str:
+    """The key of a training protocol (schedule, dataset, model): rows of the same protocol are
+    the same experiment."""
     keys = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup",
             "label_smoothing", "per_channel")
     values = {k: train_config[k] for k in keys}
@@ -221,7 +222,7 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
             "aliases": {k for k, v in aliases.items() if v["trained_as"]},
             "model_obj": model_obj, "data_obj": data if custom else None,
             "train_cfg": train_cfg, "entries": entries,
-            "protocol": _protocol(train_cfg.to_dict(), dataset, model)}
+            "protocol": protocol_key(train_cfg.to_dict(), dataset, model)}
 
 
 def _record_protocol(store, protocol: str, seeds: int, own: bool, test_split: str,
@@ -242,49 +243,29 @@ def _schedule_rows(store, protocol, entries, seeds) -> None:
 
 def _run_trainings(store, cfg, pending, train_cfg, dataset, model, data, executor, workers,
                    device, data_dir, task_timeout, progress, done_before) -> None:
-    from .search.executors import default_task_timeout
-    from .train import resolve_device
+    from .search.executors import default_task_timeout, device_slots, execute
+    from .search.jobs import Job, JobKey, JobKind
 
-    dev = resolve_device(device or cfg.device)
-    gpus = 0
-    if dev.type == "cuda":
-        import torch
-
-        gpus = torch.cuda.device_count()
+    device, gpus = device_slots(device or cfg.device)
     kind = executor or cfg.executor
-    n_workers = workers or cfg.workers
-    base = {"dataset": dataset, "model": model, "data": data, "fitness": None,
-            "data_dir": data_dir or cfg.data_dir, "verify": cfg.verify, "download": cfg.download,
-            "train": train_cfg.to_dict(), "device": dev.type, "threads": cfg.threads,
-            "split": "test"}
-    tasks = [{**base, "id": row.id, "expression": row.expression, "primitives": row.primitives,
-              "params": list(row.params), "seed": row.seed} for row in pending]
-    from .progress import progress_bar
-
-    bar = progress_bar(total=done_before + len(tasks), initial=done_before, unit="run",
-                       desc="evaluate", disable=not progress)
-
-    def on_start(task):
-        store.start_final(task["id"])
+    jobs = [Job(JobKey(JobKind.FINAL, row.id), row.expression, row.primitives, tuple(row.params),
+                dataset=dataset, model=model, data=data, train=train_cfg.to_dict(),
+                seed=row.seed, device=device, threads=cfg.threads, split="test",
+                data_dir=data_dir or cfg.data_dir, verify=cfg.verify, download=cfg.download)
+            for row in pending]
 
     def on_result(result):
-        metrics = result.get("metrics") or {}
-        accuracy = metrics.get("accuracy") if result["status"] == "done" else None
-        status = "done" if result["status"] == "done" else "failed"
-        store.finish_final(result["id"], status, accuracy,
-                           {**metrics, "error": result.get("error", "")})
-        if bar is not None:
-            bar.update(1)
+        metrics = result.metrics or {}
+        accuracy = metrics.get("accuracy") if result.ok else None
+        store.finish_final(result.key.id, str(result.status), accuracy,
+                           {**metrics, "error": result.error})
 
-    timeout = task_timeout or cfg.task_timeout or default_task_timeout(kind, train_cfg)
-    runner = make_executor(kind, workers=n_workers, threads=cfg.threads, timeout=timeout,
-                           gpus=gpus, ray_address=cfg.ray_address, run_dir=store.run_dir)
-    try:
-        runner.run(tasks, on_start, on_result)
-    finally:
-        runner.close()
-        if bar is not None:
-            bar.close()
+    execute(jobs, lambda job: store.start_final(job.key.id), on_result, executor=kind,
+            workers=workers or cfg.workers, threads=cfg.threads,
+            timeout=task_timeout or cfg.task_timeout or default_task_timeout(kind, train_cfg),
+            gpus=gpus, ray_address=cfg.ray_address, run_dir=store.run_dir,
+            progress=dict(total=done_before + len(jobs), initial=done_before, unit="run",
+                          desc="evaluate", disable=not progress))
 
 
 def welch_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:

@@ -13,7 +13,6 @@ export (``Activation.torch_source`` with learned sites) embeds that text, so tha
 
 from __future__ import annotations
 
-import inspect
 import warnings
 from typing import Callable, Optional, Sequence
 
@@ -397,14 +396,6 @@ def _act_inplace(node, fn, spelling):
         return len(node.args) > index and node.args[index] is True
     return False
 # ---- standalone core end ----------------------------------------------------------------------
-
-
-def core_source() -> str:
-    """The standalone core's text (torch only), which exported torch files embed."""
-    text = inspect.getsource(inspect.getmodule(core_source))
-    begin = text.index("# ---- standalone core begin")
-    end = text.index("# ---- standalone core end")
-    return text[text.index("\n", begin) + 1:end].rstrip() + "\n"
 
 
 class ReplacedActivations(list):

@@ -128,15 +128,16 @@ def _read(path: Path) -> Table:
     return Table(path, meta, rows, expressions)
 
 
-def lookup_task(task: dict) -> dict:
-    """A worker's "training" of ``task`` read from its table: the result dict of a training."""
+def lookup_task(job) -> dict:
+    """A worker's "training" of ``job`` (a :class:`~gp_activations.search.jobs.Job`) read from
+    its table: the status, fitness, metrics and error of a training."""
     from .activation import Activation
 
-    table = load_table(task["lookup"])
-    act = Activation.from_string(task["expression"], task["primitives"], task["params"])
-    epochs = float(task["train"]["epochs"])
+    table = load_table(job.lookup)
+    act = Activation.from_string(job.expression, job.primitives, list(job.params))
+    epochs = float(job.train["epochs"])
     try:
-        accuracy = table.accuracy(act, epochs, int(task["seed"]), task.get("split", "val"))
+        accuracy = table.accuracy(act, epochs, int(job.seed), job.split)
     except LookupError as exc:
         return {"status": "failed", "fitness": None, "error": str(exc).strip("'\""),
                 "metrics": {"lookup": str(table.path)}}

@@ -200,7 +200,7 @@ def _found_functions(runs: Sequence, top: int) -> list[Function]:
 
 
 def _protocol(task: dict, epochs: Optional[float]) -> tuple[str, object]:
-    from .evaluate import _protocol as protocol_key
+    from .evaluate import protocol_key
     from .train import default_config
 
     train_cfg = default_config(task["dataset"], "train", task["model"], epochs=epochs,
@@ -340,43 +340,25 @@ def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
 
 
 def _train(store, work, executor, workers, device, task_timeout, progress, data_dir) -> None:
-    from .progress import progress_bar
-    from .search.executors import default_task_timeout, make_executor
-    from .train import resolve_device
+    from .search.executors import default_task_timeout, device_slots, execute
+    from .search.jobs import Job, JobKey, JobKind
 
-    dev = resolve_device(device)
-    gpus = 0
-    if dev.type == "cuda":
-        import torch
-
-        gpus = torch.cuda.device_count()
+    device, gpus = device_slots(device)
     # the longest trainings first: the run then ends on short ones, so workers idle less
     work = sorted(work, key=lambda w: -w[4].epochs * (3 if w[1]["model"] == "resnet1d" else 1))
-    tasks = [{"id": rid, "dataset": task["dataset"], "model": task["model"], "data": None,
-              "fitness": None, "data_dir": data_dir, "verify": True, "download": False,
-              "train": train_cfg.to_dict(), "device": dev.type, "threads": 1, "split": "test",
-              "expression": fn.expression, "primitives": fn.primitives, "params": fn.params,
-              "seed": seed} for rid, task, fn, seed, train_cfg in work]
-    bar = progress_bar(total=len(tasks), unit="run", desc="transfer", disable=not progress)
-
-    def on_start(task):
-        store.start(task["id"])
+    jobs = [Job(JobKey(JobKind.TRANSFER, rid), fn.expression, fn.primitives, tuple(fn.params),
+                dataset=task["dataset"], model=task["model"], train=train_cfg.to_dict(),
+                seed=seed, device=device, threads=1, split="test", data_dir=data_dir)
+            for rid, task, fn, seed, train_cfg in work]
 
     def on_result(result):
-        metrics = result.get("metrics") or {}
-        ok = result["status"] == "done"
-        store.finish(result["id"], ok, metrics.get("accuracy") if ok else None, result.get("error"))
-        if bar is not None:
-            bar.update(1)
+        accuracy = (result.metrics or {}).get("accuracy") if result.ok else None
+        store.finish(result.key.id, result.ok, accuracy, result.error)
 
-    timeout = task_timeout or default_task_timeout(executor, work[0][4])
-    runner = make_executor(executor, workers=workers, threads=1, timeout=timeout, gpus=gpus)
-    try:
-        runner.run(tasks, on_start, on_result)
-    finally:
-        runner.close()
-        if bar is not None:
-            bar.close()
+    execute(jobs, lambda job: store.start(job.key.id), on_result, executor=executor,
+            workers=workers, threads=1,
+            timeout=task_timeout or default_task_timeout(executor, work[0][4]), gpus=gpus,
+            progress=dict(total=len(jobs), unit="run", desc="transfer", disable=not progress))
 
 
 def _summarize(store, tasks, functions, protocols, seeds) -> TransferTable:

@@ -12,6 +12,7 @@ from gp_activations.cli import main
 from gp_activations.errors import UserError
 from gp_activations.search import RunStore, SearchConfig, run_search
 from gp_activations.search import executors as executors_mod
+from gp_activations.search.jobs import JobKey
 from gp_activations.search.driver import Search, aggregate_fitness
 
 from search_helpers import CHEAP, rows, snapshot, stored
@@ -105,18 +106,19 @@ def test_resume_redoes_only_the_unfinished_task_trainings(tmp_path, monkeypatch,
     real = executors_mod.evaluate_task
     interrupt = [True]
 
-    def counting(task):
-        calls.append(task["id"])
+    def counting(wire):
+        key = JobKey.from_wire(wire["key"])
+        calls.append((key.id, key.task))
         if len(calls) == 8 and interrupt[0]:
             interrupt[0] = False
             raise KeyboardInterrupt  # Ctrl-C while the 8th training runs
-        return real(task)
+        return real(wire)
 
     monkeypatch.setattr(executors_mod, "evaluate_task", counting)
     run = tmp_path / "run"
     first = run_search(SearchConfig(**SMALL), out=run, progress=False)
     assert first.interrupted
-    finished = {f"{r['candidate_id']}/{r['task']}" for r in rows_of(run)}
+    finished = {(r["candidate_id"], r["task"]) for r in rows_of(run)}
     assert len(finished) == 7 and set(calls[:7]) == finished
     calls.clear()
     result = run_search(out=run, resume=True, progress=False)

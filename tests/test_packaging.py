@@ -30,9 +30,10 @@ def _package_files() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def dists(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    for kind in ("--wheel", "--sdist"):
-        subprocess.run([sys.executable, "-m", "build", kind, "--no-isolation", "--outdir", str(out),
-                        str(ROOT)], check=True, capture_output=True, text=True)
+    # the sdist first, then the wheel built from it (build's default): no build/ left in the
+    # checkout whose stale copies of removed modules could slip into a wheel
+    subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir", str(out),
+                    str(ROOT)], check=True, capture_output=True, text=True)
     wheel = next(out.glob("*.whl"))
     sdist = next(out.glob("*.tar.gz"))
     return wheel, sdist

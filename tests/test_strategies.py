@@ -290,11 +290,11 @@ def test_halving_resumes_mid_rung_without_redoing_a_finished_rung(tmp_path, monk
     real = tabular.lookup_task
     calls = []
 
-    def interrupted(task):  # a Ctrl-C in the middle of generation 1's first rung
-        calls.append(task["id"])
+    def interrupted(job):  # a Ctrl-C in the middle of generation 1's first rung
+        calls.append((job.key.id, job.key.rung, job.key.seed))
         if len(calls) == 14:
             raise KeyboardInterrupt
-        return real(task)
+        return real(job)
 
     monkeypatch.setattr(tabular, "lookup_task", interrupted)
     first = run_search(cfg, out=tmp_path / "cut", progress=False)
@@ -302,9 +302,11 @@ def test_halving_resumes_mid_rung_without_redoing_a_finished_rung(tmp_path, monk
     before = RunStore.open(tmp_path / "cut", readonly=True).rung_runs()
     assert 0 < len(before) < len(RunStore.open(tmp_path / "whole", readonly=True).rung_runs())
     calls.clear()
-    monkeypatch.setattr(tabular, "lookup_task", lambda task: (calls.append(task["id"]), real(task))[1])
+    monkeypatch.setattr(tabular, "lookup_task",
+                        lambda job: (calls.append((job.key.id, job.key.rung, job.key.seed)),
+                                     real(job))[1])
     run_search(out=tmp_path / "cut", resume=True, progress=False)
-    done_before = {f"{r.candidate_id}/{r.rung}/{r.seed}" for r in before}
+    done_before = {(r.candidate_id, r.rung, r.seed) for r in before}
     assert calls and not set(calls) & done_before  # no finished rung training redone
     assert snapshot(tmp_path / "cut") == snapshot(tmp_path / "whole")
 

@@ -1,8 +1,9 @@
 """Where evaluations run: in-process, in a pool of spawned processes, or on Ray.
 
-All three executors run :func:`~gp_activations.search.worker.evaluate_task` on plain-dict
-tasks and hand plain-dict results back through ``on_result`` as each one finishes, so the
-driver can commit it at once.  A worker that crashes (segfault, ``kill -9``, out of memory) or
+All three executors run :func:`~gp_activations.search.worker.evaluate_task` on the wire form of
+:class:`~gp_activations.search.jobs.Job` s and hand each result back as it finishes;
+:func:`run_jobs` is the one way in: typed jobs in, typed results out through ``on_result``, so
+the caller can commit each at once.  A worker that crashes (segfault, ``kill -9``, out of memory) or
 runs past ``timeout`` yields a ``failed`` result for that task; the worker is replaced and
 the search goes on.  With the same seed and thread count every executor produces the same
 results: a result depends on its task only, never on which worker ran it or when.
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import UserError
+from .jobs import Job, JobKey, JobResult
 from .worker import evaluate_task, prepare
 
 log = logging.getLogger("gp_activations.search")
@@ -32,8 +34,12 @@ OnResult = Callable[[dict], None]
 
 
 def _failure(task: dict, message: str, started: float) -> dict:
-    return {"id": task["id"], "status": "failed", "fitness": None, "metrics": None,
-            "error": message, "started_at": started, "finished_at": time.time()}
+    return JobResult.failure(JobKey.from_wire(task["key"]), message, started,
+                             time.time()).to_wire()
+
+
+def _name(task: dict) -> str:
+    return str(JobKey.from_wire(task["key"]))
 
 
 class SerialExecutor:
@@ -219,7 +225,7 @@ class ProcessExecutor:
                 return
         if not slot.process.is_alive():
             code = slot.process.exitcode
-            log.warning("worker %d died (exit code %s) running candidate %s", slot.index, code, task["id"])
+            log.warning("worker %d died (exit code %s) running %s", slot.index, code, _name(task))
             slot.task = None
             on_result(_failure(task, f"worker process died (exit code {code})", slot.started))
             self.deaths_in_a_row += 1
@@ -231,8 +237,8 @@ class ProcessExecutor:
             self._restart(slot)
         elif self.timeout and time.time() - slot.started > self.timeout + (
                 0 if slot.ready else _STARTUP_GRACE):
-            log.warning("candidate %s timed out after %.0f s; restarting worker %d",
-                        task["id"], self.timeout, slot.index)
+            log.warning("%s timed out after %.0f s; restarting worker %d",
+                        _name(task), self.timeout, slot.index)
             slot.task = None
             on_result(_failure(task, f"timed out after {self.timeout:g} s", slot.started))
             self._restart(slot)
@@ -319,7 +325,7 @@ class RayExecutor:
                     on_result(ray.get(ref))
                 except ray.exceptions.RayError as exc:
                     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                    log.warning("Ray task for candidate %s failed: %s", task["id"], first)
+                    log.warning("Ray task for %s failed: %s", _name(task), first)
                     on_result(_failure(task, f"Ray worker failed: {type(exc).__name__}: {first}", started))
             if self.timeout:
                 now = time.time()
@@ -332,6 +338,55 @@ class RayExecutor:
     def close(self) -> None:
         if self._started_ray:
             self.ray.shutdown()  # its session files stay (linked from) the run directory, for debugging
+
+
+def run_jobs(executor, jobs, on_start: Callable[[Job], None],
+             on_result: Callable[[JobResult], None]) -> None:
+    """Run ``jobs`` on ``executor``: ``on_start(job)`` as each one starts, ``on_result(result)``
+    as each one finishes (in the order they finish)."""
+    by_key = {job.key: job for job in jobs}
+    executor.run([job.to_wire() for job in jobs],
+                 lambda wire: on_start(by_key[JobKey.from_wire(wire["key"])]),
+                 lambda wire: on_result(JobResult.from_wire(wire)))
+
+
+def execute(jobs, on_start: Callable[[Job], None], on_result: Callable[[JobResult], None], *,
+            executor: str, workers: int, threads: int, timeout: Optional[float], gpus: int,
+            ray_address: Optional[str] = None, run_dir: Optional[Path] = None,
+            progress: Optional[dict] = None) -> None:
+    """Run ``jobs`` on a new executor of kind ``executor`` and close it: the one pipeline of
+    ``evaluate`` and ``transfer``.  ``progress``: a progress bar's settings (total, initial,
+    unit, desc), advanced by each result; None for none."""
+    from ..progress import progress_bar
+
+    bar = progress_bar(**progress) if progress else None
+
+    def finished(result: JobResult) -> None:
+        on_result(result)
+        if bar is not None:
+            bar.update(1)
+
+    runner = make_executor(executor, workers=workers, threads=threads, timeout=timeout, gpus=gpus,
+                           ray_address=ray_address, run_dir=run_dir)
+    try:
+        run_jobs(runner, jobs, on_start, finished)
+    finally:
+        runner.close()
+        if bar is not None:
+            bar.close()
+
+
+def device_slots(device: str) -> tuple[str, int]:
+    """(device type, GPUs to spread workers over) of a ``device`` setting ("auto", "cpu",
+    "cuda", ...)."""
+    from ..train import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        import torch
+
+        return "cuda", torch.cuda.device_count()
+    return dev.type, 0
 
 
 def default_task_timeout(kind: str, train_config) -> Optional[float]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from ..errors import UserError
+from .jobs import JobStatus
 
 DB_NAME = "run.sqlite"
 FORMAT_VERSION = 2  # 2: candidates.predicted, rung_runs
@@ -55,6 +56,16 @@ class Status(str, enum.Enum):
 
 
 STATUSES = tuple(s.value for s in Status)
+
+
+class GenerationState(str, enum.Enum):
+    """``created``: its candidates are stored; ``done``: evaluated, survivors chosen."""
+
+    CREATED = "created"
+    DONE = "done"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 def _loads(text, default):
@@ -127,7 +138,7 @@ class FinalTraining:
     candidate_id: Optional[int]
     seed: int
     protocol: str
-    status: str
+    status: Status
     accuracy: Optional[float]
     metrics: Optional[dict]
     finished_at: Optional[float]
@@ -135,7 +146,7 @@ class FinalTraining:
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "FinalTraining":
         return cls(**{**dict(row), "params": tuple(_loads(row["params"], [])),
-                      "metrics": _loads(row["metrics"], None)})
+                      "status": Status(row["status"]), "metrics": _loads(row["metrics"], None)})
 
 
 @dataclass(frozen=True)
@@ -145,7 +156,7 @@ class TaskRun:
     candidate_id: int
     task: int
     name: str
-    status: str
+    status: JobStatus
     accuracy: Optional[float]
     error: Optional[str]
     metrics: Optional[dict]
@@ -154,7 +165,8 @@ class TaskRun:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "TaskRun":
-        return cls(**{**dict(row), "metrics": _loads(row["metrics"], None)})
+        return cls(**{**dict(row), "status": JobStatus(row["status"]),
+                      "metrics": _loads(row["metrics"], None)})
 
 
 @dataclass(frozen=True)
@@ -164,7 +176,7 @@ class RungRun:
     candidate_id: int
     rung: int
     seed: int
-    status: str
+    status: JobStatus
     accuracy: Optional[float]
     epochs: Optional[float]
     error: Optional[str]
@@ -174,16 +186,21 @@ class RungRun:
 
     @classmethod
     def from_row(cls, row: sqlite3.Row) -> "RungRun":
-        return cls(**{**dict(row), "metrics": _loads(row["metrics"], None)})
+        return cls(**{**dict(row), "status": JobStatus(row["status"]),
+                      "metrics": _loads(row["metrics"], None)})
 
 
 @dataclass(frozen=True)
 class Generation:
     generation: int
-    state: str  # created | done
+    state: GenerationState
     rng_state: Optional[str]
     created_at: Optional[float]
     finished_at: Optional[float]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "Generation":
+        return cls(**{**dict(row), "state": GenerationState(row["state"])})
 
 
 @dataclass(frozen=True)
@@ -562,7 +579,7 @@ class RunStore:
                 "(candidate_id, task) DO UPDATE SET status = excluded.status, accuracy = "
                 "excluded.accuracy, error = excluded.error, metrics = excluded.metrics, "
                 "started_at = excluded.started_at, finished_at = excluded.finished_at",
-                (cid, task, name, status, accuracy, error or None,
+                (cid, task, name, str(status), accuracy, error or None,
                  json.dumps(metrics) if metrics is not None else None, started_at,
                  finished_at or time.time()))
 
@@ -589,7 +606,7 @@ class RunStore:
                 "accuracy = excluded.accuracy, epochs = excluded.epochs, error = excluded.error, "
                 "metrics = excluded.metrics, started_at = excluded.started_at, "
                 "finished_at = excluded.finished_at",
-                (cid, rung, seed, status, accuracy, epochs, error or None,
+                (cid, rung, seed, str(status), accuracy, epochs, error or None,
                  json.dumps(metrics) if metrics is not None else None, started_at,
                  finished_at or time.time()))
 
@@ -612,12 +629,12 @@ class RunStore:
 
     # -- generations and populations -------------------------------------------------------------
     def generation_rows(self) -> list[Generation]:
-        return [Generation(**dict(r)) for r in
+        return [Generation.from_row(r) for r in
                 self.db.execute("SELECT * FROM generations ORDER BY generation")]
 
     def last_generation(self) -> Optional[Generation]:
         row = self.db.execute("SELECT * FROM generations ORDER BY generation DESC LIMIT 1").fetchone()
-        return Generation(**dict(row)) if row else None
+        return Generation.from_row(row) if row else None
 
     def create_generation(self, generation: int, rng_state: str) -> None:
         """Mark ``generation`` created (inside the caller's transaction, with its candidates)."""

@@ -1,8 +1,9 @@
 """What runs inside a worker: one evaluation, plain data in and plain data out.
 
-A task is a dict of strings and numbers (the expression travels as text, the task's model,
-data or fitness function as ``module:function`` references), so every executor -- in-process,
-a spawned process, a Ray task -- runs exactly the same code.  The result is a dict as well;
+A task is the wire form of a :class:`~gp_activations.search.jobs.Job` (strings and numbers:
+the expression travels as text, the model, data or fitness function as ``module:function``
+references), so every executor -- in-process, a spawned process, a Ray task -- runs exactly the
+same code.  The result is the wire form of a :class:`~gp_activations.search.jobs.JobResult`;
 no DEAP individual, tensor or activation object crosses a process boundary.
 """
 
@@ -14,6 +15,7 @@ import time
 
 from ..errors import UserError
 from ..references import resolve_reference
+from .jobs import Job, JobResult, JobStatus
 
 def _resolve(value):
     return resolve_reference(value) if isinstance(value, str) and ":" in value else value
@@ -22,14 +24,14 @@ def _resolve(value):
 _DATASETS: dict = {}
 
 
-def _task_dataset(task: dict):
+def _job_dataset(job: Job):
     """A user's data (a reference, loader, tensors or torch datasets), built once per process."""
     from ..data import as_dataset
 
-    source = task["data"]
+    source = job.data
     key = source if isinstance(source, str) else id(source)
     if key not in _DATASETS:
-        _DATASETS[key] = as_dataset(_resolve(source), name=task.get("dataset") or "custom")
+        _DATASETS[key] = as_dataset(_resolve(source), name=job.dataset or "custom")
     return _DATASETS[key]
 
 
@@ -46,24 +48,24 @@ def _plain_json(value):
     return str(value)
 
 
-def prepare(task: dict) -> None:
-    """Load what every task of a run shares (its dataset, torch's lazy imports) ahead of the first
-    task, so that a worker's start-up overlaps the driver's work instead of the first evaluation."""
+def prepare(wire: dict) -> None:
+    """Load what every job of a run shares (its dataset, torch's lazy imports) ahead of the first
+    job, so that a worker's start-up overlaps the driver's work instead of the first evaluation."""
     try:
-        if task.get("lookup"):
+        job = Job.from_wire(wire)
+        if job.lookup:
             from ..tabular import load_table
 
-            load_table(task["lookup"])
-        elif task.get("fitness"):
-            _resolve(task["fitness"])
-        elif task.get("data") is not None:
-            _task_dataset(task)
+            load_table(job.lookup)
+        elif job.fitness:
+            _resolve(job.fitness)
+        elif job.data is not None:
+            _job_dataset(job)
         else:
             from ..train import get_dataset, resolve_device
 
-            get_dataset(task["dataset"], resolve_device(task.get("device", "cpu")),
-                        data_dir=task.get("data_dir"), download=task.get("download", False),
-                        verify=task.get("verify", True))
+            get_dataset(job.dataset, resolve_device(job.device), data_dir=job.data_dir,
+                        download=job.download, verify=job.verify)
     except Exception:  # noqa: BLE001 -- the first real task reports the problem
         pass
     # A process's first torch.optim optimizer imports torch._dynamo (about 1.7 s here): pay it
@@ -73,50 +75,57 @@ def prepare(task: dict) -> None:
     torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
 
 
-def evaluate_task(task: dict) -> dict:
-    """Train (or call the user's fitness on) one candidate; never raises."""
+def evaluate_task(wire: dict) -> dict:
+    """Train (or call the user's fitness on) one job, given and answered in wire form; never
+    raises."""
     started = time.time()
-    result = {"id": task["id"], "status": "failed", "fitness": None, "metrics": None,
-              "error": "", "started_at": started, "finished_at": None, "pid": os.getpid()}
     try:
-        import torch
+        job = Job.from_wire(wire)
+    except Exception as exc:  # noqa: BLE001 -- a malformed job is a failed one
+        from .jobs import JobKey
 
-        from ..activation import Activation
-        from ..train import TrainConfig, train
-
-        if task.get("threads"):
-            torch.set_num_threads(int(task["threads"]))
-        act = Activation.from_string(task["expression"], task["primitives"], task["params"])
-        if task.get("lookup"):  # a tabular benchmark: the training was done when it was built
-            from ..tabular import lookup_task
-
-            result.update(lookup_task(task))
-        elif task.get("fitness"):
-            fn = _resolve(task["fitness"])
-            value = fn(act, seed=task["seed"])
-            # numpy / torch scalars are common return values: stored as plain JSON numbers
-            metrics = _plain_json(value if isinstance(value, dict) else {"fitness": value})
-            fitness = float(metrics.get("fitness", metrics.get("accuracy", float("nan"))))
-            ok = math.isfinite(fitness)
-            result.update(status="done" if ok else "failed", fitness=fitness if ok else None,
-                          metrics=metrics, error="" if ok else "fitness function returned a non-finite value")
-        else:
-            dataset = _task_dataset(task) if task.get("data") is not None else task["dataset"]
-            record = train(act, dataset, model=_resolve(task.get("model")),
-                           config=TrainConfig(**task["train"]), seed=task["seed"],
-                           device=task.get("device", "cpu"), split=task.get("split", "val"),
-                           data_dir=task.get("data_dir"), verify=task.get("verify", True),
-                           download=task.get("download", False))
-            metrics = record.to_dict()
-            if record.status in ("ok", "chance"):
-                result.update(status="done", fitness=record.accuracy, metrics=metrics,
-                              error=record.reason)
-            else:
-                result.update(status="failed", metrics=metrics,
-                              error=f"{record.status}: {record.reason}")
+        return JobResult.failure(JobKey.from_wire(wire["key"]), f"bad task: {exc}", started,
+                                 time.time()).to_wire()
+    outcome = {"status": JobStatus.FAILED, "fitness": None, "metrics": None, "error": ""}
+    try:
+        outcome.update(_evaluate(job))
     except UserError as exc:
-        result["error"] = f"bad task: {exc}"
+        outcome["error"] = f"bad task: {exc}"
     except Exception as exc:  # noqa: BLE001 -- the search goes on
-        result["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
-    result["finished_at"] = time.time()
-    return result
+        outcome["error"] = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+    return JobResult(job.key, JobStatus(outcome["status"]), outcome["fitness"], outcome["metrics"],
+                     outcome["error"] or "", started, time.time(), os.getpid()).to_wire()
+
+
+def _evaluate(job: Job) -> dict:
+    import torch
+
+    from ..activation import Activation
+    from ..train import TrainConfig, train
+
+    if job.threads:
+        torch.set_num_threads(int(job.threads))
+    act = Activation.from_string(job.expression, job.primitives, list(job.params))
+    if job.lookup:  # a tabular benchmark: the training was done when it was built
+        from ..tabular import lookup_task
+
+        return lookup_task(job)
+    if job.fitness:
+        value = _resolve(job.fitness)(act, seed=job.seed)
+        # numpy / torch scalars are common return values: stored as plain JSON numbers
+        metrics = _plain_json(value if isinstance(value, dict) else {"fitness": value})
+        fitness = float(metrics.get("fitness", metrics.get("accuracy", float("nan"))))
+        ok = math.isfinite(fitness)
+        return {"status": JobStatus.DONE if ok else JobStatus.FAILED,
+                "fitness": fitness if ok else None, "metrics": metrics,
+                "error": "" if ok else "fitness function returned a non-finite value"}
+    dataset = _job_dataset(job) if job.data is not None else job.dataset
+    record = train(act, dataset, model=_resolve(job.model), config=TrainConfig(**job.train),
+                   seed=job.seed, device=job.device, split=job.split, data_dir=job.data_dir,
+                   verify=job.verify, download=job.download)
+    metrics = record.to_dict()
+    if record.status in ("ok", "chance"):
+        return {"status": JobStatus.DONE, "fitness": record.accuracy, "metrics": metrics,
+                "error": record.reason}
+    return {"status": JobStatus.FAILED, "metrics": metrics,
+            "error": f"{record.status}: {record.reason}"}
