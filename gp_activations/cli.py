@@ -128,11 +128,12 @@ def cmd_export(args) -> int:
 # train
 # ---------------------------------------------------------------------------------------------
 def _mean_std(values):
-    import statistics
+    from .statistics import summarize
 
     if not values:
         return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    summary = summarize(values)
+    return summary.mean, summary.std
 
 
 def cmd_train(args) -> int:

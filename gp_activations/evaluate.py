@@ -17,8 +17,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -30,6 +28,8 @@ from .models import MODELS
 from .search.config import SearchConfig, is_object_label, object_label
 from .search.ranking import ranked_functions
 from .search.store import RunStore
+from .statistics import format_p, welch_p  # noqa: F401 -- re-exported
+from .statistics import summarize as summarize_values
 
 DEFAULT_BASELINES = ("relu", "silu", "gelu", "elu", "selu", "softplus", "mish", "tanh")
 
@@ -268,23 +268,6 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, data, executo
                           desc="evaluate", disable=not progress))
 
 
-def welch_p(a: Sequence[float], b: Sequence[float]) -> Optional[float]:
-    """Two-sided Welch's t-test p-value, or None when it is undefined (n < 2)."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    import warnings
-
-    from scipy import stats
-
-    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
-        return 1.0 if statistics.fmean(a) == statistics.fmean(b) else 0.0
-    with warnings.catch_warnings():
-        # nearly identical samples make scipy warn about precision loss in its moment
-        # calculation; the p-value is still right (and zero-variance pairs are handled above)
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-
-
 def summarize(store: RunStore, protocol: str, labels: Sequence[str],
               seeds: Optional[int] = None) -> list[ResultRow]:
     """One row per label: statistics over seeds ``0..seeds-1`` (all stored seeds if None).
@@ -303,12 +286,12 @@ def summarize(store: RunStore, protocol: str, labels: Sequence[str],
         if not recs:
             continue
         accs = [r.accuracy for r in recs if r.status == "done" and r.accuracy is not None]
-        mean = statistics.fmean(accs) if accs else float("nan")
-        std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+        summary = summarize_values(accs)
         p = None if label == "relu" else welch_p(accs, relu)
         rows.append(ResultRow(label, "found" if flag else recs[0].kind,
                               flag.get("expression", recs[0].expression),
-                              flag.get("params", list(recs[0].params)), accs, mean, std, p,
+                              flag.get("params", list(recs[0].params)), accs, summary.mean,
+                              summary.std, p,
                               flag.get("primitives", recs[0].primitives),
                               failed=sum(r.status == "failed" for r in recs),
                               equals=flag.get("equals"), linear=bool(flag.get("linear"))))
@@ -333,14 +316,6 @@ def write_results(run_dir: Path, rows: Sequence[ResultRow], epochs, dataset, mod
 
 def _tex_escape(text: str) -> str:
     return str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("#", r"\#")
-
-
-def format_p(p: Optional[float]) -> str:
-    """A p-value for a table: three decimals, or scientific notation below 0.001 (so that a
-    highly significant result does not print as 0.000)."""
-    if p is None:
-        return ""
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
 
 
 def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:

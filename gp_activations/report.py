@@ -27,6 +27,7 @@ from .errors import UserError
 from .search.config import SearchConfig
 from .search.ranking import flag_text, ranked_functions, skipped_note
 from .search.store import RunStore
+from .statistics import summarize
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,8 +299,8 @@ def comparison_table(stores: Sequence[RunStore]) -> list[str]:
                      f"{s.count_trainings()} | {best:.4f} |")
     lines += ["", "| strategy | runs | best fitness, mean ± std |", "|---|---:|---:|"]
     for strategy, values in by_strategy.items():
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
-        lines.append(f"| {strategy} | {len(values)} | {statistics.fmean(values):.4f} ± {std:.4f} |")
+        summary = summarize(values)
+        lines.append(f"| {strategy} | {len(values)} | {summary.mean:.4f} ± {summary.std:.4f} |")
     return lines + [""]
 
 
@@ -411,7 +412,7 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
     tables = _results_tables(store, cfg)
     for rows, protocol in tables:
         test_split = protocol.pop("_test_split", None) or "the dataset's test split"
-        from .evaluate import format_p
+        from .statistics import format_p
 
         title = (f"## Final evaluation on {protocol['dataset']} / {protocol['model']} (test set)"
                  if cfg.multi_task else "## Final evaluation (test set)")

@@ -19,7 +19,6 @@ import csv
 import json
 import math
 import sqlite3
-import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -362,7 +361,7 @@ def _train(store, work, executor, workers, device, task_timeout, progress, data_
 
 
 def _summarize(store, tasks, functions, protocols, seeds) -> TransferTable:
-    from .evaluate import welch_p
+    from .statistics import summarize, welch_p
 
     table = TransferTable([t["name"] for t in tasks], list(functions), seeds=seeds)
     for task in tasks:
@@ -372,8 +371,7 @@ def _summarize(store, tasks, functions, protocols, seeds) -> TransferTable:
             accs = [r["accuracy"] for r in rows if r is not None and r["status"] == "done"]
             failed = sum(1 for r in rows if r is not None and r["status"] == "failed")
             table.cells[(fn.label, task["name"])] = Cell(
-                accs, failed, statistics.fmean(accs) if accs else float("nan"),
-                statistics.stdev(accs) if len(accs) > 1 else 0.0)
+                accs, failed, summarize(accs).mean, summarize(accs).std)
         base = [fn for fn in functions if fn.kind == "baseline"
                 and table.cells[(fn.label, task["name"])].accuracies]
         relu = table.cells.get(("relu", task["name"]))
@@ -394,7 +392,7 @@ def _summarize(store, tasks, functions, protocols, seeds) -> TransferTable:
 
 
 def _write(out: Path, table: TransferTable, runs, tasks, seeds, epochs, top, baselines) -> None:
-    from .evaluate import format_p
+    from .statistics import format_p
 
     with open(out / "transfer.csv", "w", newline="") as fh:
         w = csv.writer(fh)

@@ -14,7 +14,6 @@ The search table, ``evaluate``, ``report`` and ``export`` all rank through
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 from ..activation import Activation
