@@ -373,3 +373,34 @@ def test_tables_and_reports_survive_a_function_without_latex(tmp_path):
                         fitness=f"{HELPERS}:score_fitness")
     assert "(no LaTeX" in result.table() or all(t["expression"] != deep.expression for t in result.top)
     assert write_report(run, k=2).is_file()
+
+
+#: The package's layers, in the order the data flows (README, "Layout"): a module imports only
+#: from its own layer or earlier ones, lazy imports included.  A new module must be placed here.
+LAYERS = [
+    ("foundations", {"errors", "references", "progress", "statistics", "kernels", "_partition"}),
+    ("expressions", {"expression", "operators", "primitive_sets"}),
+    ("compile", {"codegen", "fusion"}),
+    ("functions", {"activation", "zoo", "search.screening"}),
+    ("nets", {"data", "models", "replace"}),
+    ("fitness", {"train", "tabular"}),
+    ("runtime", {"search.jobs", "search.worker", "search.executors", "search.store"}),
+    ("search", {"search.config", "search.evolution", "search.strategies", "search.surrogate",
+                "search.fidelities", "search.plan", "search.generation", "search.ranking",
+                "search.results", "search.driver"}),
+    ("assess", {"evaluate", "transfer", "report"}),
+    ("cli", {"cli"}),
+]
+
+
+def test_imports_point_one_way_through_the_layers():
+    graph = _import_graph()
+    layer_of = {f"gp_activations.{m}": i for i, (_, mods) in enumerate(LAYERS) for m in mods}
+    unplaced = sorted(set(graph) - set(layer_of))
+    assert not unplaced, f"modules in no layer of LAYERS: {unplaced}"
+    assert not sorted(set(layer_of) - set(graph)), "LAYERS names a module that does not exist"
+    backwards = [f"{m} ({LAYERS[layer_of[m]][0]}) imports {d} ({LAYERS[layer_of[d]][0]})"
+                 for m, deps in graph.items() for d in deps
+                 if d in layer_of and layer_of[d] > layer_of[m]]
+    assert backwards == []
+    assert sum(len(deps) for deps in graph.values()) > 50  # the graph was really read
