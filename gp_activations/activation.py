@@ -82,6 +82,11 @@ def _fused_function(program: Program, traced: Program, cache_dir: Optional[str] 
     return fn
 
 
+def fused_function_of(act: "Activation"):
+    """The shared compiled function of ``act``, where one was made in this process (else None)."""
+    return _FUSED.get(_cache_key(act.program))
+
+
 class ActivationModule(nn.Module):
     """One activation site: the compiled function plus this site's learnable scalars."""
 
@@ -105,6 +110,16 @@ class ActivationModule(nn.Module):
         self._fn = (_fused_function(program, self.activation.fused_program, cache_dir)
                     if self.fused else _eager_function(program))
         return self
+
+    @property
+    def param_names(self) -> tuple:
+        """The names of this site's learnable scalars (its parameters), in the tree's order."""
+        return tuple(self._param_names)
+
+    @property
+    def function(self):
+        """The function this site runs: the shared compiled one (fused) or the eager one."""
+        return self._fn
 
     def forward(self, x):
         params = [getattr(self, name) for name in self._param_names]

@@ -323,8 +323,8 @@ def _config_file_changes(config_path, out, flags: dict) -> dict:
     import dataclasses
     import typing
 
-    from .search.config import SearchConfig, _coerce, load_toml
-    from .search.driver import RESUME_OVERRIDABLE
+    from .search.config import SearchConfig, coerce, load_toml
+    from .search.plan import RESUME_OVERRIDABLE
     from .search.store import RunStore, is_run_dir
 
     values = load_toml(config_path)  # a broken file is an error even on resume
@@ -341,7 +341,7 @@ def _config_file_changes(config_path, out, flags: dict) -> dict:
     for key, value in values.items():
         if key in flags or key not in known:
             continue
-        value = _coerce(key, value, hints[key], str(config_path))
+        value = coerce(key, value, hints[key], str(config_path))
         if stored.get(key) == value:
             continue
         if key not in RESUME_OVERRIDABLE:

@@ -327,7 +327,7 @@ def site_parameters(net: nn.Module) -> dict:
     if not sites:  # a user's model that called the factory directly: its modules are untagged
         sites = [(n, m) for n, m in net.named_modules() if isinstance(m, ActivationModule)]
     for name, module in sites:
-        if isinstance(module, ActivationModule) and module._param_names:
+        if isinstance(module, ActivationModule) and module.param_names:
             out[name] = module.parameter_values()
     return out
 
@@ -458,9 +458,9 @@ def _fused_function_of(act):
     """The shared compiled function of ``act``, where one was made in this process."""
     if not isinstance(act, Activation):
         return None
-    from .activation import _FUSED, _cache_key
+    from .activation import fused_function_of
 
-    return _FUSED.get(_cache_key(act.program))
+    return fused_function_of(act)
 
 
 def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progress,
@@ -614,7 +614,7 @@ def _compile_fused(net: nn.Module, sites: list, probe: torch.Tensor, amp: bool,
     (no BatchNorm statistics change, no random numbers drawn, gradients cleared after).  A graph
     inductor cannot compile -- the backward's too, which no forward call could catch -- turns
     that function eager (:class:`~gp_activations.fusion.FusedFunction`) before training."""
-    fns = {id(m._fn): m._fn for m in sites if m.fused}
+    fns = {id(m.function): m.function for m in sites if m.fused}
     counted = {key: fn.compile_seconds for key, fn in fns.items()}
     started = time.perf_counter()
     try:

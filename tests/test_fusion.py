@@ -17,7 +17,7 @@ from deap import gp
 from torch import nn
 
 from gp_activations import Activation, fusion
-from gp_activations.activation import _FUSED, _cache_key
+from gp_activations.activation import fused_function_of
 from gp_activations.errors import UserError
 from gp_activations.primitive_sets import builtin_names, load_primitive_set
 from gp_activations.search import SearchConfig
@@ -298,7 +298,7 @@ def test_a_function_inductor_cannot_compile_runs_eager(tmp_path, caplog):
         fused(x)
     lines = [r.getMessage() for r in caplog.records if r.name == "gp_activations.fusion"]
     assert len(lines) == 1 and "could not be compiled, running eager" in lines[0]
-    assert _FUSED[_cache_key(act.program)].fallback
+    assert fused_function_of(act).fallback
     record = train(act, "digits", None, TrainConfig(epochs=1, fused=True, threads=1,
                                                      chance_check=False), seed=0)
     assert record.status == "ok" and record.fused is False
@@ -320,7 +320,7 @@ import json, sys, warnings
 import torch
 from torch._dynamo.utils import counters
 from gp_activations import Activation
-from gp_activations.activation import _FUSED, _cache_key
+from gp_activations.activation import fused_function_of
 act = Activation.from_string("add(mul(x, sigmoid(x)), mul(0.1, sin(x)))", params=[0])
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -329,7 +329,7 @@ with warnings.catch_warnings(record=True) as caught:
     y = module(x)
     y.sum().backward()
 eager = act.module()(x.detach())
-fn = _FUSED[_cache_key(act.program)]
+fn = fused_function_of(act)
 print(json.dumps({"hits": counters["inductor"]["fxgraph_cache_hit"],
                   "misses": counters["inductor"]["fxgraph_cache_miss"],
                   "equal": bool(torch.allclose(y, eager, atol=1e-6)),

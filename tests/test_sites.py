@@ -35,7 +35,7 @@ def _trained_digits_net(act: Activation, per_channel: bool = False) -> nn.Module
     net = cnn_digits(act.factory(per_channel=per_channel))
     with torch.no_grad():
         for i, (_, site) in enumerate(activation_sites(net)):
-            for j, name in enumerate(site._param_names):
+            for j, name in enumerate(site.param_names):
                 p = getattr(site, name)
                 p.copy_(0.5 + 0.75 * i + 0.1 * j + 0.01 * torch.arange(p.numel()).view(p.shape))
     return net.eval()

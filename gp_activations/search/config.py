@@ -112,7 +112,7 @@ class SearchConfig:
         # is the same one-line UserError as in a TOML file rather than a TypeError in validate.
         hints = typing.get_type_hints(type(self))
         for f in dataclasses.fields(self):
-            setattr(self, f.name, _coerce(f.name, getattr(self, f.name), hints[f.name], "config"))
+            setattr(self, f.name, coerce(f.name, getattr(self, f.name), hints[f.name], "config"))
         self.validate()
 
     # -- validation ------------------------------------------------------------------------
@@ -393,7 +393,7 @@ class SearchConfig:
             if key not in known:
                 raise UserError(f"{where}: unknown key {key!r}{did_you_mean(key, known)} "
                                 f"(known: {', '.join(sorted(known))})")
-            clean[key] = _coerce(key, value, hints[key], where)
+            clean[key] = coerce(key, value, hints[key], where)
         return cls(**clean)
 
     @classmethod
@@ -495,7 +495,7 @@ def _check_table(table: dict, known: dict, prefix: str, typed: str, within: str 
             raise UserError(typed.format(key=key) + f" has the wrong type: {value!r}")
 
 
-def _coerce(key: str, value, hint, where: str):
+def coerce(key: str, value, hint, where: str):
     """Check ``value`` against the field's type hint; ints are accepted for floats."""
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)

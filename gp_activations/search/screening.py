@@ -144,7 +144,7 @@ def _rejection_reason(act, max_forward_cost, constant_tol) -> Optional[str]:
     # constant, which check 2 reports -- autograd.grad would raise on it.
     if y.requires_grad:
         grads = torch.autograd.grad(y.sum(), [x, *module.parameters()], allow_unused=True)
-        for name, g in zip(["x", *module._param_names], grads):
+        for name, g in zip(["x", *module.param_names], grads):
             if g is not None and not torch.isfinite(g).all():
                 return f"non-finite gradient w.r.t. {name} on the probe grid"
     # 2. (near-)constant on [-5, 5]
