@@ -42,10 +42,13 @@ def run_main(capsys, *argv):
 
 
 def digest(run: Path) -> dict:
-    """Every file of a run, by content (a failed write must change none of them)."""
+    """Every file of a run, by content (a failed write must change none of them).  The lock,
+    sqlite's shared-memory index and an empty write-ahead log aside: sqlite creates and removes
+    those as connections open and close, whatever their content."""
     return {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(run.rglob("*"))  # the lock and sqlite's shared-memory index aside
-            if p.is_file() and p.name != "lock" and not p.name.endswith("-shm")}
+            for p in sorted(run.rglob("*"))
+            if p.is_file() and p.name != "lock" and not p.name.endswith("-shm")
+            and not (p.name.endswith("-wal") and p.stat().st_size == 0)}
 
 
 # ---------------------------------------------------------------------------------------------
