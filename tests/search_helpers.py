@@ -25,7 +25,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gp_activations.search.evolution import mutate
 from gp_activations.search.store import RunStore
+from gp_activations.search.strategies import Proposal, Strategy
 
 HELPERS = str(Path(__file__).resolve())
 
@@ -191,3 +193,24 @@ def main(out: str) -> None:
 
 if __name__ == "__main__":
     main(sys.argv[1])
+
+
+
+class NumpyStrategy(Strategy):
+    """A plug-in strategy that draws from numpy: the driver's Generator (``numpy_rng``) picks
+    a mutation's parent, numpy's global generator how many mutations -- exact resume needs
+    both saved and restored."""
+
+    name = "numpy"
+
+    def ask(self, history):
+        if not history.population:
+            yield from self.initial(history)
+            return
+        members = history.population
+        while True:
+            parent = members[int(self.numpy_rng.integers(len(members)))]
+            tree = parent.tree
+            for _ in range(1 + int(np.random.randint(0, 2))):
+                tree, name = mutate(self.toolbox, tree)
+            yield Proposal(tree, "mutation", name, (parent.function_id,))

@@ -18,6 +18,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import gp_activations.tabular as tabular
@@ -509,3 +510,36 @@ def test_a_lookup_run_resumes_from_another_directory_and_refuses_variants(tmp_pa
     err = _one_line_error(["search", "--out", str(tmp_path / "v"), "--lookup", str(TABLE),
                            "--epochs", "12", "--primitives", str(SPACE)], capsys)
     assert "param_variants = 0" in err
+
+
+# -- randomness owned by the driver ---------------------------------------------------------------
+def test_a_plugin_strategy_drawing_from_numpy_resumes_exactly(tmp_path, monkeypatch):
+    """Interrupted in generation 2 and resumed, a strategy that draws from the driver's numpy
+    Generator and from numpy's global one ends exactly as the uninterrupted run; and the
+    draws really matter (another seed gives other candidates)."""
+    from search_helpers import CHEAP, HELPERS
+    from gp_activations.search import executors as executors_mod
+
+    cfg = dict(CHEAP, generations=4, strategy=f"{HELPERS}:NumpyStrategy",
+               fitness=f"{HELPERS}:score_fitness", executor="serial")
+    run_search(SearchConfig(**cfg), out=tmp_path / "whole", progress=False)
+    real, calls = executors_mod.evaluate_task, []
+
+    def interrupted(wire):
+        calls.append(wire)
+        if len(calls) == 14:
+            raise KeyboardInterrupt
+        return real(wire)
+
+    monkeypatch.setattr(executors_mod, "evaluate_task", interrupted)
+    assert run_search(SearchConfig(**cfg), out=tmp_path / "cut", progress=False).interrupted
+    monkeypatch.setattr(executors_mod, "evaluate_task", real)
+    np.random.seed(12345)  # whatever the process drew in between
+    result = run_search(out=tmp_path / "cut", resume=True, progress=False)
+    assert not result.interrupted
+    whole, cut = snapshot(tmp_path / "whole"), snapshot(tmp_path / "cut")
+    assert len(whole["generations"]) == 4 and cut == whole
+    mutated = [c for c in whole["candidates"] if c[12] == "mutation"]
+    assert mutated
+    other = run_search(SearchConfig(**{**cfg, "seed": 1}), out=tmp_path / "other", progress=False)
+    assert other.counts["done"] and snapshot(tmp_path / "other")["candidates"] != whole["candidates"]

@@ -20,10 +20,8 @@ on completed generations, so the evaluation order (and the executor) cannot chan
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import random
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -35,6 +33,7 @@ from .fidelities import Fidelity, FidelityKind, FullFidelity, HalvingFidelity, M
 from .fidelities import Score, aggregate_fitness  # noqa: F401 -- re-exported
 from .generation import Breeder
 from .jobs import Job, JobResult
+from .randomness import RandomStreams
 from .plan import RESUME_OVERRIDABLE, SearchPlan, resolve_plan, stored_or_new_config  # noqa: F401
 from .results import SearchResult, search_result
 from .store import RunStore, Status
@@ -83,7 +82,9 @@ class Search:
         elif changed:
             store.set_meta("config", self.config.to_dict())
         self.store = store
-        self.breeder = Breeder(self.plan, store)
+        self.streams = RandomStreams(self.config.seed)
+        self.plan.strategy.numpy_rng = self.streams.numpy
+        self.breeder = Breeder(self.plan, store, self.streams)
         self.fidelity = (fidelity or make_fidelity)(self.plan, store)
         self.executor = None
         self.bar = None
@@ -131,7 +132,7 @@ class Search:
         while True:
             last = self.store.last_generation()
             if last is None:
-                random.seed(self.config.seed)
+                self.streams.seed(self.config.seed)
                 self._create(0)
             elif last.state == "created":
                 self._evaluate(last.generation)
@@ -147,7 +148,7 @@ class Search:
                     log.info("generation %d trained nothing new: stopping (the strategy has "
                              "exhausted what it can propose)", last.generation)
                     return
-                random.setstate(_rng_from_json(last.rng_state))
+                self.streams.restore(last.rng_state, self.config.seed, last.generation)
                 if not self._create(nxt):
                     # finished (with the same survivors) by the next pass of the loop, exactly
                     # as a resumed run would: the generation count ends the search
@@ -306,11 +307,6 @@ class Search:
 
     def result(self, interrupted: bool = False, wall_time: float = 0.0, k: int = 5) -> SearchResult:
         return search_result(self.store, self.plan, interrupted, wall_time, k)
-
-
-def _rng_from_json(text: str):
-    version, internal, gauss = json.loads(text)
-    return version, tuple(internal), gauss
 
 
 def run_search(config: Optional[SearchConfig] = None, out="runs/search", *, resume: bool = False,

@@ -9,7 +9,6 @@ placed at random edges (:func:`~gp_activations.search.evolution.choose_param_edg
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -33,8 +32,8 @@ def _label(expression: str, params) -> str:
 class Breeder:
     """Makes and stores the generations of one run."""
 
-    def __init__(self, plan: SearchPlan, store: RunStore):
-        self.plan, self.store = plan, store
+    def __init__(self, plan: SearchPlan, store: RunStore, streams):
+        self.plan, self.store, self.streams = plan, store, streams
         self.pset, self.config = plan.pset, plan.config
         self.dedup: dict[str, int] = {}
         self.function_keys: set[str] = set()
@@ -79,7 +78,7 @@ class Breeder:
                 added, hits = self.add_variants(act, fid, generation, proposal, budget)
                 budget -= added
                 dedup_hits += hits
-            self.store.create_generation(generation, json.dumps(random.getstate()))
+            self.store.create_generation(generation, self.streams.to_json())
             self.store.set_meta("dedup_hits", self.store.get_meta("dedup_hits", 0) + dedup_hits)
         log.info("generation %d created: %d new functions (%d to train), %d duplicates skipped",
                  generation, new_functions, made, dedup_hits)

@@ -10,8 +10,11 @@ resumable create -> evaluate -> finish state machine and stores everything.  Per
   population, best first.
 
 Both see only completed generations (:class:`History`), and draw randomness from Python's
-global ``random`` (as DEAP does), whose state the driver saves per generation -- so a strategy
-is deterministic for a seed, whatever the executor or the order in which results arrive.
+global ``random`` (as DEAP does), numpy's global generator or -- best for new code --
+``self.numpy_rng`` (a ``numpy.random.Generator``): the driver seeds all three, saves them with
+every generation and restores them on resume (``randomness.py``) -- so a strategy is
+deterministic for a seed, whatever the executor, the order in which results arrive or an
+interruption.
 
 Plug in your own with ``strategy = "my_module:MyStrategy"`` (or ``"file.py:MyStrategy"``): a
 subclass of :class:`Strategy`, built as ``MyStrategy(toolbox, config)``::
@@ -37,6 +40,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
+import numpy as np
 from deap import gp
 
 from .. import zoo
@@ -78,6 +82,8 @@ class Strategy:
     """Base class: the paper's initial population and plain truncation survival."""
 
     name = "base"
+    #: A numpy Generator owned by the driver (seeded, saved, restored with each generation).
+    numpy_rng: Optional[np.random.Generator] = None
 
     def __init__(self, toolbox, config):
         self.toolbox = toolbox
