@@ -18,7 +18,7 @@ $(STAMP): setup.cfg setup.py pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
 	$(PY) -c "import torch, torchvision" 2>/dev/null || $(PY) -m pip install $(PIP_FLAGS) $(TORCH_SPEC)
-	$(PY) -m pip install $(PIP_FLAGS) -e ".[ray,test,models,docs]"
+	$(PY) -m pip install $(PIP_FLAGS) -e ".[ray,test,models,docs,tensorboard]"
 	touch $(STAMP)
 
 install: $(STAMP)

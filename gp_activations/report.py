@@ -81,28 +81,50 @@ def mean_values(sites: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Export
 # ---------------------------------------------------------------------------------------------
-def export_from_run(run_dir, rank: int = 1, fmt: str = "latex", with_learned: bool = False) -> str:
-    """The rank-``rank`` function of a run as LaTeX, sympy, standalone torch code or JSON."""
-    store = RunStore.open(run_dir, readonly=True)
+def ranked_item(store: RunStore, rank: int) -> dict:
+    """The run's rank-``rank`` function as ranked by the search table (a
+    :func:`ranked_functions` item: its best placement of learnable scalars is ``candidate``)."""
     if rank < 1:
         raise UserError(f"--rank must be >= 1, got {rank}")
     top = _ranked(store)
     if rank > len(top):
-        raise UserError(f"{run_dir} has {len(top)} ranked functions; --rank {rank} does not exist")
-    cand = top[rank - 1]["candidate"]
-    act = _activation(cand)
-    values = None
-    if with_learned and act.slots:
-        trajectory = learned_trajectory(store, rank, cand)[0]
-        if not trajectory or not trajectory[-1]:
-            raise UserError(f"no learned values recorded for rank {rank} of {run_dir}")
-        # torch: every site's values under its name in the trained network, in network order
-        # (the exported file's SITES / LEARNED); the other formats print one function, the mean.
-        named = trajectory[-1]
-        values = named if fmt == "torch" else mean_values(list(named.values()))
+        raise UserError(f"{store.run_dir} has {len(top)} ranked functions; --rank {rank} does "
+                        f"not exist")
+    return top[rank - 1]
+
+
+def activation_from_run(run_dir, rank: int = 1) -> Activation:
+    """The rank-``rank`` function of a run with its best placement of learnable scalars: the
+    function ``gp-activations export RUN --rank`` exports (:meth:`Activation.from_run`)."""
+    store = RunStore.open(run_dir, readonly=True)
+    try:
+        return _activation(ranked_item(store, rank)["candidate"])
+    finally:
+        store.close()
+
+
+def export_from_run(run_dir, rank: int = 1, fmt: str = "latex", with_learned: bool = False) -> str:
+    """The rank-``rank`` function of a run as LaTeX, sympy, standalone torch code or JSON."""
+    store = RunStore.open(run_dir, readonly=True)
+    try:
+        item = ranked_item(store, rank)
+        cand = item["candidate"]
+        act = _activation(cand)
+        values = None
+        if with_learned and act.slots:
+            trajectory = learned_trajectory(store, rank, cand)[0]
+            if not trajectory or not trajectory[-1]:
+                raise UserError(f"no learned values recorded for rank {rank} of {run_dir}")
+            # torch: every site's values under its name in the trained network, in network
+            # order (the exported file's SITES / LEARNED); the other formats print one
+            # function, the mean.
+            named = trajectory[-1]
+            values = named if fmt == "torch" else mean_values(list(named.values()))
+    finally:
+        store.close()
     if fmt == "json":
         data = json.loads(act.export("json", values))
-        data["fitness"] = top[rank - 1]["fitness"]
+        data["fitness"] = item["fitness"]
         return json.dumps(data, indent=2)
     return act.export(fmt, values)
 
@@ -159,6 +181,13 @@ def _fitness_series(store: RunStore) -> list[float]:
     return [c.fitness if c.fitness is not None else float("nan") for c in store.trained_in_order()]
 
 
+def at_chance(cand) -> bool:
+    """A training stopped because its accuracy stayed at chance after the first epoch (it
+    counts as done, with that accuracy as its fitness)."""
+    return cand.status == "done" and ((cand.metrics or {}).get("status") == "chance"
+                                      or "at chance level" in (cand.error or ""))
+
+
 def _best_so_far(values: Sequence[float]) -> list[float]:
     out, best = [], float("nan")
     for v in values:
@@ -168,21 +197,41 @@ def _best_so_far(values: Sequence[float]) -> list[float]:
     return out
 
 
-def plot_fitness(store: RunStore, path: Path, compare: Sequence[RunStore] = ()) -> None:
+def plot_fitness(store: RunStore, path: Path, compare: Sequence[RunStore] = ()) -> dict:
+    """Every trained candidate's fitness in order of completion; the failed ones and those
+    stopped at chance as red / orange crosses along the bottom edge (counted in the legend),
+    not as points at chance level that would stretch the axis."""
     import matplotlib.pyplot as plt
 
+    trained = store.trained_in_order()
     values = _fitness_series(store)
+    order = range(1, len(values) + 1)
+    failed = [i for i, c in zip(order, trained) if c.status != "done" or c.fitness is None]
+    chance = [i for i, c in zip(order, trained) if i not in set(failed) and at_chance(c)]
+    marked = set(failed) | set(chance)
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.scatter(range(1, len(values) + 1), values, s=8, alpha=0.5, label="candidate fitness")
+    ax.scatter([i for i in order if i not in marked],
+               [v for i, v in zip(order, values) if i not in marked], s=8, alpha=0.5,
+               label="candidate fitness")
     strategy = store.config().get("strategy", "evolution")
-    ax.plot(range(1, len(values) + 1), _best_so_far(values), lw=2, label=f"best so far ({strategy})")
+    line = [float("nan") if i in marked else v for i, v in zip(order, values)]
+    ax.plot(order, _best_so_far(line), lw=2, label=f"best so far ({strategy})")
     for other in compare:
         ov = _fitness_series(other)
         ax.plot(range(1, len(ov) + 1), _best_so_far(ov), lw=1.5, ls="--",
                 label=f"best so far ({other.config().get('strategy', '?')}, {other.run_dir.name})")
-    finite = [v for v in values if not math.isnan(v)]
+    finite = [v for i, v in zip(order, values) if i not in marked and not math.isnan(v)]
+    finite += [v for o in compare for v in _best_so_far(_fitness_series(o)) if not math.isnan(v)]
     if finite:
         ax.set_ylim(max(0.0, min(finite) - 0.02), min(1.0, max(finite) + 0.02))
+    # along the bottom edge, whatever the axis' range: axes coordinates in y
+    bottom = ax.get_xaxis_transform()
+    if failed:
+        ax.scatter(failed, [0.02] * len(failed), marker="x", color="red", s=25,
+                   transform=bottom, clip_on=False, label=f"failed ({len(failed)})")
+    if chance:
+        ax.scatter(chance, [0.02] * len(chance), marker="x", color="darkorange", s=25,
+                   transform=bottom, clip_on=False, label=f"at chance ({len(chance)})")
     ax.set_xlabel("evaluation (in order of completion)")
     ax.set_ylabel("fitness (validation accuracy)")
     ax.set_title("Fitness of every evaluated candidate")
@@ -191,6 +240,7 @@ def plot_fitness(store: RunStore, path: Path, compare: Sequence[RunStore] = ()) 
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return {"failed": len(failed), "chance": len(chance)}
 
 
 def _scalar(v) -> float:
@@ -359,15 +409,17 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
         raise
     cfg = SearchConfig.from_dict(store.config(), where="stored config")
     plot_shapes(store, out / "shapes.png", k)
-    plot_fitness(store, out / "fitness.png", others)
+    marked = plot_fitness(store, out / "fitness.png", others)
     params_caption = plot_params(store, out / "params_depth.png", out / "params_epochs.png")
 
     counts = store.status_counts()
     tasks = cfg.task_list() if cfg.multi_task else []
     where = (" + ".join(f"**{t['name']}**" for t in tasks) if tasks
              else f"**{cfg.dataset}** / {cfg.model or 'default model'}")
+    from .search.monitor import method_text
+
     lines = [f"# Search report: `{Path(run_dir).name}`", "",
-             f"{cfg.strategy} on {where}, search space "
+             f"Search: {method_text(cfg)}; on {where}, search space "
              f"`{cfg.primitives}`, population {cfg.population}"
              + (f", {cfg.generations} generations" if cfg.generations is not None else "")
              + (f", budget {cfg.budget} trainings" if cfg.budget else "") + ".  "
@@ -393,6 +445,13 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
                                else f" {accs[t['name']]:.4f} |" for t in tasks)
         lines.append(f"| {i} | {item['fitness']:.4f} |{per_task} `{act}`{flag_text(item)} | "
                      f"${latex_or_note(act)}$ |")
+    relu = store.relu_fitness()
+    if not tasks:  # as the search's table prints it: ReLU's fitness under the same budget
+        lines.append(f"| — | {'n/a' if relu is None else f'{relu:.4f}'} | `relu(x)` (ReLU under "
+                     f"the same budget) | $\\max\\left(0, x\\right)$ |")
+        lines += ["", "ReLU under the same budget: fitness "
+                  + ("n/a (this run did not train plain `relu(x)`)" if relu is None
+                     else f"{relu:.4f}") + "."]
     if tasks:
         lines += ["", "ReLU's validation accuracy per task (the normaliser): " + ", ".join(
             f"{t['name']} {refs[i]:.4f}" for i, t in enumerate(tasks) if refs.get(i) is not None)
@@ -402,6 +461,10 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
         lines += ["", f"Note: {skipped_note(skipped)}."]
     lines += ["", "![shapes of the top functions](shapes.png)", "",
               "## Fitness over the run", "", "![fitness of every candidate](fitness.png)", ""]
+    if marked["failed"] or marked["chance"]:
+        lines += [f"Crosses along the bottom: {marked['failed']} failed trainings (red) and "
+                  f"{marked['chance']} stopped at chance level after the first epoch (orange); "
+                  f"not plotted at a fitness.", ""]
     if others:
         lines += comparison_table([store, *others])
     lines += surrogate_section(store)

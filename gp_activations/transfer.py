@@ -287,8 +287,10 @@ def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
                  baselines: Optional[Sequence[str]] = None, epochs: Optional[float] = None,
                  executor: str = "serial", workers: int = 1, device: str = "auto",
                  task_timeout: Optional[float] = None, data_dir: Optional[str] = None,
-                 progress: bool = True) -> TransferTable:
-    """Train each run's top functions and the baselines on every task; return the table."""
+                 progress: bool = True, into_runs: bool = False) -> TransferTable:
+    """Train each run's top functions and the baselines on every task; return the table.
+    The table goes to ``out``; ``into_runs`` also copies ``transfer.md`` into each run (where
+    ``gp-activations report RUN`` includes it)."""
     from .evaluate import DEFAULT_BASELINES, parse_baselines
 
     if not runs:
@@ -334,7 +336,7 @@ def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
     finally:
         store.close()
     _write(out, table, runs, tasks, seeds, epochs, top,
-           None if baselines is None else ",".join(names))
+           None if baselines is None else ",".join(names), into_runs)
     return table
 
 
@@ -391,7 +393,10 @@ def _summarize(store, tasks, functions, protocols, seeds) -> TransferTable:
     return table
 
 
-def _write(out: Path, table: TransferTable, runs, tasks, seeds, epochs, top, baselines) -> None:
+def _write(out: Path, table: TransferTable, runs, tasks, seeds, epochs, top, baselines,
+           into_runs: bool = False) -> None:
+    """``OUT/transfer.csv`` and ``OUT/transfer.md``; with ``into_runs`` (``--into-runs``) also
+    ``RUN/transfer.md`` in every run, for its report -- a run is not written otherwise."""
     from .statistics import format_p
 
     with open(out / "transfer.csv", "w", newline="") as fh:
@@ -411,11 +416,12 @@ def _write(out: Path, table: TransferTable, runs, tasks, seeds, epochs, top, bas
                + ",".join(t["name"] for t in tasks) + f" --seeds {seeds}"
                + (f" --top {top}" if top != 1 else "")
                + (f" --baselines {baselines}" if baselines else "")
-               + (f" --epochs {epochs:g}" if epochs else "") + f" --out {out}")
+               + (f" --epochs {epochs:g}" if epochs else "") + f" --out {out}"
+               + (" --into-runs" if into_runs else ""))
     text = ("# Transfer: found functions on every task\n\n" + table.markdown() + "\n\n"
             "Reproduce with:\n\n```\n" + command + "\n```\n")
     (out / "transfer.md").write_text(text)
-    for run in runs:  # `gp-activations report RUN` includes the latest transfer of its functions
+    for run in runs if into_runs else ():  # `report RUN` includes the latest one it was given
         try:
             (Path(run) / "transfer.md").write_text(text)
         except OSError:
