@@ -227,6 +227,11 @@ def cmd_search(args) -> int:
     if args.no_verify:
         flags["verify"] = False
     out = args.out
+    extra = {}
+    if args.tensorboard is not None:  # not installed, a file, read-only: one line, now
+        from .search.monitor import check_tensorboard_dir
+
+        extra["tensorboard"] = check_tensorboard_dir(args.tensorboard)
     if args.resume:
         if not out:
             raise UserError("--resume needs --out RUN (the run directory to continue)")
@@ -234,14 +239,14 @@ def cmd_search(args) -> int:
         if args.config:  # the file's changes count as the same changes given as flags
             flags = {**_config_file_changes(args.config, out, flags), **flags}
         search = Search(SearchConfig(), out, resume=True, overrides=flags,
-                        progress=not args.no_progress)
+                        progress=not args.no_progress, **extra)
     else:
         config = (SearchConfig.from_toml(args.config, flags) if args.config
                   else SearchConfig.from_dict(flags, where="command line"))
         if "generations" in flags and flags["generations"] is None:
             config = config.replace(generations=None)
         out = out or f"runs/{config.dataset}-{config.strategy}-{_time.strftime('%Y%m%d-%H%M%S')}"
-        search = Search(config, out, progress=not args.no_progress)
+        search = Search(config, out, progress=not args.no_progress, **extra)
     cfg = search.config
     stop = [f"{cfg.generations} generations"] if cfg.generations is not None else []
     if search.plan.tasks:
@@ -257,7 +262,9 @@ def cmd_search(args) -> int:
         f" (fitness looked up in {cfg.lookup})" if cfg.lookup else "")
     print(f"search: {how} on {where} ({cfg.primitives}), population "
           f"{cfg.population}, {', '.join(stop)}"
-          + f", {cfg.executor} x{cfg.workers}; run directory {out}", file=sys.stderr)
+          + f", {cfg.executor} x{cfg.workers}; run directory {out}"
+          + (f"; TensorBoard: tensorboard --logdir {args.tensorboard}" if args.tensorboard
+             else ""), file=sys.stderr)
     result = search.run()
     print()
     network = _network_label(cfg, search.plan.base_job.model)
@@ -406,6 +413,16 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    from .search.monitor import status_text
+
+    if args.top < 1:
+        raise UserError(f"status: --top must be >= 1, got {args.top}")
+    with _prefixed("status"):
+        print(status_text(args.run, top=args.top))
+    return 0
+
+
 def cmd_transfer(args) -> int:
     from .errors import check_writable
     from .transfer import run_transfer
@@ -418,11 +435,14 @@ def cmd_transfer(args) -> int:
     table = run_transfer(args.runs, args.tasks, args.out, top=args.top, seeds=args.seeds,
                          baselines=args.baselines, epochs=args.epochs, executor=args.executor,
                          workers=args.workers, device=args.device, task_timeout=args.task_timeout,
-                         data_dir=args.data_dir, progress=not args.no_progress)
+                         data_dir=args.data_dir, progress=not args.no_progress,
+                         into_runs=args.into_runs)
     print(table.text())
     out = Path(args.out)
     print(f"\nwrote {out / 'transfer.md'} and {out / 'transfer.csv'} (trainings in "
-          f"{out / 'transfer.sqlite'}: a rerun resumes)")
+          f"{out / 'transfer.sqlite'}: a rerun resumes)"
+          + (f"; transfer.md also into {', '.join(str(r) for r in args.runs)}"
+             if args.into_runs else ""))
     return 0
 
 
@@ -563,6 +583,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("status", help="where a search stands: generation, candidates, budget, "
+                       "best so far, failures (read-only: safe while it runs)")
+    p.add_argument("run", help="a search run directory")
+    p.add_argument("--top", type=int, default=3, help="best functions to show (default 3)")
+    p.set_defaults(func=cmd_status)
+
     p = sub.add_parser("report", help="plots and report.md of a run")
     p.add_argument("run", help="a search run directory")
     p.add_argument("--top", type=int, default=4, help="functions to plot (default 4)")
@@ -587,6 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="CIFAR files (default: $GP_ACTIVATIONS_DATA)")
     p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--into-runs", action="store_true", help="also write transfer.md into each "
+                   "RUN (its report then includes the table); by default only --out is written")
     p.set_defaults(func=cmd_transfer)
 
     return parser
