@@ -388,7 +388,7 @@ def cmd_evaluate(args) -> int:
     common = dict(top=args.top, seeds=args.seeds, epochs=args.epochs, baselines=args.baselines,
                   executor=args.executor, workers=args.workers, device=args.device,
                   data_dir=args.data_dir, task_timeout=args.task_timeout,
-                  progress=not args.no_progress)
+                  progress=not args.no_progress, max_seeds=args.max_seeds, alpha=args.alpha)
     if args.model or args.dataset:
         results = [(None, evaluate_run(args.run, model=args.model, dataset=args.dataset,
                                        **common))]
@@ -566,7 +566,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a search run directory")
     p.add_argument("--top", type=int, help="how many found functions (default: the run's "
                    "[evaluate] top, else 3)")
-    p.add_argument("--seeds", type=int, help="seeds per activation (default: [evaluate] seeds, else 5)")
+    p.add_argument("--seeds", type=int, help="seeds per activation (default: [evaluate] seeds, else 5); "
+                   "with --max-seeds the minimum")
+    p.add_argument("--max-seeds", type=int, metavar="N", help="evaluations that decide: add seeds "
+                   "to each comparison with relu until a sequential t-test (alpha spending) finds "
+                   "it different or it has N seeds")
+    p.add_argument("--alpha", type=float, help="false-positive rate of each --max-seeds "
+                   "comparison over all its looks (default 0.05)")
     p.add_argument("--epochs", type=float, help="epochs (default: [evaluate] epochs, else the "
                    "dataset's full schedule)")
     p.add_argument("--baselines", help="comma-separated zoo names (default: [evaluate] baselines, "

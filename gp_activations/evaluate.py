@@ -10,6 +10,21 @@ dataset -- so a different ``--epochs`` adds rows instead of mixing results).
 
 Statistics: mean ± sample std per activation, and Welch's t-test (unequal variances) of each
 against ReLU.  Written to ``RUN/results.csv`` and ``RUN/results.tex`` (booktabs).
+
+Evaluations that decide (``max_seeds``, ``--max-seeds N``): ``seeds`` is then the minimum.
+After the minimum seeds of every activation, each comparison with ReLU (each found function,
+each baseline) gets more seeds, one look at a time, until
+:class:`~gp_activations.statistics.SequentialTest` (a group-sequential Welch t-test with
+O'Brien-Fleming-type alpha spending: the false-positive rate over all looks stays at ``alpha``)
+calls it *different* or ``max_seeds`` is reached (*undecided at max*).  Each round trains the
+next look's seeds of every undecided comparison together (ReLU's seeds are shared: it gets as
+many as the longest-running comparison needs).  Nothing but the ``final`` rows is stored: the
+decisions, and the seeds each activation needs, are replayed from the stored accuracies
+(:func:`_replay`), so an interrupted evaluation resumes without retraining, and ``report``
+reads the same table back.  The table gives, per comparison, the decision, the seeds per arm
+it needed, the look's nominal significance level and the smallest difference that look could
+detect with 80 % power (:func:`~gp_activations.statistics.min_detectable_difference` at the
+pooled std of the two arms' seeds).
 """
 
 from __future__ import annotations
@@ -28,8 +43,9 @@ from .models import MODELS
 from .search.config import SearchConfig, is_object_label, object_label
 from .search.ranking import ranked_functions
 from .search.store import RunStore
-from .statistics import format_p, welch_p  # noqa: F401 -- re-exported
+from .statistics import SequentialTest, Status, format_p, min_detectable_difference
 from .statistics import summarize as summarize_values
+from .statistics import welch_p  # noqa: F401 -- re-exported
 
 DEFAULT_BASELINES = ("relu", "silu", "gelu", "elu", "selu", "softplus", "mish", "tanh")
 
@@ -49,6 +65,12 @@ class ResultRow:
     best: bool = False
     equals: Optional[str] = None  # a found function equal to this baseline (trained once, as it)
     linear: bool = False  # an affine function (only ranked with allow_linear)
+    # a sequential evaluation (max_seeds): the comparison with ReLU (None for ReLU itself and
+    # for fixed-seed evaluations); p_vs_relu is then the p-value of the look that decided
+    decision: Optional[str] = None  # "different", "undecided at max", "more seeds" (unfinished)
+    decided_at: Optional[int] = None  # seeds per arm at that look
+    level: Optional[float] = None  # that look's nominal significance level
+    min_detectable: Optional[float] = None  # difference detected with 80 % power at that look
 
     @property
     def display_label(self) -> str:
@@ -86,8 +108,13 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
                  model=None, dataset: Optional[str] = None, data=None,
                  executor: Optional[str] = None, workers: Optional[int] = None,
                  device: Optional[str] = None, data_dir: Optional[str] = None,
-                 task_timeout: Optional[float] = None, progress: bool = True) -> list[ResultRow]:
+                 task_timeout: Optional[float] = None, progress: bool = True,
+                 max_seeds: Optional[int] = None, alpha: Optional[float] = None) -> list[ResultRow]:
     """Retrain the top found functions and the baselines for several seeds; return the table.
+
+    ``max_seeds``: a sequential evaluation (see the module docstring): ``seeds`` is the minimum,
+    each comparison with ReLU gets more seeds until it is decided at level ``alpha`` (default
+    0.05) or has ``max_seeds``.
 
     Defaults come from the run's ``[evaluate]`` table, then: top 3, 5 seeds, the eight
     :data:`DEFAULT_BASELINES`, the dataset's full schedule.  ``model``/``dataset`` other than
@@ -102,19 +129,28 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
     """
     store = RunStore.open(run_dir)
     try:
-        plan = _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data)
+        plan = _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data,
+                     max_seeds, alpha)
         protocol, entries, seeds = plan["protocol"], plan["entries"], plan["seeds"]
+        test = plan["sequential"]
         _record_protocol(store, protocol, seeds, plan["own"], plan["test_split"], plan["flags"],
-                         [e[0] for e in entries])
-        _schedule_rows(store, protocol, [e for e in entries if e[0] not in plan["aliases"]], seeds)
-        labels = [e[0] for e in entries if e[0] not in plan["aliases"]]
-        pending = sorted(store.final_trainings(protocol, status="pending", seeds=seeds,
-                                               labels=labels), key=lambda r: r.id)
-        done_before = len(labels) * seeds - len(pending)
-        if pending:
+                         [e[0] for e in entries], test)
+        trained = [e for e in entries if e[0] not in plan["aliases"]]
+        labels = [e[0] for e in trained]
+
+        def run(pending, done_before):
             _run_trainings(store, plan["cfg"], pending, plan["train_cfg"], plan["dataset"],
                            plan["model_obj"], plan["data_obj"], executor, workers, device, data_dir, task_timeout,
                            progress, done_before)
+
+        if test is None:
+            _schedule_rows(store, protocol, trained, seeds)
+            pending = sorted(store.final_trainings(protocol, status="pending", seeds=seeds,
+                                                   labels=labels), key=lambda r: r.id)
+            if pending:
+                run(pending, len(labels) * seeds - len(pending))
+        else:
+            _run_sequential(store, protocol, trained, test, run)
         rows = summarize(store, protocol, [e[0] for e in entries], seeds)
         stem = "results" if plan["own"] else f"results_{plan['dataset']}_{plan['model']}"
         write_results(Path(run_dir), rows, plan["train_cfg"].epochs, plan["dataset"],
@@ -139,7 +175,8 @@ def evaluate_tasks(run_dir, **kwargs) -> list[tuple[str, list[ResultRow]]]:
                                         **kwargs)) for task in cfg.task_list()]
 
 
-def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=None) -> dict:
+def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=None,
+          max_seeds=None, alpha=None) -> dict:
     """Validate everything and decide the schedule before any row is stored."""
     from .train import default_config
 
@@ -149,6 +186,7 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     seeds = ev.get("seeds", 5) if seeds is None else seeds
     if top < 0 or seeds < 1:
         raise UserError(f"--top must be >= 0 and --seeds >= 1 (got {top}, {seeds})")
+    sequential = _sequential_design(seeds, max_seeds, alpha)
     baselines = parse_baselines(baselines or ev.get("baselines") or DEFAULT_BASELINES)
     if cfg.multi_task and not (dataset or model):
         raise UserError(f"{run_dir} searched {len(cfg.tasks)} tasks "
@@ -217,7 +255,7 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     source = data if custom else dataset
     if isinstance(source, str) and ":" in source:
         source = resolve_reference(source)
-    return {"cfg": cfg, "seeds": seeds, "dataset": dataset, "model": model, "own": own,
+    return {"cfg": cfg, "seeds": seeds, "sequential": sequential, "dataset": dataset, "model": model, "own": own,
             "test_split": describe_test_split(source), "flags": aliases,
             "aliases": {k for k, v in aliases.items() if v["trained_as"]},
             "model_obj": model_obj, "data_obj": data if custom else None,
@@ -225,15 +263,131 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
             "protocol": protocol_key(train_cfg.to_dict(), dataset, model)}
 
 
+def _sequential_design(seeds: int, max_seeds, alpha) -> Optional[SequentialTest]:
+    """The stopping rule of ``--max-seeds`` (None without it); bad input is one line."""
+    if max_seeds is None:
+        if alpha is not None:
+            raise UserError(f"--alpha {alpha} is the level of a sequential evaluation: give "
+                            f"--max-seeds too (or leave --alpha out)")
+        return None
+    if isinstance(max_seeds, bool) or not isinstance(max_seeds, int):
+        raise UserError(f"--max-seeds must be a whole number of seeds, got {max_seeds!r}")
+    if seeds < 2:
+        raise UserError(f"--seeds {seeds} is the minimum of a sequential evaluation and must be "
+                        f"at least 2 (a t-test needs two seeds per activation)")
+    if max_seeds < seeds:
+        raise UserError(f"--max-seeds {max_seeds} cannot hold the minimum of --seeds {seeds}: "
+                        f"give --max-seeds >= {seeds}")
+    alpha = 0.05 if alpha is None else alpha
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise UserError(f"--alpha must be between 0 and 1 (exclusive), got {alpha!r}")
+    return SequentialTest(float(alpha), seeds, max_seeds)
+
+
 def _record_protocol(store, protocol: str, seeds: int, own: bool, test_split: str,
-                     flags: dict, labels: list) -> None:
+                     flags: dict, labels: list, test: Optional[SequentialTest] = None) -> None:
     """Remember, per protocol, how many seeds were asked for, where its test split comes from,
     the labels in table order and the flagged found functions (``found #1 = silu``: trained
-    once, as the baseline) -- :func:`summarize` and the report read them back."""
+    once, as the baseline) -- :func:`summarize` and the report read them back.  A sequential
+    evaluation also records its design (``sequential``: alpha, min_seeds, max_seeds)."""
     protocols = store.get_meta("final_protocols", {})
     protocols[protocol] = {"seeds": seeds, "own": own, "test_split": test_split,
                            "flags": flags, "labels": labels}
+    if test is not None:
+        protocols[protocol]["sequential"] = {"alpha": test.alpha, "min_seeds": test.min_seeds,
+                                             "max_seeds": test.max_seeds}
     store.set_meta("final_protocols", protocols)
+
+
+# ---------------------------------------------------------------------------------------------
+# sequential evaluation
+
+
+def _sequential_test(design: dict) -> SequentialTest:
+    return SequentialTest(design["alpha"], design["min_seeds"], design["max_seeds"])
+
+
+@dataclass
+class _Replay:
+    targets: dict  # label -> seeds 0..n-1 it needs (so far)
+    complete: bool  # every needed seed has finished and no comparison can get another look
+
+
+def _replay(records: dict, labels: Sequence[str], test: SequentialTest) -> _Replay:
+    """The seeds each trained label needs, from the stored trainings ``{label: [rows]}``.
+
+    Starts from ``test.min_seeds`` for every label and replays the rounds: while all the seeds
+    needed so far have finished, every undecided comparison (label vs ReLU) asks for its next
+    look -- its own seeds and ReLU's (a failed seed has no accuracy and is made up by another,
+    within ``max_seeds``).  Stops at the first round whose seeds are not all finished
+    (``complete=False``: train them) or when nothing asks for more (``complete=True``)."""
+    finished = {label: {} for label in labels}  # label -> {seed: accuracy or None (failed)}
+    for label in labels:
+        for r in records.get(label, []):
+            if r.status == "done" and r.accuracy is not None:
+                finished[label][r.seed] = r.accuracy
+            elif r.status in ("done", "failed"):
+                finished[label][r.seed] = None
+    targets = {label: test.min_seeds for label in labels}
+    while True:
+        if any(seed not in finished[label] for label in labels for seed in range(targets[label])):
+            return _Replay(targets, False)
+        accs = {label: [finished[label][s] for s in range(targets[label])
+                        if finished[label][s] is not None] for label in labels}
+        want = dict(targets)
+        for label in labels:
+            if label == "relu":
+                continue
+            d = test.decide(accs[label], accs["relu"])
+            if d.status is Status.MORE_SEEDS:
+                want[label] = min(test.max_seeds,
+                                  targets[label] + max(0, d.next_n - len(accs[label])))
+                want["relu"] = max(want["relu"], min(
+                    test.max_seeds, targets["relu"] + max(0, d.next_n - len(accs["relu"]))))
+        if want == targets:
+            return _Replay(targets, True)
+        targets = want
+
+
+def _run_sequential(store, protocol: str, trained: list, test: SequentialTest, run) -> None:
+    """Rounds: schedule the seeds :func:`_replay` asks for, train those not finished (all
+    labels of a round together, through ``run``), until every comparison is decided or at
+    ``max_seeds``.  Finished rows are never retrained, so a resumed evaluation replays the
+    rounds it had done and trains only what is missing."""
+    labels = [e[0] for e in trained]
+    while True:
+        records = {}
+        for r in store.final_trainings(protocol, seeds=test.max_seeds, labels=labels):
+            records.setdefault(r.label, []).append(r)
+        state = _replay(records, labels, test)
+        if state.complete:
+            return
+        for label, kind, expr, prims, params, cid in trained:
+            store.schedule_final(label, kind, expr, prims, params, cid, state.targets[label],
+                                 protocol)
+        pending = sorted((r for r in store.final_trainings(protocol, status="pending",
+                                                           labels=labels)
+                          if r.seed < state.targets[r.label]), key=lambda r: (r.seed, r.id))
+        if not pending:  # pragma: no cover - _replay asked for a seed schedule_final did not make
+            raise RuntimeError(f"sequential evaluation: no training to run for {state.targets}")
+        run(pending, sum(state.targets.values()) - len(pending))
+
+
+def _decision_fields(test: SequentialTest, accs: list, relu: list, complete: bool) -> dict:
+    """The row fields of one comparison with ReLU, from its seeds and ReLU's."""
+    d = test.decide(accs, relu)
+    status = d.status
+    if status is Status.MORE_SEEDS and complete:  # max_seeds trained, too many failed
+        status = Status.UNDECIDED_AT_MAX
+    n = d.n if d.look else min(len(accs), len(relu))
+    level = d.boundary if d.boundary is not None else test.boundaries[-1]
+    mdd = None
+    if n >= 2:
+        std = math.sqrt((summarize_values(accs[:n]).std ** 2 + summarize_values(relu[:n]).std ** 2)
+                        / 2.0)
+        mdd = min_detectable_difference(std, n, level)
+    return {"p_vs_relu": d.p, "decision": status.value, "decided_at": n, "level": level,
+            "min_detectable": mdd}
 
 
 def _schedule_rows(store, protocol, entries, seeds) -> None:
@@ -276,10 +430,19 @@ def summarize(store: RunStore, protocol: str, labels: Sequence[str],
     in ``failed`` so that an unstable activation cannot hide behind its good seeds."""
     rows = []
     by_label = {}
-    for r in store.final_trainings(protocol, seeds=seeds):
+    recorded = store.get_meta("final_protocols", {}).get(protocol, {})
+    flags = recorded.get("flags", {})
+    design = recorded.get("sequential")
+    test = _sequential_test(design) if design else None
+    for r in store.final_trainings(protocol, seeds=test.max_seeds if test else seeds):
         by_label.setdefault(r.label, []).append(r)
-    relu = [r.accuracy for r in by_label.get("relu", []) if r.status == "done"]
-    flags = store.get_meta("final_protocols", {}).get(protocol, {}).get("flags", {})
+    if test is not None:  # the seeds each label needed, replayed from the stored accuracies
+        trained = [lb for lb in labels if not flags.get(lb, {}).get("trained_as")]
+        state = _replay(by_label, trained, test)
+        by_label = {lb: [r for r in recs if r.seed < state.targets.get(lb, 0)]
+                    for lb, recs in by_label.items()}
+    relu = [r.accuracy for r in by_label.get("relu", [])
+            if r.status == "done" and r.accuracy is not None]
     for label in labels:
         flag = flags.get(label, {})
         recs = by_label.get(flag.get("trained_as") or label, [])
@@ -287,30 +450,47 @@ def summarize(store: RunStore, protocol: str, labels: Sequence[str],
             continue
         accs = [r.accuracy for r in recs if r.status == "done" and r.accuracy is not None]
         summary = summarize_values(accs)
-        p = None if label == "relu" else welch_p(accs, relu)
+        extra = {"p_vs_relu": None if label == "relu" else welch_p(accs, relu)}
+        if test is not None and (flag.get("trained_as") or label) != "relu":
+            extra = _decision_fields(test, accs, relu, state.complete)
         rows.append(ResultRow(label, "found" if flag else recs[0].kind,
                               flag.get("expression", recs[0].expression),
                               flag.get("params", list(recs[0].params)), accs, summary.mean,
-                              summary.std, p,
-                              flag.get("primitives", recs[0].primitives),
+                              summary.std, primitives=flag.get("primitives", recs[0].primitives),
                               failed=sum(r.status == "failed" for r in recs),
-                              equals=flag.get("equals"), linear=bool(flag.get("linear"))))
+                              equals=flag.get("equals"), linear=bool(flag.get("linear")),
+                              **extra))
     finite = [r for r in rows if not math.isnan(r.mean)]
     if finite:
         max(finite, key=lambda r: r.mean).best = True
     return rows
 
 
+def _sequential(rows: Sequence[ResultRow]) -> bool:
+    return any(r.decision is not None for r in rows)
+
+
 def write_results(run_dir: Path, rows: Sequence[ResultRow], epochs, dataset, model,
                   stem: str = "results") -> None:
+    """``stem.csv`` and ``stem.tex``.  A sequential evaluation appends the columns decision,
+    seeds_needed (per arm, at the deciding look), level (that look's nominal significance
+    level) and min_detectable (accuracy difference, as a fraction like mean)."""
+    sequential = _sequential(rows)
+
+    def opt(value, fmt):
+        return "" if value is None else format(value, fmt)
+
     with open(run_dir / f"{stem}.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["label", "kind", "expression", "params", "n", "mean", "std", "p_vs_relu",
-                    "best", "accuracies", "failed"])
+                    "best", "accuracies", "failed"]
+                   + (["decision", "seeds_needed", "level", "min_detectable"] if sequential else []))
         for r in rows:
             w.writerow([r.display_label, r.kind, r.expression, json.dumps(r.params), r.n, f"{r.mean:.6f}",
                         f"{r.std:.6f}", "" if r.p_vs_relu is None else f"{r.p_vs_relu:.6g}",
-                        int(r.best), " ".join(f"{a:.6f}" for a in r.accuracies), r.failed])
+                        int(r.best), " ".join(f"{a:.6f}" for a in r.accuracies), r.failed]
+                       + ([r.decision or "", opt(r.decided_at, "d"), opt(r.level, ".6g"),
+                           opt(r.min_detectable, ".6f")] if sequential else []))
     (run_dir / f"{stem}.tex").write_text(latex_table(rows, epochs, dataset, model))
 
 
@@ -326,31 +506,55 @@ def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
             return r.label.replace("_", r"\_")
         return f"${latex_or_note(Activation.from_string(r.expression, r.primitives, r.params))}$"
 
-    lines = [r"\begin{table}[t]", r"\centering",
-             rf"\caption{{Test accuracy (\%) on {_tex_escape(dataset)} / {_tex_escape(model)}, "
-             rf"{epochs:g} epochs, mean $\pm$ std over seeds; $p$: Welch's $t$-test against ReLU. "
-             r"Best mean in bold.}",
-             r"\begin{tabular}{llrrr}", r"\toprule",
-             r"Activation & Function & Accuracy & $n$ & $p$ vs.\ ReLU \\", r"\midrule"]
+    sequential = _sequential(rows)
+    caption = (rf"Test accuracy (\%) on {_tex_escape(dataset)} / {_tex_escape(model)}, "
+               rf"{epochs:g} epochs, mean $\pm$ std over seeds; $p$: Welch's $t$-test against "
+               r"ReLU. Best mean in bold.")
+    if sequential:
+        caption += (r" Seeds were added until a group-sequential test (alpha spending) decided"
+                    r" or the maximum was reached; $p$ is that of the deciding look, MDD the"
+                    r" smallest difference (points) it detects with 80\% power.")
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
+             r"\begin{tabular}{llrrr" + ("ll" if sequential else "") + "}", r"\toprule",
+             r"Activation & Function & Accuracy & $n$ & $p$ vs.\ ReLU"
+             + (r" & Decision & MDD" if sequential else "") + r" \\", r"\midrule"]
     for r in rows:
         acc = f"{100 * r.mean:.2f} $\\pm$ {100 * r.std:.2f}"
         if r.best:
             acc = rf"\textbf{{{100 * r.mean:.2f}}} $\pm$ {100 * r.std:.2f}"
         p = format_p(r.p_vs_relu) or "--"
         label = r.display_label.replace("#", r"\#").replace("_", r"\_")
-        lines.append(f"{label} & {tex_name(r)} & {acc} & {r.n} & {p} \\\\")
+        seq = ""
+        if sequential:
+            decided = "--" if r.decision is None else f"{r.decision} ({r.decided_at})"
+            mdd = "--" if r.min_detectable is None else f"{100 * r.min_detectable:.2f}"
+            seq = f" & {decided} & {mdd}"
+        lines.append(f"{label} & {tex_name(r)} & {acc} & {r.n} & {p}{seq} \\\\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
     return "\n".join(lines)
 
 
 def format_table(rows: Sequence[ResultRow]) -> str:
     width = max([12] + [len(r.display_label) for r in rows])
-    out = [f"{'activation':{width}s} {'test accuracy':>17s} {'n':>3s} {'p vs relu':>10s}  function"]
+    sequential = _sequential(rows)
+    seq_head = f" {'level':>8s}  {'decision':16s} {'seeds':>5s} {'min. diff':>9s}" if sequential else ""
+    out = [f"{'activation':{width}s} {'test accuracy':>17s} {'n':>3s} {'p vs relu':>10s}{seq_head}  function"]
     for r in rows:
         p = format_p(r.p_vs_relu)
         mark = " *" if r.best else "  "
         failed = f" ({r.failed} failed)" if r.failed else ""
-        out.append(f"{r.display_label:{width}s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d}{failed} {p:>10s}  "
+        seq = ""
+        if sequential:
+            level = "" if r.level is None else f"{r.level:.2g}"
+            at = "" if r.decided_at is None else str(r.decided_at)
+            mdd = "" if r.min_detectable is None else f"{100 * r.min_detectable:.2f}"
+            seq = f" {level:>8s}  {r.decision or '':16s} {at:>5s} {mdd:>9s}"
+        out.append(f"{r.display_label:{width}s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d}{failed} {p:>10s}{seq}  "
                    f"{r.expression}" + (f" @ params {r.params}" if r.params else ""))
     out.append("(* best mean)")
+    if sequential:
+        out.append("(sequential: seeds added until Welch's t-test vs relu, with alpha spending over "
+                   "the looks, is below the look's level -- different -- or the maximum is "
+                   "reached; p, seeds and level are those of the deciding look; min. diff: the "
+                   "smallest difference, in points, that look detects with 80 % power)")
     return "\n".join(out)
