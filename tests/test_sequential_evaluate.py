@@ -250,3 +250,34 @@ def test_bad_input_from_the_api(tmp_path):
     with pytest.raises(UserError, match="whole number"):
         evaluate_run(out, top=1, seeds=3, max_seeds=4.5, progress=False)
     assert _final_rows(out) == []
+
+
+def _rec(seed, accuracy, status="done"):
+    return SimpleNamespace(seed=seed, accuracy=accuracy, status=status)
+
+
+def test_the_replay_makes_up_failed_seeds_within_the_budget():
+    from gp_activations.evaluate import _decision_fields, _replay
+
+    test = SequentialTest(0.05, 3, 5)
+    relu = [_rec(s, 0.90 + 0.01 * (s % 3)) for s in range(5)]
+    bad = [_rec(0, 0.1), _rec(1, None, "failed"), _rec(2, 0.1)]
+    # seed 1 failed: the first look (3 values) needs seed 3, which is not trained yet
+    state = _replay({"relu": relu, "bad": bad}, ["relu", "bad"], test)
+    assert (state.targets, state.complete) == ({"relu": 3, "bad": 4}, False)
+    state = _replay({"relu": relu, "bad": bad + [_rec(3, 0.1)]}, ["relu", "bad"], test)
+    assert (state.targets, state.complete) == ({"relu": 3, "bad": 4}, True)
+    fields = _decision_fields(test, [0.1, 0.1, 0.1], [0.90, 0.91, 0.92], True)
+    assert (fields["decision"], fields["decided_at"]) == ("different", 3)
+    # every seed failed: max_seeds trained, then nothing more to ask -- undecided at max
+    dead = [_rec(s, None, "failed") for s in range(5)]
+    state = _replay({"relu": relu, "dead": dead[:3]}, ["relu", "dead"], test)
+    assert (state.targets["dead"], state.complete) == (5, False)
+    state = _replay({"relu": relu, "dead": dead}, ["relu", "dead"], test)
+    # (ReLU is not trained further for a comparison whose other arm has no values at all)
+    assert state.targets == {"relu": 3, "dead": 5} and state.complete
+    fields = _decision_fields(test, [], [r.accuracy for r in relu], True)
+    assert fields["decision"] == "undecided at max" and fields["min_detectable"] is None
+    # an unfinished evaluation (read by report mid-way) says so
+    assert _decision_fields(test, [0.9, 0.91, 0.9], [0.9, 0.92, 0.91], False)["decision"] == \
+        "more seeds"
