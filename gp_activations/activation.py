@@ -189,6 +189,17 @@ class Activation:
         return cls(parse(text, load_primitive_set(primitives)), primitives, params)
 
     @classmethod
+    def from_run(cls, run, rank: int = 1) -> "Activation":
+        """The ``rank``-th function of a search run directory, with its best placement of
+        learnable scalars -- the function ``gp-activations export RUN --rank RANK`` exports
+        and the search's table ranks ``rank``-th (affine functions left out unless the run
+        allows them).  Its scalars start at their initial values; the trained ones are in
+        ``gp-activations export RUN --with-learned-params``."""
+        from .report import activation_from_run  # the assess layer reads runs (see the layout)
+
+        return activation_from_run(run, rank)
+
+    @classmethod
     def from_json(cls, data) -> "Activation":
         """Inverse of :meth:`to_json` (accepts the JSON text or the decoded dict)."""
         if isinstance(data, (str, bytes)):
