@@ -560,6 +560,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--download", action="store_true", default=None, help="let torchvision download CIFAR")
     p.add_argument("--no-verify", action="store_true", help="accept CIFAR files whose checksums differ")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files "
+                   "into DIR: best and median fitness per generation, counts and failures by "
+                   "reason, the top functions' shapes (needs pip install tensorboard; view with "
+                   "tensorboard --logdir DIR)")
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("evaluate", help="retrain a run's top functions and baselines on the test set")
