@@ -212,7 +212,7 @@ _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", 
                  "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
                  "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download",
                  "param_variants", "allow_linear", "task_aggregate", "fidelity", "eta",
-                 "surrogate", "lookup")
+                 "surrogate", "lookup", "race_top", "race_min_seeds", "race_max_seeds")
 
 
 def cmd_search(args) -> int:
@@ -281,6 +281,8 @@ def cmd_search(args) -> int:
         print(f"Top functions of {out} for {network} (fitness = validation accuracy after "
               f"{search.plan.base_job.train['epochs']:g} epochs):")
         print(result.table())
+    if result.race:
+        print(result.race_table())
     if not cfg.fitness and not search.plan.tasks:
         print(f"(selected for {network}: specialised to that network and task until evaluated "
               f"elsewhere -- gp-activations evaluate {out} --model NAME tests a transfer)")
@@ -544,6 +546,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "or ridge (default: none)")
     p.add_argument("--lookup", help="a tabular benchmark CSV: fitness read from it instead of "
                    "trained (benchmarks/tabular/mnist1d_cnn1d.csv)")
+    p.add_argument("--race", dest="race_top", type=int, metavar="K", help="after the last "
+                   "generation, race the top K functions and SiLU, GELU, ReLU on the full "
+                   "schedule (validation split), adding seeds until a paired test separates "
+                   "them; the race's winner is the search's (default 0: no race)")
+    p.add_argument("--race-min-seeds", type=int, help="race: seeds before the first look "
+                   "(default 3)")
+    p.add_argument("--race-max-seeds", type=int, help="race: the most seeds per function "
+                   "(default 10)")
     p.add_argument("--executor", choices=["serial", "process", "ray"],
                    help="where evaluations run (default serial)")
     p.add_argument("--workers", type=int, help="parallel evaluations (default 1)")

@@ -52,7 +52,7 @@ def test_every_function_on_every_task_with_welch_tests(two_runs, tmp_path, monke
     real = executors_mod.evaluate_task
     monkeypatch.setattr(executors_mod, "evaluate_task", lambda t: calls.append(t) or real(t))
     out = tmp_path / "tr"
-    table = run_transfer(two_runs, TASKS, out, top=2, **FAST)
+    table = run_transfer(two_runs, TASKS, out, top=2, into_runs=True, **FAST)
     assert table.tasks == ["digits/cnn_digits", "mnist1d/mlp"]
     labels = [f.label for f in table.functions]
     assert labels[:4] == ["alpha #1", "alpha #2", "beta #1", "beta #2"] and labels[4:] == ["relu", "silu"]

@@ -7,7 +7,6 @@ shipped tabular benchmark: real accuracies, read in microseconds)."""
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import sqlite3
@@ -22,7 +21,6 @@ from gp_activations.cli import main
 from gp_activations.errors import UserError
 from gp_activations.progress import LineProgress
 from gp_activations.search import SearchConfig, run_search
-from gp_activations.search.driver import Search
 from gp_activations.search.monitor import make_monitor, status_text
 from gp_activations.search.store import RunStore
 from search_helpers import CHEAP, HELPERS
@@ -36,7 +34,6 @@ LOOKUP = dict(dataset="mnist1d", model="cnn1d",
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-WIRED = "tensorboard" in inspect.signature(Search.__init__).parameters
 
 
 @pytest.fixture(scope="module")
@@ -239,14 +236,12 @@ class _FakeStore:
     """Never reached: make_monitor checks TensorBoard before it reads the store."""
 
 
-@pytest.mark.skipif(not WIRED, reason="the driver does not pass tensorboard= to the monitor yet "
-                    "(search/driver.py wiring; remove this mark once it does)")
 def test_search_tensorboard_flag_writes_events_checked_against_the_store(tmp_path, capsys):
     pytest.importorskip("tensorboard")
     run, tb = tmp_path / "run", tmp_path / "tb"
     assert main(["search", "--lookup", LOOKUP["lookup"], "--dataset", "mnist1d", "--model",
                  "cnn1d", "--primitives", LOOKUP["primitives"], "--param-variants", "0",
-                 "--population", "6", "--generations", "2", "--out", str(run),
+                 "--population", "6", "--generations", "2", "--epochs", "12", "--out", str(run),
                  "--tensorboard", str(tb)]) == 0
     err = capsys.readouterr().err
     assert "\r" not in err and ", ETA " in err or "evals (100 %)" in err

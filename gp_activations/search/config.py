@@ -96,6 +96,15 @@ class SearchConfig:
     # the dataset's full "train" schedule, e.g. lr or weight_decay)
     evaluate: dict = field(default_factory=dict)
     fitness_seed: int = 0  # every candidate trains with the same seed and data order
+    # the final race (after the last generation): the top race_top functions and the
+    # race_baselines train the full schedule on the validation split, seeds added to those
+    # within reach of the leader until a paired test separates them (0: no race)
+    race_top: int = 0
+    race_min_seeds: int = 3
+    race_max_seeds: int = 10
+    race_alpha: float = 0.05
+    race_baselines: list = field(default_factory=lambda: ["silu", "gelu", "relu"])
+    race_epochs: Optional[float] = None  # default: the dataset's full schedule
     executor: str = "serial"  # serial, process or ray
     workers: int = 1
     threads: int = 1  # CPU threads per evaluation (fixed so that executors agree exactly)
@@ -170,6 +179,7 @@ class SearchConfig:
         self._validate_evaluate()
         self._validate_fidelity()
         self._validate_surrogate()
+        self._validate_race()
 
     def _validate_fidelity(self) -> None:
         if self.rungs and self.fidelity != "halving":
@@ -331,6 +341,32 @@ class SearchConfig:
     @property
     def multi_task(self) -> bool:
         return self.tasks is not None
+
+    def _validate_race(self) -> None:
+        if not self.race_top:
+            return
+        if self.race_top < 2:
+            raise UserError(f"config: race_top must be 0 (no race) or >= 2 (a race needs two "
+                            f"functions to compare), got {self.race_top}")
+        if self.race_min_seeds < 2 or self.race_max_seeds < self.race_min_seeds:
+            raise UserError(f"config: a race needs race_min_seeds >= 2 and race_max_seeds >= "
+                            f"race_min_seeds (its budget must hold the minimum seeds), got "
+                            f"{self.race_min_seeds} and {self.race_max_seeds}")
+        if not (0 < self.race_alpha < 1):
+            raise UserError(f"config: race_alpha must be in (0, 1), got {self.race_alpha!r}")
+        if self.race_epochs is not None and not (math.isfinite(self.race_epochs)
+                                                 and self.race_epochs > 0):
+            raise UserError(f"config: race_epochs must be a positive number, got "
+                            f"{self.race_epochs!r}")
+        from .. import zoo
+
+        for name in self.race_baselines:
+            if name not in zoo.names():
+                raise UserError(f"config: race_baselines: unknown zoo function {name!r}"
+                                f"{did_you_mean(name, zoo.names())}")
+        if self.lookup or self.tasks is not None:
+            raise UserError("config: the final race trains its functions: it does not run "
+                            "with 'lookup' or 'tasks' (set race_top = 0)")
 
     def _validate_evaluate(self) -> None:
         ev = self.evaluate

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -33,6 +34,8 @@ from .fidelities import Fidelity, FidelityKind, FullFidelity, HalvingFidelity, M
 from .fidelities import Score, aggregate_fitness  # noqa: F401 -- re-exported
 from .generation import Breeder
 from .jobs import Job, JobResult
+from .monitor import make_monitor
+from .race import race_stages
 from .randomness import RandomStreams
 from .plan import RESUME_OVERRIDABLE, SearchPlan, resolve_plan, stored_or_new_config  # noqa: F401
 from .results import SearchResult, search_result
@@ -58,11 +61,15 @@ class Search:
     """A resumable search in a run directory: create a generation, evaluate it, keep the
     survivors.  ``model``/``data``/``fitness`` may be Python objects (API use) or
     ``module:function`` references (TOML and worker processes); ``fidelity`` a factory
-    ``(plan, store) -> Fidelity`` that replaces the config's."""
+    ``(plan, store) -> Fidelity`` that replaces the config's; ``stages`` factories
+    ``(plan, store)`` of what runs after the last generation (default: the final race when the
+    config asks for one), each with ``run(run_jobs)``; ``tensorboard`` a directory for
+    TensorBoard event files."""
 
     def __init__(self, config: SearchConfig, out, *, resume: bool = False, model=None, data=None,
                  fitness=None, progress: bool = True, overrides: Optional[dict] = None,
-                 fidelity: Optional[Callable[[SearchPlan, RunStore], Fidelity]] = None):
+                 fidelity: Optional[Callable[[SearchPlan, RunStore], Fidelity]] = None,
+                 stages: Optional[list] = None, tensorboard=None):
         self.run_dir = Path(out)
         self.progress = progress
         config, store, changed = stored_or_new_config(config, out, resume, overrides)
@@ -86,10 +93,12 @@ class Search:
         self.plan.strategy.numpy_rng = self.streams.numpy
         self.breeder = Breeder(self.plan, store, self.streams)
         self.fidelity = (fidelity or make_fidelity)(self.plan, store)
+        self.stages = [make(self.plan, store) for make in
+                       (race_stages(self.plan) if stages is None else stages)]
         self.executor = None
-        self.bar = None
+        self.tensorboard = tensorboard
+        self.monitor = None  # progress lines/bar and TensorBoard (search/monitor.py)
         self._log_handler = None
-        self.best = store.best_fitness()
 
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> SearchResult:
@@ -100,10 +109,15 @@ class Search:
             redo = self.store.reset_in_flight()
             if redo:
                 log.info("resuming: %d interrupted evaluations will be redone", redo)
-            self._open_progress()
+            self.monitor = make_monitor(self.run_dir, self.store,
+                                        tensorboard_dir=self.tensorboard,
+                                        stream=sys.stderr if self.progress else None,
+                                        total=self._progress_total)
             if self._work_left():
                 self._start_executor()
             self._loop()
+            for stage in self.stages:  # after the last generation: the final race
+                stage.run(self._run_stage_jobs)
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted; finished evaluations are saved")
@@ -116,8 +130,8 @@ class Search:
             if self.executor is not None:
                 self.executor.close()
                 self.executor = None
-            if self.bar is not None:
-                self.bar.close()
+            if self.monitor is not None:
+                self.monitor.close()
         try:
             result = search_result(self.store, self.plan, interrupted, time.time() - started)
             log.info("search %s after %.1f s: %s", "interrupted" if interrupted else "finished",
@@ -154,11 +168,13 @@ class Search:
                     # as a resumed run would: the generation count ends the search
                     log.info("generation %d: no new functions could be created", nxt)
 
+    def _run_stage_jobs(self, jobs: list, on_result: Callable[[JobResult], None]) -> None:
+        self._start_executor()
+        run_jobs(self.executor, jobs, lambda job: None, on_result)
+
     def _create(self, generation: int) -> int:
         made = self.breeder.create(generation, self._budget_left())
-        if self.bar is not None:
-            self.bar.total = self._progress_total()
-            self.bar.refresh()
+        self.monitor.generation_created(generation, made, len(self.store.pending(generation)))
         return made
 
     def _trained_in(self, generation: int) -> int:
@@ -238,16 +254,11 @@ class Search:
         self.store.record_result(row.id, str(score.status), score.fitness, score.metrics,
                                  score.error, score.started_at, score.finished_at)
         fitness = score.fitness
-        if fitness is not None and (self.best is None or fitness > self.best):
-            self.best = fitness
         seconds = (score.finished_at or 0) - (score.started_at or 0)
         log.info("candidate %d %s: %s fitness=%s (%.1f s)%s", row.id, row.label, score.status,
                  "n/a" if fitness is None else f"{fitness:.4f}", seconds,
                  f" error: {score.error}" if score.error else "")
-        if self.bar is not None:
-            self.bar.update(1)
-            if self.best is not None:
-                self.bar.set_postfix(best=f"{self.best:.4f}", gen=row.generation, refresh=False)
+        self.monitor.candidate_scored(self.store.candidate(row.id), score)
 
     # -- survivors -------------------------------------------------------------------------------
     def _finish_generation(self, generation: int) -> None:
@@ -265,6 +276,7 @@ class Search:
         best = scored[survivors[0]] if survivors else None
         log.info("generation %d done: %d functions scored, population %d, best %s", generation,
                  len(scored), len(survivors), "n/a" if best is None else f"{best:.4f}")
+        self.monitor.generation_finished(generation, scored, survivors, best)
 
     # -- reporting ---------------------------------------------------------------------------------
     def _progress_total(self) -> int:
@@ -276,17 +288,6 @@ class Search:
         generations_left = self.config.generations - len(self.store.generation_rows())
         per_generation = self.config.n_offspring * (1 + self.config.param_variants)
         return done + max(0, generations_left) * per_generation
-
-    def _open_progress(self) -> None:
-        if not self.progress:
-            return
-        from ..progress import progress_bar
-
-        finished = self.store.count_finished()
-        self.bar = progress_bar(total=self._progress_total(), initial=finished, unit="eval",
-                                desc="search")
-        if self.best is not None:
-            self.bar.set_postfix(best=f"{self.best:.4f}")
 
     def _start_logging(self) -> None:
         handler = logging.FileHandler(self.run_dir / "search.log")
@@ -311,7 +312,8 @@ class Search:
 
 def run_search(config: Optional[SearchConfig] = None, out="runs/search", *, resume: bool = False,
                model=None, data=None, fitness: Optional[Callable] = None, progress: bool = True,
-               fidelity: Optional[Callable] = None, **overrides) -> SearchResult:
+               fidelity: Optional[Callable] = None, stages: Optional[list] = None,
+               tensorboard=None, **overrides) -> SearchResult:
     """Run (or resume) a search and return its :class:`SearchResult`.
 
     ``config`` defaults to :class:`SearchConfig()`; keyword ``overrides`` replace fields.  Bring
@@ -324,4 +326,4 @@ def run_search(config: Optional[SearchConfig] = None, out="runs/search", *, resu
         config = config.replace(**overrides)
     return Search(config, out, resume=resume, model=model, data=data, fitness=fitness,
                   progress=progress, overrides=overrides if resume else None,
-                  fidelity=fidelity).run()
+                  fidelity=fidelity, stages=stages, tensorboard=tensorboard).run()

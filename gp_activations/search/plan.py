@@ -28,7 +28,9 @@ from .store import RunStore, is_run_dir
 from .strategies import Strategy, make_strategy
 
 #: Config keys that may change when a run is resumed (everything else defines the run).
-RESUME_OVERRIDABLE = {"generations", "budget", "executor", "workers", "ray_address", "task_timeout"}
+RESUME_OVERRIDABLE = {"generations", "budget", "executor", "workers", "ray_address", "task_timeout",
+                      "race_top", "race_min_seeds", "race_max_seeds", "race_alpha",
+                      "race_baselines", "race_epochs"}
 
 
 @dataclass(frozen=True, eq=False)

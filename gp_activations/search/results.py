@@ -28,6 +28,31 @@ class SearchResult:
     failures: list = field(default_factory=list)  # (reason, count), most common first
     tasks: list = field(default_factory=list)  # multi-task: names; top rows carry "tasks"
     references: dict = field(default_factory=dict)  # multi-task: ReLU's accuracy per task name
+    race: Optional[dict] = None  # the final race's outcome (search/race.py), if there was one
+
+    @property
+    def winner(self) -> Optional[str]:
+        """The search's winner: the final race's, else the best fitness's label."""
+        if self.race:
+            return self.race["winner"]
+        return self.top[0]["label"] if self.top else None
+
+    def race_table(self) -> str:
+        """The final race: each entrant's mean validation accuracy (full schedule) over the
+        seeds it trained, and where it left the race."""
+        if not self.race:
+            return ""
+        race = self.race
+        lines = [f"final race (full schedule, validation accuracy; winner: {race['winner']}):"]
+        for label, mean in sorted(race["means"].items(), key=lambda kv: -kv[1]):
+            out = race["eliminated"].get(label)
+            p = race["p_vs_leader"].get(label)
+            where = (f"dropped at {out} seeds (p = {p:.3g} vs the leader)" if out
+                     else "winner" if label == race["winner"] else
+                     f"still in at {race['seeds']} seeds" + (f" (p = {p:.3g})" if p is not None
+                                                              else ""))
+            lines.append(f"  {mean:.4f}  {label:24s} {where}")
+        return "\n".join(lines)
 
     def task_table(self) -> str:
         """A multi-task search's top functions, one column per task (validation accuracy)."""
@@ -94,4 +119,4 @@ def search_result(store: RunStore, plan, interrupted: bool = False, wall_time: f
     refs = {r.name: r.accuracy for r in store.task_runs(0).values()} if names else {}
     return SearchResult(store.run_dir, top, store.relu_fitness(), store.status_counts(),
                         store.get_meta("dedup_hits", 0), interrupted, wall_time, note,
-                        store.failure_reasons(), names, refs)
+                        store.failure_reasons(), names, refs, store.get_meta("race"))

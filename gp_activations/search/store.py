@@ -191,6 +191,26 @@ class RungRun:
 
 
 @dataclass(frozen=True)
+class RaceRun:
+    """One training of the final race: entrant ``entrant`` (its index) on its ``seed``-th seed."""
+
+    entrant: int
+    seed: int
+    label: str
+    status: JobStatus
+    accuracy: Optional[float]
+    error: Optional[str]
+    metrics: Optional[dict]
+    started_at: Optional[float]
+    finished_at: Optional[float]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "RaceRun":
+        return cls(**{**dict(row), "status": JobStatus(row["status"]),
+                      "metrics": _loads(row["metrics"], None)})
+
+
+@dataclass(frozen=True)
 class Generation:
     generation: int
     state: GenerationState
@@ -281,6 +301,18 @@ CREATE TABLE IF NOT EXISTS rung_runs (
     started_at REAL,
     finished_at REAL,
     PRIMARY KEY (candidate_id, rung, seed)
+);
+CREATE TABLE IF NOT EXISTS race_runs (
+    entrant INTEGER NOT NULL,
+    seed INTEGER NOT NULL,
+    label TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('done','failed')),
+    accuracy REAL,
+    error TEXT,
+    metrics TEXT,
+    started_at REAL,
+    finished_at REAL,
+    PRIMARY KEY (entrant, seed)
 );
 CREATE TABLE IF NOT EXISTS final (
     id INTEGER PRIMARY KEY,
@@ -620,6 +652,26 @@ class RunStore:
             rows = self.db.execute("SELECT * FROM rung_runs WHERE candidate_id = ? ORDER BY "
                                    "rung, seed", (cid,))
         return [RungRun.from_row(r) for r in rows]
+
+    # -- the final race ---------------------------------------------------------------------------
+    def record_race_run(self, entrant: int, seed: int, label: str, status, accuracy, error: str,
+                        metrics: Optional[dict], started_at=None, finished_at=None) -> None:
+        """One training of the final race, committed now (a redone one replaces it)."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO race_runs(entrant, seed, label, status, accuracy, error, "
+                "metrics, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entrant, seed, label, str(status), accuracy, error or None,
+                 json.dumps(metrics) if metrics is not None else None, started_at,
+                 finished_at or time.time()))
+
+    def race_runs(self) -> list[RaceRun]:
+        """The final race's trainings, by entrant and seed (none in a run without a race)."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                               "name = 'race_runs'").fetchone():
+            return []  # a run made before races, opened read-only
+        return [RaceRun.from_row(r) for r in
+                self.db.execute("SELECT * FROM race_runs ORDER BY entrant, seed")]
 
     def training_epochs(self) -> float:
         """Epochs trained by halving's rungs so far (the cost measure of a halving search)."""

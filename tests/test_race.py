@@ -1,0 +1,99 @@
+"""The final race: the search's winner is the race's, the race resumes mid-way without
+redoing a training, every executor names the same winner, and bad settings are one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from gp_activations.cli import main
+from gp_activations.search import RunStore, SearchConfig, run_search
+from gp_activations.search import executors as executors_mod
+from gp_activations.search.jobs import JobKey, JobKind
+
+from search_helpers import CHEAP, HELPERS
+
+RACE = dict(CHEAP, generations=2, race_top=3, race_min_seeds=3, race_max_seeds=6,
+            fitness=f"{HELPERS}:noisy_fitness")
+
+
+def _race_rows(run):
+    store = RunStore.open(run, readonly=True)
+    try:
+        return [(r.entrant, r.seed, r.label, str(r.status), r.accuracy) for r in store.race_runs()]
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def raced(tmp_path_factory):
+    out = tmp_path_factory.mktemp("race") / "run"
+    return out, run_search(SearchConfig(**RACE), out=out, progress=False)
+
+
+def test_the_race_names_silu_the_winner_and_the_search_reports_it(raced):
+    run, result = raced
+    race = result.race
+    # the fitness is closeness to x*sigmoid(x): SiLU is the best function there is
+    assert race["winner"] == "silu" or race["winner"].endswith("= silu")
+    assert result.winner == race["winner"]
+    rows = _race_rows(run)
+    labels = {label for _, _, label, _, _ in rows}
+    # each baseline races once: as itself, or as the found function equal to it
+    for name in ("silu", "gelu", "relu"):
+        assert sum(lab == name or lab.endswith(f"= {name}") for lab in labels) == 1, labels
+    assert sum(lab.startswith("found #") for lab in labels) == 3
+    # every entrant trained at least the minimum seeds; the winner at most the maximum
+    per = {}
+    for entrant, seed, *_ in rows:
+        per.setdefault(entrant, []).append(seed)
+    assert all(sorted(s) == list(range(len(s))) and 3 <= len(s) <= 6 for s in per.values())
+    # ReLU is far from x*sigmoid(x): dropped before the end
+    assert any(lab == "relu" or lab.endswith("= relu") for lab in race["eliminated"])
+    assert "final race" in result.race_table() and race["winner"] in result.race_table()
+
+
+def test_a_race_interrupted_mid_way_resumes_without_redoing_a_training(raced, tmp_path,
+                                                                        monkeypatch):
+    straight, _ = raced
+    real, race_calls, armed = executors_mod.evaluate_task, [], [True]
+
+    def interrupted(wire):
+        key = JobKey.from_wire(wire["key"])
+        if key.kind is JobKind.RACE:
+            race_calls.append((key.id, key.seed))
+            if len(race_calls) == 8 and armed[0]:
+                armed[0] = False
+                raise KeyboardInterrupt  # Ctrl-C while the race's 8th training runs
+        return real(wire)
+
+    monkeypatch.setattr(executors_mod, "evaluate_task", interrupted)
+    first = run_search(SearchConfig(**RACE), out=tmp_path / "run", progress=False)
+    assert first.interrupted and first.race is None
+    done = {(e, s) for e, s, *_ in _race_rows(tmp_path / "run")}
+    assert len(done) == 7
+    race_calls.clear()
+    result = run_search(out=tmp_path / "run", resume=True, progress=False)
+    assert not result.interrupted
+    assert race_calls and not done & set(race_calls)
+    assert _race_rows(tmp_path / "run") == _race_rows(straight)
+    assert result.race == run_search(out=straight, resume=True, progress=False).race
+
+
+def test_every_executor_names_the_same_winner(raced, tmp_path):
+    straight, result = raced
+    other = run_search(SearchConfig(**{**RACE, "executor": "process", "workers": 2}),
+                       out=tmp_path / "process", progress=False)
+    assert other.race == result.race
+    assert _race_rows(tmp_path / "process") == _race_rows(straight)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--race", "1"], "race_top must be 0 (no race) or >= 2"),
+    (["--race", "3", "--race-min-seeds", "4", "--race-max-seeds", "3"], "budget must hold"),
+    (["--race", "3", "--race-min-seeds", "1"], "race_min_seeds >= 2"),
+])
+def test_bad_race_settings_are_one_line_before_any_work(tmp_path, capsys, flags, message):
+    code = main(["search", "--out", str(tmp_path / "run"), "--dataset", "digits", *flags])
+    out, err = capsys.readouterr()
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
