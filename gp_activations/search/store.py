@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import enum
 import json
+import os
 import sqlite3
 import time
 from dataclasses import dataclass, fields as dc_fields
@@ -415,7 +416,17 @@ class RunStore:
     @staticmethod
     def _connect(path: Path, readonly: bool = False) -> sqlite3.Connection:
         if readonly:
-            db = sqlite3.connect(Path(path).resolve().as_uri() + "?mode=ro", uri=True, timeout=30)
+            uri = Path(path).resolve().as_uri()
+            db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=30)
+            try:
+                db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError:
+                if os.access(Path(path).parent, os.W_OK):
+                    raise
+                # read-only media: a WAL database without its -shm index cannot be opened
+                # normally; nobody can write there, so reading it as immutable is exact
+                db.close()
+                db = sqlite3.connect(uri + "?mode=ro&immutable=1", uri=True, timeout=30)
             db.execute("PRAGMA query_only=ON")
             return db
         db = sqlite3.connect(str(path), timeout=30)
