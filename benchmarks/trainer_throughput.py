@@ -67,7 +67,7 @@ act = Activation.from_string(sys.argv[1], params=[0]) if sys.argv[1] != "relu" e
 fused = {"true": True, "false": False, "auto": "auto"}[sys.argv[2]]
 cfg = default_config("mnist1d", "fitness", "cnn1d").replace(epochs=12, threads=1, fused=fused)
 r = train(act, "mnist1d", "cnn1d", cfg, seed=0, split="val")
-print(json.dumps({"wall": r.wall_time, "fused": r.fused, "fusion": r.fusion, "status": r.status}))
+print(json.dumps({"wall": r.wall_time, "fused": r.fused, "fusion": str(r.fusion), "status": r.status}))
 """
 
 

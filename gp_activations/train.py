@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import inspect
 import math
 import time
@@ -181,6 +182,49 @@ def default_config(dataset: str, purpose: str = "train", model=None, **overrides
 # ---------------------------------------------------------------------------------------------
 
 
+class FusionWhy(str, enum.Enum):
+    """Why a training ran its activation compiled (fused) or eager."""
+
+    NOT_ASKED = "not asked"  # fused = false, or nothing to decide (no activation sites)
+    FORCED = "forced"  # fused = true
+    SINGLE_OPERATOR = "single operator"  # one built-in operator is one kernel already
+    COST_MODEL = "cost model"  # fused = "auto": the predicted saving against the compile time
+    COMPILE_FAILED = "compile failed"  # inductor could not compile it: eager fallback
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass(frozen=True)
+class FusionDecision:
+    """Whether (and why) a training's activation ran compiled; ``str()`` is the one-line
+    prose the training records show."""
+
+    fused: bool = False
+    why: FusionWhy = FusionWhy.NOT_ASKED
+    detail: str = ""  # the cost model's numbers, or inductor's error
+    compile_seconds: Optional[float] = None  # where it compiled in this training
+
+    def __str__(self) -> str:
+        if self.why is FusionWhy.NOT_ASKED:
+            text = "fused" if self.fused else ""
+        elif self.why is FusionWhy.SINGLE_OPERATOR:
+            text = "eager: a single built-in operator is one kernel already"
+        elif self.why is FusionWhy.COMPILE_FAILED:
+            text = f"eager: inductor could not compile it ({self.detail})"
+        elif self.why is FusionWhy.FORCED:
+            text = "fused"
+        else:
+            text = ("fused: " if self.fused else "eager: ") + self.detail
+        if self.compile_seconds is not None:
+            text = f"{text or 'fused'}; compiled in {self.compile_seconds:.2f} s"
+        return text
+
+    def to_dict(self) -> dict:
+        return {"fused": self.fused, "why": str(self.why), "detail": self.detail,
+                "compile_seconds": self.compile_seconds, "text": str(self)}
+
+
 @dataclass
 class TrainResult:
     """What one training run produced.  ``accuracy`` is the final accuracy on ``split``."""
@@ -200,7 +244,7 @@ class TrainResult:
     seed: int = 0
     device: str = "cpu"
     fused: bool = False  # whether the activation ran compiled
-    fusion: str = ""  # why (or why not), and the compile time where it compiled
+    fusion: FusionDecision = field(default_factory=FusionDecision)  # why (or why not) fused
     activation: str = ""
     model: str = ""
     dataset: str = ""
@@ -211,7 +255,7 @@ class TrainResult:
         return self.status == "ok"
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "fusion": self.fusion.to_dict()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,10 +478,13 @@ def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfi
     if fused_fn is not None:  # what the activation's compiled function did in this training
         if fused_fn.fallback:
             record.fused = False
-            record.fusion = f"eager: inductor could not compile it ({fused_fn.fallback})"
+            record.fusion = FusionDecision(False, FusionWhy.COMPILE_FAILED, fused_fn.fallback)
         else:
-            record.fusion = (f"{record.fusion or 'fused'}; compiled in "
-                             f"{fused_fn.compile_seconds - compiled_before:.2f} s")
+            why = record.fusion.why if record.fusion.why is FusionWhy.COST_MODEL \
+                else FusionWhy.FORCED
+            record.fusion = dataclasses.replace(
+                record.fusion, fused=True, why=why,
+                compile_seconds=fused_fn.compile_seconds - compiled_before)
     return record
 
 
@@ -598,10 +645,10 @@ def _decide_fusion(record: TrainResult, act, net: nn.Module, sites: list, probe:
     if not isinstance(act, Activation):
         return
     if not act.program.worth_fusing:
-        record.fusion = "eager: a single built-in operator is one kernel already"
+        record.fusion = FusionDecision(False, FusionWhy.SINGLE_OPERATOR)
         return
     decision = fusion_mod.decide(act, activation_site_sizes(net, probe), steps, dev.type)
-    record.fusion = ("fused: " if decision.fuse else "eager: ") + decision.reason
+    record.fusion = FusionDecision(decision.fuse, FusionWhy.COST_MODEL, decision.reason)
     if decision.fuse:
         for module in sites:
             module.set_fused(True)

@@ -21,7 +21,7 @@ from gp_activations.activation import fused_function_of
 from gp_activations.errors import UserError
 from gp_activations.primitive_sets import builtin_names, load_primitive_set
 from gp_activations.search import SearchConfig
-from gp_activations.train import TrainConfig, train
+from gp_activations.train import FusionDecision, FusionWhy, TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -246,11 +246,13 @@ def test_train_records_the_decision_and_compile_time():
     cfg = TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=3e-3, chance_check=False,
                       threads=1)
     auto = train(act, "digits", None, cfg, seed=0)
-    assert auto.fused is False and auto.fusion.startswith("eager: predicted saving")
+    assert auto.fused is False and auto.fusion.why is FusionWhy.COST_MODEL and \
+        "predicted saving" in auto.fusion.detail and not auto.fusion.fused
     on = train(act, "digits", None, cfg.replace(fused=True), seed=0)
-    assert on.fused is True and "compiled in" in on.fusion
+    assert on.fused is True and on.fusion.why is FusionWhy.FORCED and \
+        on.fusion.compile_seconds is not None and "compiled in" in str(on.fusion)
     off = train(act, "digits", None, cfg.replace(fused=False), seed=0)
-    assert off.fused is False and off.fusion == ""
+    assert off.fused is False and off.fusion == FusionDecision() and str(off.fusion) == ""
     assert auto.accuracy == off.accuracy  # auto chose eager: the very same run
     assert abs(on.accuracy - off.accuracy) < 0.05
     with pytest.raises(UserError, match="fused must be true, false or"):
@@ -302,7 +304,7 @@ def test_a_function_inductor_cannot_compile_runs_eager(tmp_path, caplog):
     record = train(act, "digits", None, TrainConfig(epochs=1, fused=True, threads=1,
                                                      chance_check=False), seed=0)
     assert record.status == "ok" and record.fused is False
-    assert record.fusion.startswith("eager: inductor could not compile it")
+    assert record.fusion.why is FusionWhy.COMPILE_FAILED and not record.fusion.fused
 
 
 def test_an_unwritable_kernel_cache_warns_and_uses_a_fresh_one(tmp_path, monkeypatch):
