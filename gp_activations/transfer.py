@@ -18,34 +18,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-import sqlite3
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
 from . import zoo
 from .errors import UserError, did_you_mean
-
-DB_NAME = "transfer.sqlite"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS trainings (
-    id INTEGER PRIMARY KEY,
-    expression TEXT NOT NULL,
-    primitives TEXT NOT NULL,
-    params TEXT NOT NULL,
-    seed INTEGER NOT NULL,
-    protocol TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('pending','running','done','failed')),
-    accuracy REAL,
-    error TEXT,
-    source TEXT,
-    finished_at REAL,
-    UNIQUE (expression, primitives, params, seed, protocol)
-);
-"""
-
+from .search.store import TRANSFER_DB as DB_NAME  # noqa: F401 -- the file's name, re-exported
+from .search.store import Status, TransferStore
 
 @dataclass
 class Function:
@@ -207,65 +187,7 @@ def _protocol(task: dict, epochs: Optional[float]) -> tuple[str, object]:
     return protocol_key(train_cfg.to_dict(), task["dataset"], task["model"]), train_cfg
 
 
-class _Store:
-    def __init__(self, out: Path):
-        out.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(str(out / DB_NAME), timeout=30)
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        with self.db:
-            self.db.executescript(_SCHEMA)
-
-    # Every SQL statement of a transfer is one of these methods (as RunStore's are its run's).
-    def row(self, fn: Function, seed: int, protocol: str):
-        return self._row(fn.key, seed, protocol)
-
-    def _row(self, key, seed: int, protocol: str):
-        return self.db.execute("SELECT * FROM trainings WHERE expression = ? AND primitives = ? "
-                               "AND params = ? AND seed = ? AND protocol = ?",
-                               (*key, seed, protocol)).fetchone()
-
-    def copy_done(self, key: tuple, accuracy, source: str, finished_at) -> bool:
-        """Store a run's finished training of ``key`` (expression, primitives, params, seed,
-        protocol) unless one is here already; returns whether it was copied."""
-        row = self._row(key[:3], key[3], key[4])
-        if row is not None and row["status"] in ("done", "failed"):
-            return False
-        with self.db:
-            self.db.execute("DELETE FROM trainings WHERE expression = ? AND primitives = ? AND "
-                            "params = ? AND seed = ? AND protocol = ?", key)
-            self.db.execute("INSERT INTO trainings(expression, primitives, params, seed, protocol, "
-                            "status, accuracy, source, finished_at) VALUES (?, ?, ?, ?, ?, 'done', "
-                            "?, ?, ?)", (*key, accuracy, source, finished_at))
-        return True
-
-    def reset_in_flight(self) -> None:
-        self.db.execute("UPDATE trainings SET status = 'pending' WHERE status = 'running'")
-
-    def schedule(self, fn: Function, seed: int, protocol: str) -> int:
-        """The id of the pending row of (fn, seed, protocol), inserted if new (caller's transaction)."""
-        row = self.row(fn, seed, protocol)
-        if row is not None:
-            return row["id"]
-        return self.db.execute("INSERT INTO trainings(expression, primitives, params, seed, "
-                               "protocol, status) VALUES (?, ?, ?, ?, ?, 'pending')",
-                               (*fn.key, seed, protocol)).lastrowid
-
-    def start(self, rid: int) -> None:
-        with self.db:
-            self.db.execute("UPDATE trainings SET status = 'running' WHERE id = ?", (rid,))
-
-    def finish(self, rid: int, ok: bool, accuracy, error) -> None:
-        with self.db:
-            self.db.execute("UPDATE trainings SET status = ?, accuracy = ?, error = ?, "
-                            "finished_at = ? WHERE id = ?",
-                            ("done" if ok else "failed", accuracy, error or None, time.time(), rid))
-
-    def close(self):
-        self.db.close()
-
-
-def _copy_from_runs(store: _Store, runs: Sequence, wanted: dict) -> int:
+def _copy_from_runs(store: TransferStore, runs: Sequence, wanted: dict) -> int:
     """Copy the finished ``final`` rows of the runs that match a wanted (function, seed,
     protocol); returns how many were copied."""
     from .search.store import RunStore
@@ -311,22 +233,22 @@ def run_transfer(runs: Sequence, tasks, out, *, top: int = 1, seeds: int = 10,
         check_model(task["model"], task["dataset"], data_dir=data_dir)
     protocols = {t["name"]: _protocol(t, epochs) for t in tasks}
     out = Path(out)
-    store = _Store(out)
+    store = TransferStore(out)
     try:
         wanted = {(*fn.key, s, protocols[t["name"]][0]) for fn in functions for t in tasks
                   for s in range(seeds)}
         _copy_from_runs(store, runs, wanted)
         work, scheduled = [], set()
-        with store.db:
+        with store.transaction():
             store.reset_in_flight()
             for task in tasks:
                 protocol, train_cfg = protocols[task["name"]]
                 for fn in functions:
                     for seed in range(seeds):
-                        row = store.row(fn, seed, protocol)
-                        if row is not None and row["status"] in ("done", "failed"):
+                        row = store.row(fn.key, seed, protocol)
+                        if row is not None and row.finished:
                             continue
-                        rid = store.schedule(fn, seed, protocol)
+                        rid = store.schedule(fn.key, seed, protocol)
                         if rid not in scheduled:  # a function two runs found trains once
                             scheduled.add(rid)
                             work.append((rid, task, fn, seed, train_cfg))
@@ -369,9 +291,9 @@ def _summarize(store, tasks, functions, protocols, seeds) -> TransferTable:
     for task in tasks:
         protocol = protocols[task["name"]][0]
         for fn in functions:
-            rows = [store.row(fn, s, protocol) for s in range(seeds)]
-            accs = [r["accuracy"] for r in rows if r is not None and r["status"] == "done"]
-            failed = sum(1 for r in rows if r is not None and r["status"] == "failed")
+            rows = [store.row(fn.key, s, protocol) for s in range(seeds)]
+            accs = [r.accuracy for r in rows if r is not None and r.status == Status.DONE]
+            failed = sum(1 for r in rows if r is not None and r.status == Status.FAILED)
             table.cells[(fn.label, task["name"])] = Cell(
                 accs, failed, summarize(accs).mean, summarize(accs).std)
         base = [fn for fn in functions if fn.kind == "baseline"

@@ -5,8 +5,8 @@ the runs' functions come from cheap fitness-function searches (their training is
 from __future__ import annotations
 
 import csv
-import sqlite3
-import statistics
+import dataclasses
+import json
 
 import pytest
 
@@ -15,6 +15,7 @@ from gp_activations.cli import main
 from gp_activations.evaluate import evaluate_run, welch_p
 from gp_activations.search import SearchConfig, run_search
 from gp_activations.search import executors as executors_mod
+from gp_activations.search.store import TransferStore
 from gp_activations.transfer import parse_tasks, run_transfer
 
 from search_helpers import CHEAP, HELPERS
@@ -39,12 +40,12 @@ def two_runs(tmp_path_factory):
 
 
 def _trainings(out):
-    db = sqlite3.connect(str(out / "transfer.sqlite"))
-    db.row_factory = sqlite3.Row
+    """The transfer's trainings, as the store's records, as dicts."""
+    store = TransferStore(out)
     try:
-        return [dict(r) for r in db.execute("SELECT * FROM trainings ORDER BY id")]
+        return [dict(dataclasses.asdict(r), status=str(r.status)) for r in store.trainings()]
     finally:
-        db.close()
+        store.close()
 
 
 def test_every_function_on_every_task_with_welch_tests(two_runs, tmp_path, monkeypatch):
@@ -62,11 +63,19 @@ def test_every_function_on_every_task_with_welch_tests(two_runs, tmp_path, monke
     assert len(rows) == len(calls) == len(distinct) * 2 * 2
     assert all(r["status"] == "done" and 0 <= r["accuracy"] <= 1 for r in rows)
     assert {t["split"] for t in calls} == {"test"} and {t["train"]["epochs"] for t in calls} == {0.3}
+    # each cell holds the stored accuracies of its function, task and seeds 0 and 1 -- looked
+    # up here in the store's records -- and their mean, worked out by hand
+    stored = {(r["expression"], r["params"], json.loads(r["protocol"])["dataset"],
+               json.loads(r["protocol"])["model"], r["seed"]): r["accuracy"] for r in rows}
     for task in table.tasks:
         relu = table.cells[("relu", task)]
+        dataset, model = task.split("/")
         for fn in table.functions:
             cell = table.cells[(fn.label, task)]
-            assert len(cell.accuracies) == 2 and cell.mean == pytest.approx(statistics.fmean(cell.accuracies))
+            known = [stored[(fn.expression, json.dumps(list(fn.params)), dataset, model, seed)]
+                     for seed in (0, 1)]
+            assert cell.accuracies == known
+            assert cell.mean == pytest.approx((known[0] + known[1]) / 2, abs=1e-12)
             if fn.label != "relu":
                 assert cell.p_vs_relu == welch_p(cell.accuracies, relu.accuracies)
         best = table.best_baseline[task]

@@ -27,6 +27,7 @@ Tables:
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -830,3 +831,123 @@ class RunStore:
                  record.protocol, record.status, record.accuracy,
                  None if record.metrics is None else json.dumps(record.metrics),
                  record.finished_at))
+
+
+# ---------------------------------------------------------------------------------------------
+# transfer's trainings (OUT/transfer.sqlite): the same connection settings and typed records
+# ---------------------------------------------------------------------------------------------
+TRANSFER_DB = "transfer.sqlite"
+
+_TRANSFER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS trainings (
+    id INTEGER PRIMARY KEY,
+    expression TEXT NOT NULL,
+    primitives TEXT NOT NULL,
+    params TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    protocol TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('pending','running','done','failed')),
+    accuracy REAL,
+    error TEXT,
+    source TEXT,
+    finished_at REAL,
+    UNIQUE (expression, primitives, params, seed, protocol)
+);
+"""
+
+
+@dataclass(frozen=True)
+class TransferTraining:
+    """One training of ``gp-activations transfer``: a function (expression, primitives,
+    params as JSON text) on one seed under one protocol; ``source`` the run it was copied
+    from, if it was."""
+
+    id: int
+    expression: str
+    primitives: str
+    params: str
+    seed: int
+    protocol: str
+    status: Status
+    accuracy: Optional[float]
+    error: Optional[str]
+    source: Optional[str]
+    finished_at: Optional[float]
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row) -> "TransferTraining":
+        return cls(**{**dict(row), "status": Status(row["status"])})
+
+    @property
+    def finished(self) -> bool:
+        return self.status in (Status.DONE, Status.FAILED)
+
+
+class TransferStore:
+    """The trainings of a transfer in ``OUT/transfer.sqlite``, keyed by function key
+    ``(expression, primitives, params JSON)``, seed and protocol -- every statement here."""
+
+    def __init__(self, out):
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        self.db = RunStore._connect(out / TRANSFER_DB)
+        self.db.row_factory = sqlite3.Row
+        with self.db:
+            self.db.executescript(_TRANSFER_SCHEMA)
+
+    @contextlib.contextmanager
+    def transaction(self):
+        with self.db:
+            yield self
+
+    def row(self, key: tuple, seed: int, protocol: str) -> Optional[TransferTraining]:
+        found = self.db.execute("SELECT * FROM trainings WHERE expression = ? AND primitives = ? "
+                                "AND params = ? AND seed = ? AND protocol = ?",
+                                (*key, seed, protocol)).fetchone()
+        return TransferTraining.from_row(found) if found else None
+
+    def copy_done(self, key: tuple, accuracy, source: str, finished_at) -> bool:
+        """Store a run's finished training of ``key`` (expression, primitives, params, seed,
+        protocol) unless one is here already; returns whether it was copied."""
+        row = self.row(key[:3], key[3], key[4])
+        if row is not None and row.finished:
+            return False
+        with self.db:
+            self.db.execute("DELETE FROM trainings WHERE expression = ? AND primitives = ? AND "
+                            "params = ? AND seed = ? AND protocol = ?", key)
+            self.db.execute("INSERT INTO trainings(expression, primitives, params, seed, protocol, "
+                            "status, accuracy, source, finished_at) VALUES (?, ?, ?, ?, ?, 'done', "
+                            "?, ?, ?)", (*key, accuracy, source, finished_at))
+        return True
+
+    def reset_in_flight(self) -> None:
+        """Trainings that were running when a transfer died are redone (caller's transaction)."""
+        self.db.execute("UPDATE trainings SET status = 'pending' WHERE status = 'running'")
+
+    def schedule(self, key: tuple, seed: int, protocol: str) -> int:
+        """The id of the pending row of (key, seed, protocol), inserted if new (caller's
+        transaction)."""
+        row = self.row(key, seed, protocol)
+        if row is not None:
+            return row.id
+        return self.db.execute("INSERT INTO trainings(expression, primitives, params, seed, "
+                               "protocol, status) VALUES (?, ?, ?, ?, ?, 'pending')",
+                               (*key, seed, protocol)).lastrowid
+
+    def start(self, rid: int) -> None:
+        with self.db:
+            self.db.execute("UPDATE trainings SET status = 'running' WHERE id = ?", (rid,))
+
+    def finish(self, rid: int, ok: bool, accuracy, error) -> None:
+        with self.db:
+            self.db.execute("UPDATE trainings SET status = ?, accuracy = ?, error = ?, "
+                            "finished_at = ? WHERE id = ?",
+                            (str(Status.DONE if ok else Status.FAILED), accuracy, error or None,
+                             time.time(), rid))
+
+    def trainings(self) -> list[TransferTraining]:
+        return [TransferTraining.from_row(r) for r in
+                self.db.execute("SELECT * FROM trainings ORDER BY id")]
+
+    def close(self) -> None:
+        self.db.close()
