@@ -83,7 +83,9 @@ def test_min_aggregate_search(tmp_path):
     cfg = SearchConfig(**{**SMALL, "tasks": tasks, "generations": 1, "population": 2},
                        task_aggregate="min")
     run_search(cfg, out=tmp_path / "run", progress=False)
-    for cand in rows(tmp_path / "run", status="done"):
+    done = rows(tmp_path / "run", status="done")
+    assert done
+    for cand in done:
         metrics = json.loads(cand["metrics"])
         assert cand["fitness"] == min(t["normalised"] for t in metrics["tasks"])
 

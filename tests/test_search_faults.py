@@ -88,6 +88,7 @@ def test_resume_after_kill_9_redoes_nothing_and_matches_an_uninterrupted_run(tmp
     at_kill = rows(run)
     done_at_kill = {row_key(r) for r in at_kill if r["status"] == "done" and r["duplicate_of"] is None}
     in_flight = {row_key(r) for r in at_kill if r["status"] == "running"}
+    assert done_at_kill, "killed before anything was done: the test would check nothing"
     assert len(in_flight) <= 1  # serial: one evaluation at a time
     assert any(r["status"] in ("pending", "running") for r in at_kill), "killed after the work was done"
     assert {r["generation"] for r in at_kill} == {0, 1}
