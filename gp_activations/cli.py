@@ -212,7 +212,7 @@ _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", 
                  "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
                  "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download",
                  "param_variants", "allow_linear", "task_aggregate", "fidelity", "eta",
-                 "surrogate", "lookup", "race_top", "race_min_seeds", "race_max_seeds")
+                 "surrogate", "lookup", "race_top", "race_min_seeds", "race_max_seeds", "race_epochs")
 
 
 def cmd_search(args) -> int:
@@ -554,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 3)")
     p.add_argument("--race-max-seeds", type=int, help="race: the most seeds per function "
                    "(default 10)")
+    p.add_argument("--race-epochs", type=float, help="race: epochs per training (default: the "
+                   "dataset's full schedule)")
     p.add_argument("--executor", choices=["serial", "process", "ray"],
                    help="where evaluations run (default serial)")
     p.add_argument("--workers", type=int, help="parallel evaluations (default 1)")

@@ -124,6 +124,8 @@ def tiny(argv: list[str], data_dir: Path, keep_executor: bool = False) -> list[s
             argv += ["--epochs", "0.05"]
         if not keep_executor:
             argv += ["--executor", "serial", "--workers", "1"]
+        if "--race" in argv:  # the race's full schedule, cut like the fitness's
+            argv += ["--race-epochs", "0.05", "--race-max-seeds", "3"]
         if uses_cifar:
             argv += ["--no-verify", "--device", "cpu"]
     elif command == "evaluate":
