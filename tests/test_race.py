@@ -97,3 +97,13 @@ def test_bad_race_settings_are_one_line_before_any_work(tmp_path, capsys, flags,
     out, err = capsys.readouterr()
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_finished_search_is_raced_later_by_resuming_it(raced, tmp_path):
+    straight, result = raced
+    plain = {k: v for k, v in RACE.items() if not k.startswith("race_")}
+    run_search(SearchConfig(**plain), out=tmp_path / "run", progress=False)
+    later = run_search(out=tmp_path / "run", resume=True, progress=False, race_top=3,
+                       race_min_seeds=3, race_max_seeds=6)
+    assert later.race == result.race  # the same search, the same race
+    assert _race_rows(tmp_path / "run") == _race_rows(straight)
