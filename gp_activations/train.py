@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import enum
-import inspect
 import math
 import time
 import traceback
@@ -30,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import adapt as adapt_mod
 from . import data as data_mod
 from . import fusion as fusion_mod
 from . import models as models_mod
@@ -321,13 +321,11 @@ def build_network(model, act_factory, ds: data_mod.Dataset) -> nn.Module:
         return models_mod.build_model(model, act_factory, num_classes=ds.num_classes,
                                       in_channels=in_channels)
     if callable(model):
-        params = inspect.signature(model).parameters
-        kwargs = {}
-        if "num_classes" in params:
-            kwargs["num_classes"] = ds.num_classes
         # A user's model may call act(), act(C) or act(num_channels=C), whatever the factory
-        # underneath accepts (nn.ReLU takes no channel count; an Activation's factory does).
-        return model(models_mod.as_site_factory(act_factory), **kwargs)
+        # underneath accepts (nn.ReLU takes no channel count; an Activation's factory does); a
+        # factory without an activation argument gets its activations replaced (adapt.py).
+        return adapt_mod.build_user_model(model, models_mod.as_site_factory(act_factory),
+                                          ds.num_classes)
     raise UserError(f"model must be a name ({', '.join(models_mod.model_names())}) or a callable")
 
 
@@ -348,14 +346,13 @@ def check_model(model, dataset, *, data_dir=None, verify=True, download=False) -
     if isinstance(model, str) and ":" in model:
         model = resolve_reference(model)
     net = build_network(model, nn.ReLU, ds)
-    try:
-        with torch.no_grad():
-            net.eval()(ds.x_train[:2])
-    except Exception as exc:  # noqa: BLE001 -- a shape mismatch, reported as bad input
+    # a shape mismatch or a head of the wrong width, as bad input saying what to change
+    problem = adapt_mod.check_fit(net, ds.x_train[:2], ds.num_classes, model)
+    if problem:
         label = model if isinstance(model, str) else getattr(model, "__name__", "the model")
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise UserError(f"model {label!r} does not fit dataset {name!r} (inputs of shape "
-                        f"{tuple(ds.input_shape)}): {first}") from None
+        who = "the model" if label == "<lambda>" else f"model {label!r}"
+        raise UserError(f"{who} does not fit dataset {name!r} (inputs of shape "
+                        f"{tuple(ds.input_shape)}): {problem}")
 
 
 def _activation_factory(activation, config: TrainConfig):
