@@ -339,7 +339,364 @@ def is_run_dir(path) -> bool:
     return (Path(path) / DB_NAME).is_file()
 
 
-class RunStore:
+class _CandidateRecords:
+    """RunStore's candidates: one row per function and placement of learnable scalars."""
+
+    # -- candidates ----------------------------------------------------------------------------
+    _FIELDS = ("function_id", "expression", "primitives", "params", "dedup_key", "function_key",
+               "status", "fitness", "generation", "parent_ids", "mutation", "origin",
+               "duplicate_of", "error", "created_at", "started_at", "finished_at", "metrics")
+
+    def add_candidate(self, **fields) -> int:
+        """Insert a candidate (inside the caller's transaction, if any); returns its id."""
+        fields.setdefault("created_at", time.time())
+        for key in ("params", "parent_ids"):
+            if not isinstance(fields.get(key, "[]"), str):
+                fields[key] = json.dumps(list(fields[key]))
+        if isinstance(fields.get("metrics"), dict):
+            fields["metrics"] = json.dumps(fields["metrics"])
+        unknown = set(fields) - set(self._FIELDS)
+        if unknown:  # pragma: no cover - programming error
+            raise KeyError(f"unknown candidate fields {unknown}")
+        cols = ", ".join(fields)
+        marks = ", ".join("?" for _ in fields)
+        cur = self.db.execute(f"INSERT INTO candidates ({cols}) VALUES ({marks})", tuple(fields.values()))
+        return cur.lastrowid
+
+    def update_candidate(self, cid: int, **fields) -> None:
+        if isinstance(fields.get("metrics"), dict):
+            fields["metrics"] = json.dumps(fields["metrics"])
+        sets = ", ".join(f"{k} = ?" for k in fields)
+        self.db.execute(f"UPDATE candidates SET {sets} WHERE id = ?", (*fields.values(), cid))
+
+    def mark_running(self, cid: int) -> None:
+        with self.db:
+            self.update_candidate(cid, status="running", started_at=time.time())
+
+    def record_result(self, cid: int, status: str, fitness, metrics: Optional[dict], error: str,
+                      started_at=None, finished_at=None) -> None:
+        """Store a finished evaluation and copy it onto the duplicates waiting for it (one commit)."""
+        with self.db:
+            self.update_candidate(cid, status=status, fitness=fitness, metrics=metrics,
+                                  error=error or None, finished_at=finished_at or time.time(),
+                                  **({"started_at": started_at} if started_at else {}))
+            self.db.execute("UPDATE candidates SET status = ?, fitness = ?, error = ?, "
+                            "finished_at = ? WHERE duplicate_of = ? AND status = 'pending'",
+                            (status, fitness, error or None, time.time(), cid))
+
+    def reset_in_flight(self) -> int:
+        """Evaluations that were running when the driver died are redone."""
+        with self.db:
+            cur = self.db.execute("UPDATE candidates SET status = 'pending', started_at = NULL "
+                                  "WHERE status = 'running'")
+        return cur.rowcount
+
+    def set_predicted(self, cid: int, value: Optional[float]) -> None:
+        """The surrogate's prediction for ``cid`` (inside the caller's transaction)."""
+        self.update_candidate(cid, predicted=value)
+
+    def candidate(self, cid: int) -> Optional[Candidate]:
+        row = self.db.execute("SELECT * FROM candidates WHERE id = ?", (cid,)).fetchone()
+        return Candidate.from_row(row) if row else None
+
+    def candidates(self, *, status: StatusArg = None, generation: Optional[int] = None,
+                   unique: bool = False, plain: Optional[bool] = None,
+                   trained: Optional[bool] = None) -> list[Candidate]:
+        """Candidates by id, filtered: ``status`` (one or several), ``generation``, ``unique``
+        (originals only, no duplicates), ``plain`` (functions, not their variants), ``trained``
+        (see :attr:`Candidate.trained`)."""
+        where, args = [], []
+        if status is not None:
+            wanted = [str(Status(status))] if isinstance(status, str) else [str(Status(s)) for s in status]
+            where.append(f"status IN ({', '.join('?' for _ in wanted)})")
+            args += wanted
+        if generation is not None:
+            where.append("generation = ?")
+            args.append(generation)
+        if unique or trained:
+            where.append("duplicate_of IS NULL")
+        if plain is not None:
+            where.append("id = function_id" if plain else "id != function_id")
+        if trained is not None:
+            clause = "(status IN ('done', 'failed') AND started_at IS NOT NULL)"
+            where.append(clause if trained else f"NOT {clause}")
+        sql = "SELECT * FROM candidates" + (f" WHERE {' AND '.join(where)}" if where else "")
+        return [Candidate.from_row(r) for r in self.db.execute(sql + " ORDER BY id", args)]
+
+    def pending(self, generation: Optional[int] = None) -> list[Candidate]:
+        return self.candidates(status=Status.PENDING, generation=generation, unique=True)
+
+    def trained_in_order(self) -> list[Candidate]:
+        """Every training that ran, in the order the results arrived."""
+        return sorted(self.candidates(trained=True), key=lambda c: (c.finished_at or 0, c.id))
+
+    def count_trainings(self) -> int:
+        """Trainings done or owed: every original candidate that was or will be evaluated
+        (:attr:`Candidate.trained`, or pending/running) -- not the rejected ones, nor those
+        whose screening failed: they never start."""
+        return self.db.execute("SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL "
+                               "AND (status IN ('pending', 'running') OR (status IN ('done', "
+                               "'failed') AND started_at IS NOT NULL))").fetchone()[0]
+
+    def count_finished(self) -> int:
+        """Trainings that ran to a result (:attr:`Candidate.trained`)."""
+        return self.db.execute("SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL AND "
+                               "status IN ('done', 'failed') AND started_at IS NOT NULL").fetchone()[0]
+
+    def best_fitness(self) -> Optional[float]:
+        return self.db.execute("SELECT MAX(fitness) FROM candidates WHERE status = 'done'").fetchone()[0]
+
+    def relu_fitness(self) -> Optional[float]:
+        """The fitness of plain ``relu(x)`` (the search's reference), if it was trained."""
+        row = self.db.execute("SELECT fitness FROM candidates WHERE expression = 'relu(x)' AND "
+                              "params = '[]' AND status = 'done' ORDER BY id LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def function_fitness(self, function_id: int, mode: str = "best"):
+        """(fitness, id of the variant that achieved it) of a function, or (None, None)."""
+        if mode == "plain":
+            row = self.db.execute("SELECT fitness, id FROM candidates WHERE id = ? AND status = 'done'",
+                                  (function_id,)).fetchone()
+        else:
+            row = self.db.execute("SELECT fitness, id FROM candidates WHERE function_id = ? AND "
+                                  "status = 'done' AND fitness IS NOT NULL ORDER BY fitness DESC, id "
+                                  "LIMIT 1", (function_id,)).fetchone()
+        return (row[0], row[1]) if row else (None, None)
+
+
+class _TrainingRuns:
+    """RunStore's trainings below a candidate: multi-task runs, halving's rungs, the race."""
+
+    # -- multi-task searches -------------------------------------------------------------------
+    def record_task_run(self, cid: int, task: int, name: str, status: str, accuracy, error: str,
+                        metrics: Optional[dict], started_at=None, finished_at=None) -> None:
+        """One task's training of a candidate (``cid = 0``: ReLU's reference), committed now."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO task_runs(candidate_id, task, name, status, accuracy, error, metrics, "
+                "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT"
+                "(candidate_id, task) DO UPDATE SET status = excluded.status, accuracy = "
+                "excluded.accuracy, error = excluded.error, metrics = excluded.metrics, "
+                "started_at = excluded.started_at, finished_at = excluded.finished_at",
+                (cid, task, name, str(status), accuracy, error or None,
+                 json.dumps(metrics) if metrics is not None else None, started_at,
+                 finished_at or time.time()))
+
+    def task_runs(self, cid: Optional[int] = None) -> dict:
+        """{task index: TaskRun} of the finished trainings of candidate ``cid`` (all of them,
+        as {(cid, task): TaskRun}, when ``cid`` is None)."""
+        if cid is None:
+            rows = self.db.execute("SELECT * FROM task_runs ORDER BY candidate_id, task")
+            return {(r["candidate_id"], r["task"]): TaskRun.from_row(r) for r in rows}
+        rows = self.db.execute("SELECT * FROM task_runs WHERE candidate_id = ? ORDER BY task",
+                               (cid,)).fetchall()
+        return {r["task"]: TaskRun.from_row(r) for r in rows}
+
+    # -- successive halving ----------------------------------------------------------------------
+    def record_rung_run(self, cid: int, rung: int, seed: int, status: str, accuracy, epochs,
+                        error: str, metrics: Optional[dict], started_at=None,
+                        finished_at=None) -> None:
+        """One training of successive halving, committed now (a redone one replaces it)."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO rung_runs(candidate_id, rung, seed, status, accuracy, epochs, error, "
+                "metrics, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON "
+                "CONFLICT(candidate_id, rung, seed) DO UPDATE SET status = excluded.status, "
+                "accuracy = excluded.accuracy, epochs = excluded.epochs, error = excluded.error, "
+                "metrics = excluded.metrics, started_at = excluded.started_at, "
+                "finished_at = excluded.finished_at",
+                (cid, rung, seed, str(status), accuracy, epochs, error or None,
+                 json.dumps(metrics) if metrics is not None else None, started_at,
+                 finished_at or time.time()))
+
+    def rung_runs(self, cid: Optional[int] = None) -> list[RungRun]:
+        """The halving trainings of ``cid`` (of every candidate when None), by rung and seed."""
+        if self._legacy:
+            return []  # a format-1 run read as it is: no halving table
+        if cid is None:
+            rows = self.db.execute("SELECT * FROM rung_runs ORDER BY candidate_id, rung, seed")
+        else:
+            rows = self.db.execute("SELECT * FROM rung_runs WHERE candidate_id = ? ORDER BY "
+                                   "rung, seed", (cid,))
+        return [RungRun.from_row(r) for r in rows]
+
+    # -- the final race ---------------------------------------------------------------------------
+    def record_race_run(self, entrant: int, seed: int, label: str, status, accuracy, error: str,
+                        metrics: Optional[dict], started_at=None, finished_at=None) -> None:
+        """One training of the final race, committed now (a redone one replaces it)."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR REPLACE INTO race_runs(entrant, seed, label, status, accuracy, error, "
+                "metrics, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (entrant, seed, label, str(status), accuracy, error or None,
+                 json.dumps(metrics) if metrics is not None else None, started_at,
+                 finished_at or time.time()))
+
+    def race_runs(self) -> list[RaceRun]:
+        """The final race's trainings, by entrant and seed (none in a run without a race)."""
+        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
+                               "name = 'race_runs'").fetchone():
+            return []  # a run made before races, opened read-only
+        return [RaceRun.from_row(r) for r in
+                self.db.execute("SELECT * FROM race_runs ORDER BY entrant, seed")]
+
+    def training_epochs(self) -> float:
+        """Epochs trained by halving's rungs so far (the cost measure of a halving search)."""
+        if self._legacy:
+            return 0.0
+        return self.db.execute("SELECT COALESCE(SUM(epochs), 0) FROM rung_runs").fetchone()[0]
+
+
+class _GenerationRecords:
+    """RunStore's generations, populations and summaries of the run."""
+
+    # -- generations and populations -------------------------------------------------------------
+    def generation_rows(self) -> list[Generation]:
+        return [Generation.from_row(r) for r in
+                self.db.execute("SELECT * FROM generations ORDER BY generation")]
+
+    def last_generation(self) -> Optional[Generation]:
+        row = self.db.execute("SELECT * FROM generations ORDER BY generation DESC LIMIT 1").fetchone()
+        return Generation.from_row(row) if row else None
+
+    def create_generation(self, generation: int, rng_state: str) -> None:
+        """Mark ``generation`` created (inside the caller's transaction, with its candidates)."""
+        self.db.execute("INSERT INTO generations(generation, state, rng_state, created_at) "
+                        "VALUES (?, 'created', ?, ?)", (generation, rng_state, time.time()))
+
+    def population(self, generation: Optional[int] = None) -> list[Survivor]:
+        """The survivors of ``generation`` (of every generation when None), ranked."""
+        if generation is None:
+            rows = self.db.execute("SELECT * FROM population ORDER BY generation, rank")
+        else:
+            rows = self.db.execute("SELECT * FROM population WHERE generation = ? ORDER BY rank",
+                                   (generation,))
+        return [Survivor(**dict(r)) for r in rows]
+
+    def finish_generation(self, generation: int, members: list[tuple[int, float]]) -> None:
+        with self.db:
+            self.db.execute("DELETE FROM population WHERE generation = ?", (generation,))
+            self.db.executemany("INSERT INTO population(generation, rank, function_id, fitness) "
+                                "VALUES (?, ?, ?, ?)",
+                                [(generation, r, fid, fit) for r, (fid, fit) in enumerate(members)])
+            self.db.execute("UPDATE generations SET state = 'done', finished_at = ? WHERE generation = ?",
+                            (time.time(), generation))
+
+    # -- summaries ---------------------------------------------------------------------------
+    def top_functions(self, k: Optional[int] = None, mode: str = "best") -> list[dict]:
+        """Functions ranked by fitness: the best variant of each (dedup'd by function)."""
+        rows = self.db.execute(
+            "SELECT c.function_id AS fid, MAX(c.fitness) AS fitness FROM candidates c "
+            "WHERE c.status = 'done' AND c.fitness IS NOT NULL AND c.duplicate_of IS NULL "
+            + ("AND c.id = c.function_id " if mode == "plain" else "")
+            + "GROUP BY c.function_id ORDER BY fitness DESC, fid").fetchall()
+        out = []
+        for row in rows[: k if k else None]:
+            fitness, best_id = self.function_fitness(row["fid"], mode)
+            out.append({"function_id": row["fid"], "fitness": fitness,
+                        "candidate": self.candidate(best_id)})
+        return out
+
+    def status_counts(self) -> dict:
+        rows = self.db.execute("SELECT status, COUNT(*) FROM candidates GROUP BY status").fetchall()
+        counts = {s: 0 for s in STATUSES}
+        counts.update({r[0]: r[1] for r in rows})
+        counts["duplicates"] = self.db.execute(
+            "SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NOT NULL").fetchone()[0]
+        return counts
+
+    def failure_reasons(self) -> list[tuple[str, int]]:
+        """(first line of the reason, count) of the failed and rejected originals, commonest first."""
+        reasons: dict = {}
+        for c in self.candidates(status=(Status.FAILED, Status.REJECTED), unique=True):
+            reason = (c.error or str(c.status)).strip().splitlines()[0][:160]
+            reasons[reason] = reasons.get(reason, 0) + 1
+        return sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+class _FinalTrainings:
+    """RunStore's final trainings (``gp-activations evaluate``)."""
+
+    # -- final evaluation ----------------------------------------------------------------------
+    def final_training(self, label: str, seed: int, protocol: str) -> Optional[FinalTraining]:
+        row = self.db.execute("SELECT * FROM final WHERE label = ? AND seed = ? AND protocol = ?",
+                              (label, seed, protocol)).fetchone()
+        return FinalTraining.from_row(row) if row else None
+
+    def final_trainings(self, protocol: Optional[str] = None, *, status: Optional[str] = None,
+                        seeds: Optional[int] = None, labels: Optional[list] = None) -> list[FinalTraining]:
+        """Final trainings (by label, seed), filtered by protocol, status, ``seed < seeds`` and label."""
+        where, args = [], []
+        for clause, value in (("protocol = ?", protocol), ("status = ?", status),
+                              ("seed < ?", seeds)):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        if labels is not None:
+            where.append(f"label IN ({', '.join('?' for _ in labels)})")
+            args += list(labels)
+        sql = "SELECT * FROM final" + (f" WHERE {' AND '.join(where)}" if where else "")
+        return [FinalTraining.from_row(r) for r in
+                self.db.execute(sql + " ORDER BY label, seed, id", args)]
+
+    def final_protocols_by_recency(self) -> list[str]:
+        """Protocols with a finished training, the latest finished first."""
+        return [r[0] for r in self.db.execute(
+            "SELECT protocol FROM final WHERE status = 'done' GROUP BY protocol "
+            "ORDER BY MAX(finished_at) DESC")]
+
+    def final_labels(self, protocol: str) -> list[str]:
+        """The labels of ``protocol`` in the order they were first scheduled."""
+        return [r[0] for r in self.db.execute(
+            "SELECT label FROM final WHERE protocol = ? GROUP BY label ORDER BY MIN(id)", (protocol,))]
+
+    def schedule_final(self, label: str, kind: str, expression: str, primitives: str,
+                       params, candidate_id, seeds: int, protocol: str) -> None:
+        """Make ``seeds`` trainings of ``label`` pending under ``protocol`` (one transaction);
+        those that finished before for the same function are kept, never redone.  Rows of
+        another function under the same label (``found #k`` moved on) are dropped, every seed."""
+        params_text = json.dumps(list(params))
+        with self.db:
+            self.db.execute("DELETE FROM final WHERE label = ? AND protocol = ? AND "
+                            "(expression != ? OR params != ?)",
+                            (label, protocol, expression, params_text))
+            for seed in range(seeds):
+                row = self.final_training(label, seed, protocol)
+                if row is not None and row.status in ("done", "failed"):
+                    continue  # finished before: never redone
+                if row is not None:  # in flight when interrupted
+                    self.db.execute("DELETE FROM final WHERE id = ?", (row.id,))
+                self.db.execute(
+                    "INSERT INTO final(label, kind, expression, primitives, params, candidate_id, "
+                    "seed, protocol, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
+                    (label, kind, expression, primitives, params_text, candidate_id, seed, protocol))
+
+    def start_final(self, final_id: int) -> None:
+        with self.db:
+            self.db.execute("UPDATE final SET status = 'running', accuracy = NULL, finished_at = "
+                            "NULL WHERE id = ?", (final_id,))
+
+    def finish_final(self, final_id: int, status: str, accuracy, metrics: dict) -> None:
+        with self.db:
+            self.db.execute("UPDATE final SET status = ?, accuracy = ?, metrics = ?, finished_at = ? "
+                            "WHERE id = ?", (status, accuracy, json.dumps(metrics), time.time(),
+                                             final_id))
+
+    def add_final(self, record: FinalTraining) -> None:
+        """Store a finished training made elsewhere (a transfer copying it back), if new."""
+        with self.db:
+            self.db.execute(
+                "INSERT OR IGNORE INTO final(label, kind, expression, primitives, params, "
+                "candidate_id, seed, protocol, status, accuracy, metrics, finished_at) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (record.label, record.kind, record.expression, record.primitives,
+                 json.dumps(list(record.params)), record.candidate_id, record.seed,
+                 record.protocol, record.status, record.accuracy,
+                 None if record.metrics is None else json.dumps(record.metrics),
+                 record.finished_at))
+
+
+class RunStore(_CandidateRecords, _TrainingRuns, _GenerationRecords, _FinalTrainings):
     """Access to one run's database.  Use :meth:`create` or :meth:`open`."""
 
     def __init__(self, run_dir: Path, connection: sqlite3.Connection):
@@ -490,347 +847,6 @@ class RunStore:
 
     def config(self) -> dict:
         return self.get_meta("config", {})
-
-    # -- candidates ----------------------------------------------------------------------------
-    _FIELDS = ("function_id", "expression", "primitives", "params", "dedup_key", "function_key",
-               "status", "fitness", "generation", "parent_ids", "mutation", "origin",
-               "duplicate_of", "error", "created_at", "started_at", "finished_at", "metrics")
-
-    def add_candidate(self, **fields) -> int:
-        """Insert a candidate (inside the caller's transaction, if any); returns its id."""
-        fields.setdefault("created_at", time.time())
-        for key in ("params", "parent_ids"):
-            if not isinstance(fields.get(key, "[]"), str):
-                fields[key] = json.dumps(list(fields[key]))
-        if isinstance(fields.get("metrics"), dict):
-            fields["metrics"] = json.dumps(fields["metrics"])
-        unknown = set(fields) - set(self._FIELDS)
-        if unknown:  # pragma: no cover - programming error
-            raise KeyError(f"unknown candidate fields {unknown}")
-        cols = ", ".join(fields)
-        marks = ", ".join("?" for _ in fields)
-        cur = self.db.execute(f"INSERT INTO candidates ({cols}) VALUES ({marks})", tuple(fields.values()))
-        return cur.lastrowid
-
-    def update_candidate(self, cid: int, **fields) -> None:
-        if isinstance(fields.get("metrics"), dict):
-            fields["metrics"] = json.dumps(fields["metrics"])
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        self.db.execute(f"UPDATE candidates SET {sets} WHERE id = ?", (*fields.values(), cid))
-
-    def mark_running(self, cid: int) -> None:
-        with self.db:
-            self.update_candidate(cid, status="running", started_at=time.time())
-
-    def record_result(self, cid: int, status: str, fitness, metrics: Optional[dict], error: str,
-                      started_at=None, finished_at=None) -> None:
-        """Store a finished evaluation and copy it onto the duplicates waiting for it (one commit)."""
-        with self.db:
-            self.update_candidate(cid, status=status, fitness=fitness, metrics=metrics,
-                                  error=error or None, finished_at=finished_at or time.time(),
-                                  **({"started_at": started_at} if started_at else {}))
-            self.db.execute("UPDATE candidates SET status = ?, fitness = ?, error = ?, "
-                            "finished_at = ? WHERE duplicate_of = ? AND status = 'pending'",
-                            (status, fitness, error or None, time.time(), cid))
-
-    def reset_in_flight(self) -> int:
-        """Evaluations that were running when the driver died are redone."""
-        with self.db:
-            cur = self.db.execute("UPDATE candidates SET status = 'pending', started_at = NULL "
-                                  "WHERE status = 'running'")
-        return cur.rowcount
-
-    def set_predicted(self, cid: int, value: Optional[float]) -> None:
-        """The surrogate's prediction for ``cid`` (inside the caller's transaction)."""
-        self.update_candidate(cid, predicted=value)
-
-    def candidate(self, cid: int) -> Optional[Candidate]:
-        row = self.db.execute("SELECT * FROM candidates WHERE id = ?", (cid,)).fetchone()
-        return Candidate.from_row(row) if row else None
-
-    def candidates(self, *, status: StatusArg = None, generation: Optional[int] = None,
-                   unique: bool = False, plain: Optional[bool] = None,
-                   trained: Optional[bool] = None) -> list[Candidate]:
-        """Candidates by id, filtered: ``status`` (one or several), ``generation``, ``unique``
-        (originals only, no duplicates), ``plain`` (functions, not their variants), ``trained``
-        (see :attr:`Candidate.trained`)."""
-        where, args = [], []
-        if status is not None:
-            wanted = [str(Status(status))] if isinstance(status, str) else [str(Status(s)) for s in status]
-            where.append(f"status IN ({', '.join('?' for _ in wanted)})")
-            args += wanted
-        if generation is not None:
-            where.append("generation = ?")
-            args.append(generation)
-        if unique or trained:
-            where.append("duplicate_of IS NULL")
-        if plain is not None:
-            where.append("id = function_id" if plain else "id != function_id")
-        if trained is not None:
-            clause = "(status IN ('done', 'failed') AND started_at IS NOT NULL)"
-            where.append(clause if trained else f"NOT {clause}")
-        sql = "SELECT * FROM candidates" + (f" WHERE {' AND '.join(where)}" if where else "")
-        return [Candidate.from_row(r) for r in self.db.execute(sql + " ORDER BY id", args)]
-
-    def pending(self, generation: Optional[int] = None) -> list[Candidate]:
-        return self.candidates(status=Status.PENDING, generation=generation, unique=True)
-
-    def trained_in_order(self) -> list[Candidate]:
-        """Every training that ran, in the order the results arrived."""
-        return sorted(self.candidates(trained=True), key=lambda c: (c.finished_at or 0, c.id))
-
-    def count_trainings(self) -> int:
-        """Trainings done or owed: every original candidate that was or will be evaluated
-        (:attr:`Candidate.trained`, or pending/running) -- not the rejected ones, nor those
-        whose screening failed: they never start."""
-        return self.db.execute("SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL "
-                               "AND (status IN ('pending', 'running') OR (status IN ('done', "
-                               "'failed') AND started_at IS NOT NULL))").fetchone()[0]
-
-    def count_finished(self) -> int:
-        """Trainings that ran to a result (:attr:`Candidate.trained`)."""
-        return self.db.execute("SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NULL AND "
-                               "status IN ('done', 'failed') AND started_at IS NOT NULL").fetchone()[0]
-
-    def best_fitness(self) -> Optional[float]:
-        return self.db.execute("SELECT MAX(fitness) FROM candidates WHERE status = 'done'").fetchone()[0]
-
-    def relu_fitness(self) -> Optional[float]:
-        """The fitness of plain ``relu(x)`` (the search's reference), if it was trained."""
-        row = self.db.execute("SELECT fitness FROM candidates WHERE expression = 'relu(x)' AND "
-                              "params = '[]' AND status = 'done' ORDER BY id LIMIT 1").fetchone()
-        return row[0] if row else None
-
-    def function_fitness(self, function_id: int, mode: str = "best"):
-        """(fitness, id of the variant that achieved it) of a function, or (None, None)."""
-        if mode == "plain":
-            row = self.db.execute("SELECT fitness, id FROM candidates WHERE id = ? AND status = 'done'",
-                                  (function_id,)).fetchone()
-        else:
-            row = self.db.execute("SELECT fitness, id FROM candidates WHERE function_id = ? AND "
-                                  "status = 'done' AND fitness IS NOT NULL ORDER BY fitness DESC, id "
-                                  "LIMIT 1", (function_id,)).fetchone()
-        return (row[0], row[1]) if row else (None, None)
-
-    # -- multi-task searches -------------------------------------------------------------------
-    def record_task_run(self, cid: int, task: int, name: str, status: str, accuracy, error: str,
-                        metrics: Optional[dict], started_at=None, finished_at=None) -> None:
-        """One task's training of a candidate (``cid = 0``: ReLU's reference), committed now."""
-        with self.db:
-            self.db.execute(
-                "INSERT INTO task_runs(candidate_id, task, name, status, accuracy, error, metrics, "
-                "started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT"
-                "(candidate_id, task) DO UPDATE SET status = excluded.status, accuracy = "
-                "excluded.accuracy, error = excluded.error, metrics = excluded.metrics, "
-                "started_at = excluded.started_at, finished_at = excluded.finished_at",
-                (cid, task, name, str(status), accuracy, error or None,
-                 json.dumps(metrics) if metrics is not None else None, started_at,
-                 finished_at or time.time()))
-
-    def task_runs(self, cid: Optional[int] = None) -> dict:
-        """{task index: TaskRun} of the finished trainings of candidate ``cid`` (all of them,
-        as {(cid, task): TaskRun}, when ``cid`` is None)."""
-        if cid is None:
-            rows = self.db.execute("SELECT * FROM task_runs ORDER BY candidate_id, task")
-            return {(r["candidate_id"], r["task"]): TaskRun.from_row(r) for r in rows}
-        rows = self.db.execute("SELECT * FROM task_runs WHERE candidate_id = ? ORDER BY task",
-                               (cid,)).fetchall()
-        return {r["task"]: TaskRun.from_row(r) for r in rows}
-
-    # -- successive halving ----------------------------------------------------------------------
-    def record_rung_run(self, cid: int, rung: int, seed: int, status: str, accuracy, epochs,
-                        error: str, metrics: Optional[dict], started_at=None,
-                        finished_at=None) -> None:
-        """One training of successive halving, committed now (a redone one replaces it)."""
-        with self.db:
-            self.db.execute(
-                "INSERT INTO rung_runs(candidate_id, rung, seed, status, accuracy, epochs, error, "
-                "metrics, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON "
-                "CONFLICT(candidate_id, rung, seed) DO UPDATE SET status = excluded.status, "
-                "accuracy = excluded.accuracy, epochs = excluded.epochs, error = excluded.error, "
-                "metrics = excluded.metrics, started_at = excluded.started_at, "
-                "finished_at = excluded.finished_at",
-                (cid, rung, seed, str(status), accuracy, epochs, error or None,
-                 json.dumps(metrics) if metrics is not None else None, started_at,
-                 finished_at or time.time()))
-
-    def rung_runs(self, cid: Optional[int] = None) -> list[RungRun]:
-        """The halving trainings of ``cid`` (of every candidate when None), by rung and seed."""
-        if self._legacy:
-            return []  # a format-1 run read as it is: no halving table
-        if cid is None:
-            rows = self.db.execute("SELECT * FROM rung_runs ORDER BY candidate_id, rung, seed")
-        else:
-            rows = self.db.execute("SELECT * FROM rung_runs WHERE candidate_id = ? ORDER BY "
-                                   "rung, seed", (cid,))
-        return [RungRun.from_row(r) for r in rows]
-
-    # -- the final race ---------------------------------------------------------------------------
-    def record_race_run(self, entrant: int, seed: int, label: str, status, accuracy, error: str,
-                        metrics: Optional[dict], started_at=None, finished_at=None) -> None:
-        """One training of the final race, committed now (a redone one replaces it)."""
-        with self.db:
-            self.db.execute(
-                "INSERT OR REPLACE INTO race_runs(entrant, seed, label, status, accuracy, error, "
-                "metrics, started_at, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (entrant, seed, label, str(status), accuracy, error or None,
-                 json.dumps(metrics) if metrics is not None else None, started_at,
-                 finished_at or time.time()))
-
-    def race_runs(self) -> list[RaceRun]:
-        """The final race's trainings, by entrant and seed (none in a run without a race)."""
-        if not self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND "
-                               "name = 'race_runs'").fetchone():
-            return []  # a run made before races, opened read-only
-        return [RaceRun.from_row(r) for r in
-                self.db.execute("SELECT * FROM race_runs ORDER BY entrant, seed")]
-
-    def training_epochs(self) -> float:
-        """Epochs trained by halving's rungs so far (the cost measure of a halving search)."""
-        if self._legacy:
-            return 0.0
-        return self.db.execute("SELECT COALESCE(SUM(epochs), 0) FROM rung_runs").fetchone()[0]
-
-    # -- generations and populations -------------------------------------------------------------
-    def generation_rows(self) -> list[Generation]:
-        return [Generation.from_row(r) for r in
-                self.db.execute("SELECT * FROM generations ORDER BY generation")]
-
-    def last_generation(self) -> Optional[Generation]:
-        row = self.db.execute("SELECT * FROM generations ORDER BY generation DESC LIMIT 1").fetchone()
-        return Generation.from_row(row) if row else None
-
-    def create_generation(self, generation: int, rng_state: str) -> None:
-        """Mark ``generation`` created (inside the caller's transaction, with its candidates)."""
-        self.db.execute("INSERT INTO generations(generation, state, rng_state, created_at) "
-                        "VALUES (?, 'created', ?, ?)", (generation, rng_state, time.time()))
-
-    def population(self, generation: Optional[int] = None) -> list[Survivor]:
-        """The survivors of ``generation`` (of every generation when None), ranked."""
-        if generation is None:
-            rows = self.db.execute("SELECT * FROM population ORDER BY generation, rank")
-        else:
-            rows = self.db.execute("SELECT * FROM population WHERE generation = ? ORDER BY rank",
-                                   (generation,))
-        return [Survivor(**dict(r)) for r in rows]
-
-    def finish_generation(self, generation: int, members: list[tuple[int, float]]) -> None:
-        with self.db:
-            self.db.execute("DELETE FROM population WHERE generation = ?", (generation,))
-            self.db.executemany("INSERT INTO population(generation, rank, function_id, fitness) "
-                                "VALUES (?, ?, ?, ?)",
-                                [(generation, r, fid, fit) for r, (fid, fit) in enumerate(members)])
-            self.db.execute("UPDATE generations SET state = 'done', finished_at = ? WHERE generation = ?",
-                            (time.time(), generation))
-
-    # -- summaries ---------------------------------------------------------------------------
-    def top_functions(self, k: Optional[int] = None, mode: str = "best") -> list[dict]:
-        """Functions ranked by fitness: the best variant of each (dedup'd by function)."""
-        rows = self.db.execute(
-            "SELECT c.function_id AS fid, MAX(c.fitness) AS fitness FROM candidates c "
-            "WHERE c.status = 'done' AND c.fitness IS NOT NULL AND c.duplicate_of IS NULL "
-            + ("AND c.id = c.function_id " if mode == "plain" else "")
-            + "GROUP BY c.function_id ORDER BY fitness DESC, fid").fetchall()
-        out = []
-        for row in rows[: k if k else None]:
-            fitness, best_id = self.function_fitness(row["fid"], mode)
-            out.append({"function_id": row["fid"], "fitness": fitness,
-                        "candidate": self.candidate(best_id)})
-        return out
-
-    def status_counts(self) -> dict:
-        rows = self.db.execute("SELECT status, COUNT(*) FROM candidates GROUP BY status").fetchall()
-        counts = {s: 0 for s in STATUSES}
-        counts.update({r[0]: r[1] for r in rows})
-        counts["duplicates"] = self.db.execute(
-            "SELECT COUNT(*) FROM candidates WHERE duplicate_of IS NOT NULL").fetchone()[0]
-        return counts
-
-    def failure_reasons(self) -> list[tuple[str, int]]:
-        """(first line of the reason, count) of the failed and rejected originals, commonest first."""
-        reasons: dict = {}
-        for c in self.candidates(status=(Status.FAILED, Status.REJECTED), unique=True):
-            reason = (c.error or str(c.status)).strip().splitlines()[0][:160]
-            reasons[reason] = reasons.get(reason, 0) + 1
-        return sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0]))
-
-    # -- final evaluation ----------------------------------------------------------------------
-    def final_training(self, label: str, seed: int, protocol: str) -> Optional[FinalTraining]:
-        row = self.db.execute("SELECT * FROM final WHERE label = ? AND seed = ? AND protocol = ?",
-                              (label, seed, protocol)).fetchone()
-        return FinalTraining.from_row(row) if row else None
-
-    def final_trainings(self, protocol: Optional[str] = None, *, status: Optional[str] = None,
-                        seeds: Optional[int] = None, labels: Optional[list] = None) -> list[FinalTraining]:
-        """Final trainings (by label, seed), filtered by protocol, status, ``seed < seeds`` and label."""
-        where, args = [], []
-        for clause, value in (("protocol = ?", protocol), ("status = ?", status),
-                              ("seed < ?", seeds)):
-            if value is not None:
-                where.append(clause)
-                args.append(value)
-        if labels is not None:
-            where.append(f"label IN ({', '.join('?' for _ in labels)})")
-            args += list(labels)
-        sql = "SELECT * FROM final" + (f" WHERE {' AND '.join(where)}" if where else "")
-        return [FinalTraining.from_row(r) for r in
-                self.db.execute(sql + " ORDER BY label, seed, id", args)]
-
-    def final_protocols_by_recency(self) -> list[str]:
-        """Protocols with a finished training, the latest finished first."""
-        return [r[0] for r in self.db.execute(
-            "SELECT protocol FROM final WHERE status = 'done' GROUP BY protocol "
-            "ORDER BY MAX(finished_at) DESC")]
-
-    def final_labels(self, protocol: str) -> list[str]:
-        """The labels of ``protocol`` in the order they were first scheduled."""
-        return [r[0] for r in self.db.execute(
-            "SELECT label FROM final WHERE protocol = ? GROUP BY label ORDER BY MIN(id)", (protocol,))]
-
-    def schedule_final(self, label: str, kind: str, expression: str, primitives: str,
-                       params, candidate_id, seeds: int, protocol: str) -> None:
-        """Make ``seeds`` trainings of ``label`` pending under ``protocol`` (one transaction);
-        those that finished before for the same function are kept, never redone.  Rows of
-        another function under the same label (``found #k`` moved on) are dropped, every seed."""
-        params_text = json.dumps(list(params))
-        with self.db:
-            self.db.execute("DELETE FROM final WHERE label = ? AND protocol = ? AND "
-                            "(expression != ? OR params != ?)",
-                            (label, protocol, expression, params_text))
-            for seed in range(seeds):
-                row = self.final_training(label, seed, protocol)
-                if row is not None and row.status in ("done", "failed"):
-                    continue  # finished before: never redone
-                if row is not None:  # in flight when interrupted
-                    self.db.execute("DELETE FROM final WHERE id = ?", (row.id,))
-                self.db.execute(
-                    "INSERT INTO final(label, kind, expression, primitives, params, candidate_id, "
-                    "seed, protocol, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending')",
-                    (label, kind, expression, primitives, params_text, candidate_id, seed, protocol))
-
-    def start_final(self, final_id: int) -> None:
-        with self.db:
-            self.db.execute("UPDATE final SET status = 'running', accuracy = NULL, finished_at = "
-                            "NULL WHERE id = ?", (final_id,))
-
-    def finish_final(self, final_id: int, status: str, accuracy, metrics: dict) -> None:
-        with self.db:
-            self.db.execute("UPDATE final SET status = ?, accuracy = ?, metrics = ?, finished_at = ? "
-                            "WHERE id = ?", (status, accuracy, json.dumps(metrics), time.time(),
-                                             final_id))
-
-    def add_final(self, record: FinalTraining) -> None:
-        """Store a finished training made elsewhere (a transfer copying it back), if new."""
-        with self.db:
-            self.db.execute(
-                "INSERT OR IGNORE INTO final(label, kind, expression, primitives, params, "
-                "candidate_id, seed, protocol, status, accuracy, metrics, finished_at) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (record.label, record.kind, record.expression, record.primitives,
-                 json.dumps(list(record.params)), record.candidate_id, record.seed,
-                 record.protocol, record.status, record.accuracy,
-                 None if record.metrics is None else json.dumps(record.metrics),
-                 record.finished_at))
 
 
 # ---------------------------------------------------------------------------------------------
