@@ -163,7 +163,7 @@ def _input_fix(name: str, layer: nn.Module, sample: tuple) -> Optional[str]:
     return None
 
 
-def _output_fix(out, num_classes: int, batch: int, takes_nc: Optional[bool]) -> Optional[str]:
+def _output_fix(out, num_classes: int, batch: int, signature) -> Optional[str]:
     """What to change when ``out`` is not ``(batch, num_classes)`` logits (None when it is)."""
     if not isinstance(out, torch.Tensor):
         logits = getattr(out, "logits", None)
@@ -177,6 +177,7 @@ def _output_fix(out, num_classes: int, batch: int, takes_nc: Optional[bool]) -> 
                 f"flatten before its last layer)")
     if out.shape[1] != num_classes:
         width = out.shape[1]
+        takes_act, takes_nc = signature or (None, None)
         if takes_nc:
             return (f"the model outputs {width} logits but the data has {num_classes} classes, "
                     f"although the factory takes num_classes={num_classes}: pass it on to the "
@@ -184,8 +185,9 @@ def _output_fix(out, num_classes: int, batch: int, takes_nc: Optional[bool]) -> 
         return (f"the model outputs {width} logits but the data has {num_classes} classes: "
                 f"build it with num_classes={num_classes} (timm: create_model(..., "
                 f"num_classes={num_classes}); torchvision: resnet18(num_classes={num_classes}))"
-                + (" or let the factory take num_classes (model=lambda act, num_classes: ...)"
-                   if takes_nc is False else ""))
+                + (f" or let the factory take num_classes (model=lambda "
+                    f"{'act, ' if takes_act else ''}num_classes: ...)" if takes_nc is False
+                    else ""))
     return None
 
 
@@ -199,5 +201,5 @@ def check_fit(net: nn.Module, x: torch.Tensor, num_classes: int, model=None) -> 
         if fix is None:
             fix = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return fix
-    takes_nc = factory_signature(model)[1] if callable(model) else None
-    return _output_fix(out, num_classes, len(x), takes_nc)
+    signature = factory_signature(model) if callable(model) else None
+    return _output_fix(out, num_classes, len(x), signature)
