@@ -32,8 +32,203 @@ from ..train import TrainConfig
 from .evolution import MUTATIONS, SHAPES
 
 
+class _ConfigChecks:
+    """SearchConfig's validation: every check that can reject a config, one line each (the
+    fields live on :class:`SearchConfig`)."""
+
+    def validate(self) -> None:
+        from .strategies import check_strategy_name
+
+        check_strategy_name(self.strategy)
+        choices = {"selection": ("softmax", "tournament"), "fidelity": ("full", "halving"),
+                   "variant_fitness": ("best", "plain"), "executor": ("serial", "process", "ray"),
+                   "task_aggregate": ("mean", "min")}
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise UserError(f"config: {key!r} must be one of {', '.join(allowed)}, "
+                                f"got {getattr(self, key)!r}{did_you_mean(getattr(self, key), allowed)}")
+        if not (isinstance(self.fused, bool) or self.fused == "auto"):
+            raise UserError(f"config: 'fused' must be true, false or \"auto\", got {self.fused!r}")
+        positive = ("population", "workers", "threads", "max_height", "max_size",
+                    "tournament_size")
+        if self.generations is not None and self.generations < 1:
+            raise UserError(f"config: 'generations' must be >= 1, got {self.generations!r}")
+        if self.generations is None and self.budget is None:
+            raise UserError("config: without 'generations' a search needs a 'budget' (else it "
+                            "never ends); give one of them")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise UserError(f"config: {key!r} must be >= 1, got {getattr(self, key)!r}")
+        for key in ("offspring", "budget"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"config: {key!r} must be >= 1, got {value!r}")
+        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
+            raise UserError(f"config: 'epochs' must be a positive, finite number, got {self.epochs!r}")
+        if not self.temperature > 0:
+            raise UserError(f"config: 'temperature' must be positive, got {self.temperature!r}")
+        if not 0 <= self.crossover <= 1:
+            raise UserError(f"config: 'crossover' must be in [0, 1], got {self.crossover!r}")
+        if self.elitism < 0 or self.param_variants < 0 or self.max_params < 1:
+            raise UserError("config: 'elitism' and 'param_variants' must be >= 0, 'max_params' >= 1")
+        if not self.init_shapes or any(sh not in SHAPES for sh in self.init_shapes):
+            bad = next((sh for sh in self.init_shapes if sh not in SHAPES), None)
+            raise UserError(f"config: 'init_shapes' must be a non-empty list of {', '.join(SHAPES)}"
+                            + (f"; got {bad!r}" if bad else ""))
+        for name, weight in self.mutation_weights.items():
+            if name not in MUTATIONS:
+                raise UserError(f"config: unknown mutation {name!r} in 'mutation_weights'"
+                                f"{did_you_mean(name, MUTATIONS)} "
+                                f"(known: {', '.join(MUTATIONS)})")
+            if not isinstance(weight, (int, float)) or weight < 0:
+                raise UserError(f"config: mutation_weights.{name} must be a number >= 0")
+        if self.mutation_weights and not any(
+                self.mutation_weights.get(m, 1.0 if m != "subtree" else 0.0) > 0 for m in MUTATIONS):
+            raise UserError("config: every mutation weight is 0; at least one must be positive")
+        self._validate_tasks()
+        self.train_config()  # validates the [train] table
+        self._validate_evaluate()
+        self._validate_fidelity()
+        self._validate_surrogate()
+        self._validate_race()
+
+    def _validate_fidelity(self) -> None:
+        if self.rungs and self.fidelity != "halving":
+            raise UserError("config: 'rungs' are for fidelity = \"halving\"; set it or remove them")
+        if self.fidelity != "halving":
+            return
+        if not (math.isfinite(self.eta) and self.eta > 1):
+            raise UserError(f"config: 'eta' must be a number > 1 (the share promoted per rung "
+                            f"is 1/eta), got {self.eta!r}")
+        if self.tasks is not None or self.fitness is not None:
+            raise UserError("config: fidelity = \"halving\" needs the trainer's epochs: it does "
+                            "not combine with 'tasks' or a 'fitness' function")
+        self.rung_list()
+
+    def _validate_surrogate(self) -> None:
+        from .surrogate import SURROGATES
+
+        if self.surrogate is not None and self.surrogate not in SURROGATES:
+            raise UserError(f"config: 'surrogate' must be one of {', '.join(SURROGATES)}, got "
+                            f"{self.surrogate!r}{did_you_mean(self.surrogate, SURROGATES)}")
+        if not (math.isfinite(self.surrogate_pool) and self.surrogate_pool >= 1):
+            raise UserError(f"config: 'surrogate_pool' must be >= 1, got {self.surrogate_pool!r}")
+        if not 0 <= self.surrogate_explore <= 1:
+            raise UserError(f"config: 'surrogate_explore' must be in [0, 1], got "
+                            f"{self.surrogate_explore!r}")
+        if self.surrogate_min < 2:
+            raise UserError(f"config: 'surrogate_min' must be >= 2, got {self.surrogate_min!r}")
+        if self.lookup is not None:
+            from ..tabular import load_table
+
+            if self.tasks is not None or self.fitness is not None or self.data is not None:
+                raise UserError("config: 'lookup' reads one table's fitness: it does not "
+                                "combine with 'tasks', 'fitness' or 'data'")
+            if self.param_variants:
+                raise UserError("config: a lookup table holds plain functions only; set "
+                                "param_variants = 0 (--param-variants 0)")
+            table = load_table(self.lookup)  # missing or malformed: one line, now
+            table.check_task(self.dataset, self.model)
+            budgets = ([(r["epochs"], s) for r in self.rung_list() for s in range(r["seeds"])]
+                       if self.fidelity == "halving" else [(self.train_config().epochs, 0)])
+            for epochs, seed in budgets:  # every training the search will ask the table for
+                table.column(epochs, self.fitness_seed + seed)
+
+    def _validate_tasks(self) -> None:
+        if self.tasks is None:
+            return
+        if not self.tasks:
+            raise UserError("config: 'tasks' is empty; list at least one {dataset, model} table "
+                            "(or leave 'tasks' out for a single-task search)")
+        for key in ("model", "data", "fitness"):
+            if getattr(self, key) is not None:
+                raise UserError(f"config: give each task's model in its 'tasks' entry, not a "
+                                f"top-level {key!r} (a multi-task search uses registered datasets "
+                                f"and models)")
+        known = {"dataset": str, "model": str, "weight": (int, float), "epochs": (int, float),
+                 "train": dict}
+        seen = set()
+        for i, entry in enumerate(self.tasks):
+            where = f"config: tasks[{i}]"
+            if not isinstance(entry, dict):
+                raise UserError(f"{where} must be a table like {{dataset = \"mnist1d\", model = "
+                                f"\"cnn1d\"}}, got {entry!r}")
+            _check_table(entry, known, f"{where}:", f"{where}: {{key!r}}")
+            if "dataset" not in entry:
+                raise UserError(f"{where} has no 'dataset' (e.g. dataset = \"mnist1d\")")
+            names = _dataset_names()
+            from ..data import get_dataset_info
+
+            try:
+                info = get_dataset_info(entry["dataset"])
+            except UserError:
+                raise UserError(f"{where}: unknown dataset {entry['dataset']!r}"
+                                f"{did_you_mean(entry['dataset'], names)} (known: "
+                                f"{', '.join(names)})") from None
+            from ..models import MODELS
+
+            model = entry.get("model", info.default_model)
+            if model not in MODELS:
+                raise UserError(f"{where}: unknown model {model!r}{did_you_mean(model, MODELS)} "
+                                f"(known: {', '.join(MODELS)})")
+            weight = entry.get("weight", 1.0)
+            if not (math.isfinite(weight) and weight > 0):
+                raise UserError(f"{where}: 'weight' must be a positive number, got {weight!r}")
+            epochs = entry.get("epochs", 1.0)
+            if not (math.isfinite(epochs) and epochs > 0):
+                raise UserError(f"{where}: 'epochs' must be a positive, finite number, got {epochs!r}")
+            if (info.name, model) in seen:
+                raise UserError(f"{where}: {info.name}/{model} is listed twice")
+            seen.add((info.name, model))
+        if self.task_aggregate == "min" and any(e.get("weight", 1.0) != 1.0 for e in self.tasks):
+            raise UserError("config: task weights apply to task_aggregate = \"mean\" only; "
+                            "remove them or use the mean")
+        self.dataset = get_dataset_info(self.tasks[0]["dataset"]).name
+        self.task_list()  # validates each task's [train] table
+
+    def _validate_race(self) -> None:
+        if not self.race_top:
+            return
+        if self.race_top < 2:
+            raise UserError(f"config: race_top must be 0 (no race) or >= 2 (a race needs two "
+                            f"functions to compare), got {self.race_top}")
+        if self.race_min_seeds < 2 or self.race_max_seeds < self.race_min_seeds:
+            raise UserError(f"config: a race needs race_min_seeds >= 2 and race_max_seeds >= "
+                            f"race_min_seeds (its budget must hold the minimum seeds), got "
+                            f"{self.race_min_seeds} and {self.race_max_seeds}")
+        if not (0 < self.race_alpha < 1):
+            raise UserError(f"config: race_alpha must be in (0, 1), got {self.race_alpha!r}")
+        if self.race_epochs is not None and not (math.isfinite(self.race_epochs)
+                                                 and self.race_epochs > 0):
+            raise UserError(f"config: race_epochs must be a positive number, got "
+                            f"{self.race_epochs!r}")
+        from .. import zoo
+
+        for name in self.race_baselines:
+            if name not in zoo.names():
+                raise UserError(f"config: race_baselines: unknown zoo function {name!r}"
+                                f"{did_you_mean(name, zoo.names())}")
+        if self.lookup or self.tasks is not None:
+            raise UserError("config: the final race trains its functions: it does not run "
+                            "with 'lookup' or 'tasks' (set race_top = 0)")
+
+    def _validate_evaluate(self) -> None:
+        ev = self.evaluate
+        known = {"top": int, "seeds": int, "epochs": (int, float), "baselines": (list, str),
+                 "train": dict}
+        _check_table(ev, known, "config:", "config: [evaluate] {key!r}", " in [evaluate]")
+        if ev.get("top", 0) < 0 or ev.get("seeds", 1) < 1 or not (
+                math.isfinite(ev.get("epochs", 1)) and ev.get("epochs", 1) > 0):
+            raise UserError("config: [evaluate] needs top >= 0, seeds >= 1 and a finite epochs > 0")
+        fields = {f.name for f in dataclasses.fields(TrainConfig)}
+        unknown = set(ev.get("train", {})) - fields
+        if unknown:
+            key = sorted(unknown)[0]
+            raise UserError(f"config: unknown key {key!r} in [evaluate.train]{did_you_mean(key, fields)}")
+
+
 @dataclass
-class SearchConfig:
+class SearchConfig(_ConfigChecks):
     """Every knob of a search.  The defaults make a modest serial run on mnist1d / cnn1d;
     ``experiments/mnist1d.toml`` (what ``make run`` uses) tunes them for 2 CPU workers."""
 
@@ -125,75 +320,6 @@ class SearchConfig:
         self.validate()
 
     # -- validation ------------------------------------------------------------------------
-    def validate(self) -> None:
-        from .strategies import check_strategy_name
-
-        check_strategy_name(self.strategy)
-        choices = {"selection": ("softmax", "tournament"), "fidelity": ("full", "halving"),
-                   "variant_fitness": ("best", "plain"), "executor": ("serial", "process", "ray"),
-                   "task_aggregate": ("mean", "min")}
-        for key, allowed in choices.items():
-            if getattr(self, key) not in allowed:
-                raise UserError(f"config: {key!r} must be one of {', '.join(allowed)}, "
-                                f"got {getattr(self, key)!r}{did_you_mean(getattr(self, key), allowed)}")
-        if not (isinstance(self.fused, bool) or self.fused == "auto"):
-            raise UserError(f"config: 'fused' must be true, false or \"auto\", got {self.fused!r}")
-        positive = ("population", "workers", "threads", "max_height", "max_size",
-                    "tournament_size")
-        if self.generations is not None and self.generations < 1:
-            raise UserError(f"config: 'generations' must be >= 1, got {self.generations!r}")
-        if self.generations is None and self.budget is None:
-            raise UserError("config: without 'generations' a search needs a 'budget' (else it "
-                            "never ends); give one of them")
-        for key in positive:
-            if getattr(self, key) < 1:
-                raise UserError(f"config: {key!r} must be >= 1, got {getattr(self, key)!r}")
-        for key in ("offspring", "budget"):
-            value = getattr(self, key)
-            if value is not None and value < 1:
-                raise UserError(f"config: {key!r} must be >= 1, got {value!r}")
-        if self.epochs is not None and not (math.isfinite(self.epochs) and self.epochs > 0):
-            raise UserError(f"config: 'epochs' must be a positive, finite number, got {self.epochs!r}")
-        if not self.temperature > 0:
-            raise UserError(f"config: 'temperature' must be positive, got {self.temperature!r}")
-        if not 0 <= self.crossover <= 1:
-            raise UserError(f"config: 'crossover' must be in [0, 1], got {self.crossover!r}")
-        if self.elitism < 0 or self.param_variants < 0 or self.max_params < 1:
-            raise UserError("config: 'elitism' and 'param_variants' must be >= 0, 'max_params' >= 1")
-        if not self.init_shapes or any(sh not in SHAPES for sh in self.init_shapes):
-            bad = next((sh for sh in self.init_shapes if sh not in SHAPES), None)
-            raise UserError(f"config: 'init_shapes' must be a non-empty list of {', '.join(SHAPES)}"
-                            + (f"; got {bad!r}" if bad else ""))
-        for name, weight in self.mutation_weights.items():
-            if name not in MUTATIONS:
-                raise UserError(f"config: unknown mutation {name!r} in 'mutation_weights'"
-                                f"{did_you_mean(name, MUTATIONS)} "
-                                f"(known: {', '.join(MUTATIONS)})")
-            if not isinstance(weight, (int, float)) or weight < 0:
-                raise UserError(f"config: mutation_weights.{name} must be a number >= 0")
-        if self.mutation_weights and not any(
-                self.mutation_weights.get(m, 1.0 if m != "subtree" else 0.0) > 0 for m in MUTATIONS):
-            raise UserError("config: every mutation weight is 0; at least one must be positive")
-        self._validate_tasks()
-        self.train_config()  # validates the [train] table
-        self._validate_evaluate()
-        self._validate_fidelity()
-        self._validate_surrogate()
-        self._validate_race()
-
-    def _validate_fidelity(self) -> None:
-        if self.rungs and self.fidelity != "halving":
-            raise UserError("config: 'rungs' are for fidelity = \"halving\"; set it or remove them")
-        if self.fidelity != "halving":
-            return
-        if not (math.isfinite(self.eta) and self.eta > 1):
-            raise UserError(f"config: 'eta' must be a number > 1 (the share promoted per rung "
-                            f"is 1/eta), got {self.eta!r}")
-        if self.tasks is not None or self.fitness is not None:
-            raise UserError("config: fidelity = \"halving\" needs the trainer's epochs: it does "
-                            "not combine with 'tasks' or a 'fitness' function")
-        self.rung_list()
-
     def rung_list(self) -> list:
         """Halving's rungs as [{"epochs": float, "seeds": int}], cheapest first."""
         budget = self.train_config().epochs
@@ -220,87 +346,6 @@ class SearchConfig:
         if len(out) < 2:
             raise UserError("config: halving needs at least two rungs")
         return out
-
-    def _validate_surrogate(self) -> None:
-        from .surrogate import SURROGATES
-
-        if self.surrogate is not None and self.surrogate not in SURROGATES:
-            raise UserError(f"config: 'surrogate' must be one of {', '.join(SURROGATES)}, got "
-                            f"{self.surrogate!r}{did_you_mean(self.surrogate, SURROGATES)}")
-        if not (math.isfinite(self.surrogate_pool) and self.surrogate_pool >= 1):
-            raise UserError(f"config: 'surrogate_pool' must be >= 1, got {self.surrogate_pool!r}")
-        if not 0 <= self.surrogate_explore <= 1:
-            raise UserError(f"config: 'surrogate_explore' must be in [0, 1], got "
-                            f"{self.surrogate_explore!r}")
-        if self.surrogate_min < 2:
-            raise UserError(f"config: 'surrogate_min' must be >= 2, got {self.surrogate_min!r}")
-        if self.lookup is not None:
-            from ..tabular import load_table
-
-            if self.tasks is not None or self.fitness is not None or self.data is not None:
-                raise UserError("config: 'lookup' reads one table's fitness: it does not "
-                                "combine with 'tasks', 'fitness' or 'data'")
-            if self.param_variants:
-                raise UserError("config: a lookup table holds plain functions only; set "
-                                "param_variants = 0 (--param-variants 0)")
-            table = load_table(self.lookup)  # missing or malformed: one line, now
-            table.check_task(self.dataset, self.model)
-            budgets = ([(r["epochs"], s) for r in self.rung_list() for s in range(r["seeds"])]
-                       if self.fidelity == "halving" else [(self.train_config().epochs, 0)])
-            for epochs, seed in budgets:  # every training the search will ask the table for
-                table.column(epochs, self.fitness_seed + seed)
-
-    def _validate_tasks(self) -> None:
-        if self.tasks is None:
-            return
-        if not self.tasks:
-            raise UserError("config: 'tasks' is empty; list at least one {dataset, model} table "
-                            "(or leave 'tasks' out for a single-task search)")
-        for key in ("model", "data", "fitness"):
-            if getattr(self, key) is not None:
-                raise UserError(f"config: give each task's model in its 'tasks' entry, not a "
-                                f"top-level {key!r} (a multi-task search uses registered datasets "
-                                f"and models)")
-        known = {"dataset": str, "model": str, "weight": (int, float), "epochs": (int, float),
-                 "train": dict}
-        seen = set()
-        for i, entry in enumerate(self.tasks):
-            where = f"config: tasks[{i}]"
-            if not isinstance(entry, dict):
-                raise UserError(f"{where} must be a table like {{dataset = \"mnist1d\", model = "
-                                f"\"cnn1d\"}}, got {entry!r}")
-            _check_table(entry, known, f"{where}:", f"{where}: {{key!r}}")
-            if "dataset" not in entry:
-                raise UserError(f"{where} has no 'dataset' (e.g. dataset = \"mnist1d\")")
-            names = _dataset_names()
-            from ..data import get_dataset_info
-
-            try:
-                info = get_dataset_info(entry["dataset"])
-            except UserError:
-                raise UserError(f"{where}: unknown dataset {entry['dataset']!r}"
-                                f"{did_you_mean(entry['dataset'], names)} (known: "
-                                f"{', '.join(names)})") from None
-            from ..models import MODELS
-
-            model = entry.get("model", info.default_model)
-            if model not in MODELS:
-                raise UserError(f"{where}: unknown model {model!r}{did_you_mean(model, MODELS)} "
-                                f"(known: {', '.join(MODELS)})")
-            weight = entry.get("weight", 1.0)
-            if not (math.isfinite(weight) and weight > 0):
-                raise UserError(f"{where}: 'weight' must be a positive number, got {weight!r}")
-            epochs = entry.get("epochs", 1.0)
-            if not (math.isfinite(epochs) and epochs > 0):
-                raise UserError(f"{where}: 'epochs' must be a positive, finite number, got {epochs!r}")
-            if (info.name, model) in seen:
-                raise UserError(f"{where}: {info.name}/{model} is listed twice")
-            seen.add((info.name, model))
-        if self.task_aggregate == "min" and any(e.get("weight", 1.0) != 1.0 for e in self.tasks):
-            raise UserError("config: task weights apply to task_aggregate = \"mean\" only; "
-                            "remove them or use the mean")
-        self.dataset = get_dataset_info(self.tasks[0]["dataset"]).name
-        self.task_list()  # validates each task's [train] table
 
     def task_list(self) -> list:
         """The tasks of a multi-task search as dicts: name ("dataset/model"), dataset, model,
@@ -341,46 +386,6 @@ class SearchConfig:
     @property
     def multi_task(self) -> bool:
         return self.tasks is not None
-
-    def _validate_race(self) -> None:
-        if not self.race_top:
-            return
-        if self.race_top < 2:
-            raise UserError(f"config: race_top must be 0 (no race) or >= 2 (a race needs two "
-                            f"functions to compare), got {self.race_top}")
-        if self.race_min_seeds < 2 or self.race_max_seeds < self.race_min_seeds:
-            raise UserError(f"config: a race needs race_min_seeds >= 2 and race_max_seeds >= "
-                            f"race_min_seeds (its budget must hold the minimum seeds), got "
-                            f"{self.race_min_seeds} and {self.race_max_seeds}")
-        if not (0 < self.race_alpha < 1):
-            raise UserError(f"config: race_alpha must be in (0, 1), got {self.race_alpha!r}")
-        if self.race_epochs is not None and not (math.isfinite(self.race_epochs)
-                                                 and self.race_epochs > 0):
-            raise UserError(f"config: race_epochs must be a positive number, got "
-                            f"{self.race_epochs!r}")
-        from .. import zoo
-
-        for name in self.race_baselines:
-            if name not in zoo.names():
-                raise UserError(f"config: race_baselines: unknown zoo function {name!r}"
-                                f"{did_you_mean(name, zoo.names())}")
-        if self.lookup or self.tasks is not None:
-            raise UserError("config: the final race trains its functions: it does not run "
-                            "with 'lookup' or 'tasks' (set race_top = 0)")
-
-    def _validate_evaluate(self) -> None:
-        ev = self.evaluate
-        known = {"top": int, "seeds": int, "epochs": (int, float), "baselines": (list, str),
-                 "train": dict}
-        _check_table(ev, known, "config:", "config: [evaluate] {key!r}", " in [evaluate]")
-        if ev.get("top", 0) < 0 or ev.get("seeds", 1) < 1 or not (
-                math.isfinite(ev.get("epochs", 1)) and ev.get("epochs", 1) > 0):
-            raise UserError("config: [evaluate] needs top >= 0, seeds >= 1 and a finite epochs > 0")
-        fields = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = set(ev.get("train", {})) - fields
-        if unknown:
-            key = sorted(unknown)[0]
-            raise UserError(f"config: unknown key {key!r} in [evaluate.train]{did_you_mean(key, fields)}")
 
     @property
     def n_offspring(self) -> int:
