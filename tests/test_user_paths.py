@@ -388,7 +388,7 @@ LAYERS = [
     ("expressions", {"expression", "operators", "primitive_sets"}),
     ("compile", {"codegen", "fusion"}),
     ("functions", {"activation", "zoo", "search.screening"}),
-    ("nets", {"data", "models", "replace"}),
+    ("nets", {"data", "models", "replace", "adapt"}),
     ("fitness", {"train", "tabular"}),
     ("runtime", {"search.jobs", "search.worker", "search.executors", "search.store"}),
     ("search", {"search.config", "search.evolution", "search.strategies", "search.surrogate",
