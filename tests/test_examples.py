@@ -129,7 +129,9 @@ def tiny(argv: list[str], data_dir: Path, keep_executor: bool = False) -> list[s
         if uses_cifar:
             argv += ["--no-verify", "--device", "cpu"]
     elif command == "evaluate":
-        argv += ["--top", "1", "--seeds", "1", "--epochs", "0.05", "--baselines", "relu",
+        # a sequential evaluation needs two seeds at least (and its maximum cut to match)
+        seeds = ["--seeds", "2", "--max-seeds", "3"] if "--max-seeds" in argv else ["--seeds", "1"]
+        argv += ["--top", "1", *seeds, "--epochs", "0.05", "--baselines", "relu",
                  "--executor", "serial", "--workers", "1", "--no-progress"]
     elif command == "transfer":
         argv += ["--top", "1", "--seeds", "2", "--epochs", "0.05", "--baselines", "relu",
