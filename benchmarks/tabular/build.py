@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import platform
@@ -77,6 +78,12 @@ def processor() -> str:
     except OSError:
         pass
     return f"{model} / {torch.backends.cpu.get_cpu_capability()}"
+
+
+@functools.lru_cache(maxsize=None)
+def _functions() -> tuple:
+    """The space's functions (screened and deduplicated once per process)."""
+    return tuple(space.functions())
 
 
 def load_config(path=CONFIG):
@@ -170,7 +177,7 @@ def build(cfg, journal: Path, workers: int, noise: int, limit=None, order_seed: 
     from gp_activations.search.jobs import Job, JobKey, JobKind
 
     journal.parent.mkdir(parents=True, exist_ok=True)
-    functions = space.functions()
+    functions = _functions()
     done, _ = read_journal(journal)
     columns = column_specs(cfg)
     todo = [c for c in plan(functions, columns, noise, order_seed) if c not in done][:limit]
@@ -189,7 +196,10 @@ def build(cfg, journal: Path, workers: int, noise: int, limit=None, order_seed: 
     started = time.time()
     count = [0]
     signal.signal(signal.SIGTERM, _stop)  # kill PID stops as cleanly as Ctrl-C
+    torn = journal.exists() and journal.stat().st_size and not journal.read_bytes().endswith(b"\n")
     with open(journal, "a") as fh:
+        if torn:  # a line cut by kill -9: end it, so that the next line stands on its own
+            fh.write("\n")
         fh.write(json.dumps({"session": {
             "started_at": started, "machine": platform.platform(), "processor": processor(),
             "cpus": os.cpu_count(), "workers": workers, "threads": threads}}) + "\n")
@@ -234,7 +244,7 @@ def write_table(cfg, journal: Path, path: Path, noise: int, order_seed: int = 0,
     where nothing was trained yet) and its sidecar ``<table>.json``: what each column is (read by
     the ``lookup`` fitness), how it was built, and -- for an unfinished build -- ``partial`` with
     the counts of trained cells.  Returns the sidecar."""
-    functions = space.functions()
+    functions = _functions()
     done, sessions = read_journal(journal)
     specs = column_specs(cfg)
     names = list(specs)
