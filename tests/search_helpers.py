@@ -78,6 +78,14 @@ def faulty_fitness(act, seed):
 
 
 # -- shared by the test modules -----------------------------------------------------------------
+#: A search whose fitness is read from the shipped tabular benchmark (no training): its search
+#: space is exactly the table's functions.
+_TABULAR = Path(__file__).resolve().parents[1] / "benchmarks" / "tabular"
+LOOKUP = dict(dataset="mnist1d", model="cnn1d", primitives=str(_TABULAR / "primitives.py"),
+              lookup=str(_TABULAR / "mnist1d_cnn1d.csv"), max_height=2,
+              init_shapes=["u(u(x))", "b(u(x),u(x))"], init_zoo=False, population=8,
+              generations=2, param_variants=0, train={"epochs": 12}, seed=1)
+
 #: Cheap settings: no zoo, one variant, one thread.
 CHEAP = dict(population=4, generations=2, param_variants=1, init_zoo=False,
              threads=1)

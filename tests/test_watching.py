@@ -23,14 +23,8 @@ from gp_activations.progress import LineProgress
 from gp_activations.search import SearchConfig, run_search
 from gp_activations.search.monitor import make_monitor, status_text
 from gp_activations.search.store import RunStore
-from search_helpers import CHEAP, HELPERS
+from search_helpers import CHEAP, HELPERS, LOOKUP
 
-ROOT = Path(__file__).resolve().parents[1]
-LOOKUP = dict(dataset="mnist1d", model="cnn1d",
-              primitives=str(ROOT / "benchmarks" / "tabular" / "primitives.py"),
-              lookup=str(ROOT / "benchmarks" / "tabular" / "mnist1d_cnn1d.csv"), max_height=2,
-              init_shapes=["u(u(x))", "b(u(x),u(x))"], init_zoo=False, population=8,
-              generations=2, param_variants=0, train={"epochs": 12}, seed=1)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -151,8 +151,17 @@ class FinalTraining:
                       "status": Status(row["status"]), "metrics": _loads(row["metrics"], None)})
 
 
+class _TrainingRecord:
+    """A stored training below a candidate: its status typed, its metrics decoded."""
+
+    @classmethod
+    def from_row(cls, row: sqlite3.Row):
+        return cls(**{**dict(row), "status": JobStatus(row["status"]),
+                      "metrics": _loads(row["metrics"], None)})
+
+
 @dataclass(frozen=True)
-class TaskRun:
+class TaskRun(_TrainingRecord):
     """One task's training of a multi-task candidate (``candidate_id`` 0: ReLU's reference)."""
 
     candidate_id: int
@@ -165,14 +174,9 @@ class TaskRun:
     started_at: Optional[float]
     finished_at: Optional[float]
 
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "TaskRun":
-        return cls(**{**dict(row), "status": JobStatus(row["status"]),
-                      "metrics": _loads(row["metrics"], None)})
-
 
 @dataclass(frozen=True)
-class RungRun:
+class RungRun(_TrainingRecord):
     """One training of successive halving: a candidate's ``seed``-th seed on ``rung``."""
 
     candidate_id: int
@@ -186,14 +190,9 @@ class RungRun:
     started_at: Optional[float]
     finished_at: Optional[float]
 
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "RungRun":
-        return cls(**{**dict(row), "status": JobStatus(row["status"]),
-                      "metrics": _loads(row["metrics"], None)})
-
 
 @dataclass(frozen=True)
-class RaceRun:
+class RaceRun(_TrainingRecord):
     """One training of the final race: entrant ``entrant`` (its index) on its ``seed``-th seed."""
 
     entrant: int
@@ -205,11 +204,6 @@ class RaceRun:
     metrics: Optional[dict]
     started_at: Optional[float]
     finished_at: Optional[float]
-
-    @classmethod
-    def from_row(cls, row: sqlite3.Row) -> "RaceRun":
-        return cls(**{**dict(row), "status": JobStatus(row["status"]),
-                      "metrics": _loads(row["metrics"], None)})
 
 
 @dataclass(frozen=True)
