@@ -1,5 +1,5 @@
 """benchmarks/noise.py (issue 19): its pure helpers against hand-worked numbers, the variance
-model against a simulation, and a --quick smoke run (cnn1d on mnist1d, 1 epoch, tiny splits)
+model against a simulation, and a --quick smoke run (cnn1d on mnist1d_hard, 1 epoch, tiny splits)
 that checks the extra generated splits and that the kept network is train()'s."""
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def test_resolve_found_functions(noise):
 
 
 def test_quick_run(noise, tmp_path, capsys):
-    """cnn1d on mnist1d, 1 epoch, 2 seeds, tiny extra splits: the tables print, the JSON has
+    """cnn1d on mnist1d_hard, 1 epoch, 2 seeds, tiny extra splits: the tables print, the JSON has
     every number, the extra splits are the sizes asked for and share no row with the dataset
     (extra_splits raises otherwise), and the kept network scored train()'s val accuracy
     (train_and_score raises otherwise)."""
@@ -97,7 +97,7 @@ def test_quick_run(noise, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "Decomposition of the seed-to-seed std" in printed and "Spearman" in printed
     result = json.loads(out.read_text())
-    assert result["sizes"] == {"val": 1000, "test": 2000, "val_big": 300, "test_big": 500}
+    assert result["sizes"] == {"val": 1000, "test": 4000, "val_big": 300, "test_big": 500}
     assert result["generation"]["equal_to_original_rows"] == 0
     runs = [r for r in result["runs"] if r["status"] == "ok"]
     assert len(runs) == 5  # 2 functions x 2 seeds + 1 rank function x 1 seed
@@ -115,3 +115,72 @@ def test_bad_sizes_are_one_line_errors(noise, capsys):
         assert "must be a positive integer" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         noise.main(["--val-size", "abc"])
+
+
+# ---------------------------------------------------------------------------------------------
+# mnist1d_hard's opt-in larger splits (gp_activations.data, issue 19 item 2)
+# ---------------------------------------------------------------------------------------------
+def _rows(x) -> set:
+    return {r.tobytes() for r in x.reshape(len(x), -1).numpy()}
+
+
+def test_larger_mnist1d_hard_splits():
+    import torch
+
+    from gp_activations import data as D
+
+    base = D.load_dataset("mnist1d_hard")
+    assert (len(base.y_train), len(base.y_val), len(base.y_test)) == (7000, 1000, 4000)
+    big = D.load_dataset("mnist1d_hard", val_size=1500, test_size=4600)
+    assert (len(big.y_train), len(big.y_val), len(big.y_test)) == (7000, 1500, 4600)
+    # the training set is the same; the dataset's own samples come first
+    assert torch.equal(big.x_train, base.x_train) and torch.equal(big.y_train, base.y_train)
+    assert torch.equal(big.x_val[:1000], base.x_val) and torch.equal(big.x_test[:4000], base.x_test)
+    assert "600 generated" in big.test_source
+    extra_val, extra_test = _rows(big.x_val[1000:]), _rows(big.x_test[4000:])
+    assert len(extra_val) == 500 and len(extra_test) == 600  # no repeated rows
+    original = _rows(base.x_train) | _rows(base.x_val) | _rows(base.x_test)
+    assert not (extra_val & original) and not (extra_test & original)
+    assert not extra_val & extra_test
+    for y in (big.y_val, big.y_test):
+        assert y.dtype == torch.int64 and int(y.min()) >= 0 and int(y.max()) <= 9
+    # same distribution: standardised with the original's constants, like the dataset
+    assert abs(float(big.x_test[4000:].mean())) < 0.1
+    assert abs(float(big.x_test[4000:].std()) - float(base.x_test.std())) < 0.1
+    # the test split does not depend on the seed; a smaller size is a prefix
+    assert torch.equal(D.load_dataset("mnist1d_hard", seed=1, test_size=4600).x_test, big.x_test)
+    assert torch.equal(D.load_dataset("mnist1d_hard", val_size=300).x_val, base.x_val[:300])
+
+
+def test_larger_splits_are_cached_on_disk():
+    from gp_activations import data as D
+
+    D.load_dataset("mnist1d_hard", test_size=4600)
+    files = list(D.default_data_dir().glob("mnist1d-extra-test-600-*.npz"))
+    assert files, "the generated samples are cached in the data directory"
+    first = D._mnist1d_hard_extra("test", 600)
+    D._mnist1d_hard_extra.cache_clear()
+    again = D._mnist1d_hard_extra("test", 600)  # read back from the file
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert not again[0].flags.writeable
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "100", True])
+def test_bad_split_sizes_are_one_line_user_errors(value):
+    from gp_activations import data as D
+    from gp_activations.errors import UserError
+
+    with pytest.raises(UserError) as exc:
+        D.load_dataset("mnist1d_hard", val_size=value)
+    assert "val_size must be a positive integer" in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_split_sizes_beyond_the_generator_and_other_datasets_are_user_errors():
+    from gp_activations import data as D
+    from gp_activations.errors import UserError
+
+    with pytest.raises(UserError, match="test_size of 200,001 is more than the 200,000"):
+        D.load_dataset("mnist1d_hard", test_size=D.MNIST1D_MAX_SPLIT + 1)
+    with pytest.raises(UserError, match="mnist1d_hard only"):
+        D.load_dataset("mnist1d", val_size=2000)
