@@ -300,9 +300,12 @@ def test_status_is_safe_next_to_a_running_search(tmp_path, monkeypatch):
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and not outcome:
-            if (run / "run.sqlite").is_file() and \
-                    _sql(run, "SELECT COUNT(*) FROM candidates WHERE status = 'done'")[0][0] >= 2:
-                break
+            try:  # the file may exist a moment before its tables do
+                if (run / "run.sqlite").is_file() and _sql(
+                        run, "SELECT COUNT(*) FROM candidates WHERE status = 'done'")[0][0] >= 2:
+                    break
+            except sqlite3.OperationalError:
+                pass
             time.sleep(0.05)
         text = status_text(run)
         assert f"search: running (pid {os.getpid()})" in text
