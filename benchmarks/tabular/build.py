@@ -180,8 +180,10 @@ def build(cfg, journal: Path, workers: int, noise: int, limit=None, order_seed: 
     functions = _functions()
     done, _ = read_journal(journal)
     columns = column_specs(cfg)
-    todo = [c for c in plan(functions, columns, noise, order_seed) if c not in done][:limit]
-    print(f"{len(functions)} functions; {len(done)} trainings done, {len(todo)} to go "
+    missing = [c for c in plan(functions, columns, noise, order_seed) if c not in done]
+    todo = missing[:limit]
+    print(f"{len(functions)} functions; {len(done)} trainings done, {len(missing)} to go, "
+          f"{len(todo)} in this session "
           f"({table_name(cfg)}, journal {journal})", flush=True)
     if not todo:
         return 0
