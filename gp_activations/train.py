@@ -224,6 +224,12 @@ class FusionDecision:
         return {"fused": self.fused, "why": str(self.why), "detail": self.detail,
                 "compile_seconds": self.compile_seconds, "text": str(self)}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "FusionDecision":
+        """Inverse of :meth:`to_dict` (its ``text`` is derived, not read)."""
+        return cls(bool(data.get("fused", False)), FusionWhy(data.get("why", "not asked")),
+                   data.get("detail", ""), data.get("compile_seconds"))
+
 
 @dataclass
 class TrainResult:
@@ -253,6 +259,10 @@ class TrainResult:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+    def __post_init__(self):
+        if isinstance(self.fusion, dict):  # a record read back from JSON
+            self.fusion = FusionDecision.from_dict(self.fusion)
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "fusion": self.fusion.to_dict()}

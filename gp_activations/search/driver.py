@@ -100,6 +100,11 @@ class Search:
         self.monitor = None  # progress lines/bar and TensorBoard (search/monitor.py)
         self._log_handler = None
 
+    @property
+    def best(self) -> Optional[float]:
+        """The best fitness so far."""
+        return self.store.best_fitness()
+
     # -- main loop ---------------------------------------------------------------------------------
     def run(self) -> SearchResult:
         started = time.time()
