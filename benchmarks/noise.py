@@ -149,39 +149,6 @@ def _generator_args(dataset: str) -> dict:
     raise SystemExit(f"noise.py: extra splits only for mnist1d and mnist1d_hard, not {dataset!r}")
 
 
-def raw_mnist1d(num_samples: int, gen_seed: int, **generator_args):
-    """The generator's signals *before* its per-set standardisation (make_dataset's loop, same
-    random stream; the global random states are restored)."""
-    import random
-
-    from mnist1d.data import get_dataset_args, get_templates, transform
-
-    args = get_dataset_args()
-    args.num_samples, args.seed, args.url = int(num_samples), int(gen_seed), None
-    for key, value in generator_args.items():
-        setattr(args, key, value)
-    if args.shuffle_seq:
-        raise SystemExit("noise.py: shuffle_seq is not supported")
-    templates = get_templates()
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        random.seed(args.seed)
-        np.random.seed(args.seed)
-        xs, ys = [], []
-        per_class = args.num_samples // len(templates["y"])
-        for label in range(len(templates["y"])):
-            for _ in range(per_class):
-                x, _t = transform(templates["x"][label], templates["t"], args)
-                xs.append(x)
-                ys.append(templates["y"][label])
-        shuffle = np.random.permutation(len(ys))
-        xs, ys = np.stack(xs)[shuffle], np.stack(ys)[shuffle]
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-    return xs, ys, args.train_split
-
-
 def extra_splits(dataset: str, sizes: Sequence[int], gen_seed: int = EXTRA_GEN_SEED):
     """Fresh ``(x, y)`` splits of the given sizes from ``dataset``'s generator and noise
     settings (another generation seed), standardised with the original set's constants.
@@ -199,14 +166,14 @@ def extra_splits(dataset: str, sizes: Sequence[int], gen_seed: int = EXTRA_GEN_S
     if data_mod.get_dataset_info(dataset).name == "mnist1d_hard":
         mean, std = data_mod._mnist1d_hard_norm()  # checked and cached by the data module
     else:
-        raw, _, _ = raw_mnist1d(n_orig, data_mod.MNIST1D_SEED, **gen)
+        raw, _ = data_mod.mnist1d_raw(n_orig, data_mod.MNIST1D_SEED, **gen)
         mean, std = raw.mean(), raw.std()
         again = ((raw - mean) / std).astype(np.float32)
         if not np.allclose(again, original, atol=1e-5):
             raise SystemExit("noise.py: the regenerated signals do not reproduce the cached dataset")
     total = int(sum(sizes))
     per_class = -(-total // 10)
-    xs, ys, _ = raw_mnist1d(per_class * 10, gen_seed, **gen)
+    xs, ys = data_mod.mnist1d_raw(per_class * 10, gen_seed, **gen)
     xs = ((xs - mean) / std).astype(np.float32)[:total]
     ys = ys.astype(np.int64)[:total]
     seen = {row.tobytes() for row in original}

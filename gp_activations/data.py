@@ -380,7 +380,7 @@ MNIST1D_HARD_EXTRA_SEEDS = {"val": 4242, "test": 4243}
 MNIST1D_MAX_SPLIT = 200_000
 
 
-def _mnist1d_raw(num_samples: int, gen_seed: int, **generator_args):
+def mnist1d_raw(num_samples: int, gen_seed: int, **generator_args):
     """The generator's signals *before* its per-set standardisation: ``make_dataset``'s loop,
     on the same random stream (the global random states are restored)."""
     from mnist1d.data import get_dataset_args, get_templates, transform
@@ -438,7 +438,7 @@ def _mnist1d_hard_norm():
     raw signals (once per machine, ~3 s) and checked to reproduce the cached arrays."""
     def make():
         args = {k: v for k, v in MNIST1D_HARD.items() if k != "num_samples"}
-        raw, _ = _mnist1d_raw(MNIST1D_HARD["num_samples"], MNIST1D_SEED, **args)
+        raw, _ = mnist1d_raw(MNIST1D_HARD["num_samples"], MNIST1D_SEED, **args)
         mean, std = raw.mean(), raw.std()
         x, _y, x_test, _yt = _mnist1d_arrays(**MNIST1D_HARD)
         if not np.allclose(((raw - mean) / std).astype(np.float32), np.concatenate([x, x_test]),
@@ -463,7 +463,7 @@ def _mnist1d_hard_extra(which: str, num_samples: int):
     def make():
         mean, std = _mnist1d_hard_norm()
         args = {k: v for k, v in MNIST1D_HARD.items() if k != "num_samples"}
-        raw, y = _mnist1d_raw(-(-num_samples // 10) * 10, seed, **args)
+        raw, y = mnist1d_raw(-(-num_samples // 10) * 10, seed, **args)
         x = ((raw - mean) / std).astype(np.float32)[:num_samples]
         x_orig, _y, x_test, _yt = _mnist1d_arrays(**MNIST1D_HARD)
         seen = {row.tobytes() for row in np.concatenate([x_orig, x_test])}
