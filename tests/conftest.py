@@ -149,3 +149,16 @@ def load_exported(source: str, path, name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def halving_lookup_run(tmp_path_factory):
+    """Evolution + successive halving + the forest surrogate on the tabular benchmark (fitness
+    read, not trained): failures, a rejection, ReLU trained.  Shared: read it, don't change it."""
+    from gp_activations.search import SearchConfig, run_search
+    from search_helpers import LOOKUP
+
+    out = tmp_path_factory.mktemp("lookup") / "halving"
+    run_search(SearchConfig(**LOOKUP, fidelity="halving", surrogate="forest", surrogate_min=8),
+               out=out, progress=False)
+    return out

@@ -19,19 +19,15 @@ from gp_activations.errors import UserError
 from gp_activations.report import export_from_run, plot_fitness, write_report
 from gp_activations.search import SearchConfig, run_search
 from gp_activations.search.store import RunStore
-from search_helpers import CHEAP, HELPERS, LOOKUP
+from search_helpers import CHEAP, HELPERS
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def halving_run(tmp_path_factory):
-    """Evolution + successive halving + the forest surrogate, on the table: has failures."""
-    out = tmp_path_factory.mktemp("after") / "halving"
-    run_search(SearchConfig(**LOOKUP, fidelity="halving", surrogate="forest", surrogate_min=8),
-               out=out, progress=False)
-    return out
+@pytest.fixture
+def halving_run(halving_lookup_run):
+    return halving_lookup_run
 
 
 @pytest.fixture(scope="module")

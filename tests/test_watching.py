@@ -38,13 +38,9 @@ def scored_run(tmp_path_factory):
     return out
 
 
-@pytest.fixture(scope="module")
-def lookup_run(tmp_path_factory):
-    """Halving + surrogate on the tabular benchmark: failures, a rejection, ReLU trained."""
-    out = tmp_path_factory.mktemp("watch") / "halving"
-    run_search(SearchConfig(**LOOKUP, fidelity="halving", surrogate="forest", surrogate_min=8),
-               out=out, progress=False)
-    return out
+@pytest.fixture
+def lookup_run(halving_lookup_run):
+    return halving_lookup_run
 
 
 def _sql(run, query, *args):
