@@ -164,7 +164,7 @@ class HalvingFidelity(Fidelity):
         super().__init__(store, base)
         self.rungs, self.eta, self.is_reference, self.seed = list(rungs), eta, is_reference, seed
 
-    def field(self, generation: int, rows: Sequence[Candidate]) -> list[Candidate]:
+    def rung0_field(self, generation: int, rows: Sequence[Candidate]) -> list[Candidate]:
         """The generation's rung-0 field: the pending candidates and those scored before an
         interruption (so a resume promotes among exactly the same candidates)."""
         pending = {r.id for r in rows}
@@ -172,7 +172,7 @@ class HalvingFidelity(Fidelity):
                              if c.id not in pending and self.store.rung_runs(c.id)]
 
     def jobs(self, generation, rows):
-        rows = self.field(generation, rows)
+        rows = self.rung0_field(generation, rows)
         alive = [r.id for r in rows]
         for r, rung in enumerate(self.rungs):
             if r:
@@ -228,7 +228,7 @@ class HalvingFidelity(Fidelity):
         return []  # scored once every rung is done: a promotion may still come
 
     def scorable(self, generation, rows):
-        return [r.id for r in self.field(generation, rows)]
+        return [r.id for r in self.rung0_field(generation, rows)]
 
     def score(self, row):
         runs = self.store.rung_runs(row.id)
