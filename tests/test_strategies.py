@@ -513,6 +513,32 @@ def test_a_lookup_run_resumes_from_another_directory_and_refuses_variants(tmp_pa
 
 
 # -- randomness owned by the driver ---------------------------------------------------------------
+_FIRST_AND_SECOND = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from search_helpers import snapshot
+from gp_activations.search import SearchConfig, run_search
+cfg = SearchConfig(**json.loads(sys.argv[2]))
+first = run_search(cfg, out=sys.argv[3] + "/first", progress=False)
+second = run_search(cfg, out=sys.argv[3] + "/second", progress=False)
+print(json.dumps([snapshot(sys.argv[3] + "/first") == snapshot(sys.argv[3] + "/second"),
+                  first.counts["done"]]))
+"""
+
+
+def test_the_first_search_in_a_process_breeds_as_a_later_one(tmp_path):
+    """Importing ``sklearn.ensemble`` (the surrogate's first fit) draws from the global
+    ``random``, DEAP's stream: in a fresh process the first halving + surrogate search bred
+    other children than an identical second one (dedup hits 147 vs 122) until the surrogate
+    and screening ran with the streams untouched."""
+    cfg = dict(LOOKUP, fidelity="halving", surrogate="forest", surrogate_min=8, generations=3)
+    out = subprocess.run([sys.executable, "-c", _FIRST_AND_SECOND, str(ROOT / "tests"),
+                          json.dumps(cfg), str(tmp_path)], capture_output=True, text=True,
+                         cwd=ROOT, check=True)
+    same, done = json.loads(out.stdout.strip().splitlines()[-1])
+    assert done > 8 and same
+
+
 def test_a_plugin_strategy_drawing_from_numpy_resumes_exactly(tmp_path, monkeypatch):
     """Interrupted in generation 2 and resumed, a strategy that draws from the driver's numpy
     Generator and from numpy's global one ends exactly as the uninterrupted run; and the

@@ -17,6 +17,7 @@ from typing import Optional
 from ..activation import Activation
 from .evolution import choose_param_edges
 from .plan import SearchPlan
+from .randomness import untouched
 from .screening import screen
 from .store import RunStore, Status
 from .strategies import History, Member
@@ -124,7 +125,8 @@ class Breeder:
                     break
                 attempts += 1
             act = Activation(proposal.tree, self.pset)
-            result = screen(act, max_forward_cost=cfg.max_forward_cost)
+            with untouched():
+                result = screen(act, max_forward_cost=cfg.max_forward_cost)
             key = result.function_key
             if key and (key in self.function_keys or key in keys) and not proposal.keep_duplicate:
                 hits += 1
@@ -144,8 +146,9 @@ class Breeder:
         candidates = [it for it in items if it[4] and not it[0].keep_duplicate]
         if not candidates:
             return items
-        predictions = surrogate.predict([it[1] for it in candidates],
-                                        [it[2].function_key for it in candidates])
+        with untouched():
+            predictions = surrogate.predict([it[1] for it in candidates],
+                                            [it[2].function_key for it in candidates])
         for it, value in zip(candidates, predictions):
             it[3] = float(value)
         keep = set(choose(list(predictions), min(wanted, len(candidates)),
@@ -164,9 +167,10 @@ class Breeder:
         if len(finished) < self.config.surrogate_min:
             return None
         acts = [Activation.from_string(c.expression, self.pset) for c in finished]
-        return self.plan.surrogate.fit(acts, [c.fitness if c.status == Status.DONE else None
-                                              for c in finished],
-                                       [c.function_key for c in finished])
+        with untouched():
+            return self.plan.surrogate.fit(acts, [c.fitness if c.status == Status.DONE
+                                                  else None for c in finished],
+                                           [c.function_key for c in finished])
 
     def insert(self, act: Activation, result, generation: int, parents, mutation, origin,
                function_id: Optional[int] = None) -> int:

@@ -17,6 +17,7 @@ the run's seed and the generation, as a fresh run would never see.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 
@@ -55,3 +56,22 @@ class RandomStreams:
         name, keys, pos, has_gauss, cached = state["numpy_global"]
         np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
         self.numpy.bit_generator.state = state["numpy"]
+
+
+@contextlib.contextmanager
+def untouched():
+    """Run code that is not the strategy's (screening, the surrogate's fit and prediction) with
+    the global streams left as they were: only the strategy draws from them.
+
+    Libraries may draw from the global ``random`` where no one expects it -- importing
+    ``sklearn.ensemble`` does (measured: the state moves) -- and an import happens once per
+    process, so the first halving + surrogate search in a process bred other children than an
+    identical second one (dedup hits 147 vs 122), and a run extended with ``--resume
+    --generations`` differed from a straight one.
+    """
+    python, numpy_global = random.getstate(), np.random.get_state()
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(numpy_global)
