@@ -66,77 +66,117 @@ def parse(text: str, pset) -> gp.PrimitiveTree:
         raise ExpressionError(f"expression must be text, got {type(text).__name__}")
     if not text.strip():
         raise ExpressionError("empty expression; write e.g. mul(x, sigmoid(x))", text, 0)
-    tokens = tokenize(text)
-    nodes: list = []
-    stack: list[list] = []  # frames: [operator name, arity, arguments done, token of the name]
-    i = 0
+    return _Parser(text, pset).run()
 
-    def fail(message, token):
-        raise ExpressionError(message, text, token.position)
 
-    while True:
-        # ---- a value is expected -----------------------------------------------------------
-        tok = tokens[i]
-        if tok.kind == "name":
-            name = tok.text
-            if name in pset.operators:
-                op = pset.operators[name]
-                if tokens[i + 1].kind != "(":
-                    fail(f"operator {name!r} takes {_args(op.arity)}: write {name}(...)", tok)
-                nodes.append(pset.mapping[name])
-                stack.append([name, op.arity, 0, tok])
-                i += 2
-                if tokens[i].kind == ")":
-                    fail(f"{name}() takes {_args(op.arity)}, got 0", tokens[i])
+class _Parser:
+    """One parse of ``text``: its tokens, the prefix-order nodes so far and the stack of open
+    calls (a loop over the tokens, no recursion)."""
+
+    def __init__(self, text: str, pset):
+        self.text, self.pset = text, pset
+        self.tokens = tokenize(text)
+        self.nodes: list = []
+        self.stack: list[list] = []  # frames: [operator name, arity, arguments done, name token]
+        self.i = 0
+
+    def fail(self, message: str, token: Token):
+        raise ExpressionError(message, self.text, token.position)
+
+    def run(self) -> gp.PrimitiveTree:
+        """Read operands until the calls they complete are all closed, then the end."""
+        while True:
+            if self.operand():  # a call was opened: its first argument comes next
                 continue
-            if name == "x" or name in pset.constants:
-                nodes.append(pset.mapping[name])
-            elif name.lower() in _NON_FINITE_WORDS:
-                fail(f"non-finite literal {name!r} is not allowed", tok)
-            else:
-                fail(f"unknown name {name!r}; {pset.name} has operators "
-                     f"{', '.join(pset.operators)} and terminals {', '.join(pset.terminal_names)}", tok)
-            if tokens[i + 1].kind == "(":
-                fail(f"{name!r} is a terminal, not an operator", tokens[i + 1])
+            if not self.close_calls():  # no call left open
+                return self.end()
+
+    # ---- a value is expected -------------------------------------------------------------
+    def operand(self) -> bool:
+        """Read one operand; True when it opens a call (``name(``), False when it is a value."""
+        tok = self.tokens[self.i]
+        if tok.kind == "name" and tok.text in self.pset.operators:
+            self.open_call(tok)
+            return True
+        if tok.kind == "name":
+            self.terminal(tok)
         elif tok.kind == "number":
-            value = float(tok.text)
-            if not math.isfinite(value):
-                fail(f"non-finite literal {tok.text!r} is not allowed", tok)
-            nodes.append(literal_terminal(value))
+            self.literal(tok)
         elif tok.kind == "end":
-            fail("expression ends where an operand was expected", tok)
+            self.fail("expression ends where an operand was expected", tok)
         elif tok.kind == "bad":
-            fail(f"unexpected character {tok.text!r}", tok)
+            self.fail(f"unexpected character {tok.text!r}", tok)
         else:
-            fail(f"expected an operand, found {tok.text!r}", tok)
-        i += 1
-        # ---- close finished calls ------------------------------------------------------------
-        while stack:
-            frame = stack[-1]
-            tok = tokens[i]
+            self.fail(f"expected an operand, found {tok.text!r}", tok)
+        self.i += 1
+        return False
+
+    def open_call(self, tok: Token) -> None:
+        name = tok.text
+        op = self.pset.operators[name]
+        if self.tokens[self.i + 1].kind != "(":
+            self.fail(f"operator {name!r} takes {_args(op.arity)}: write {name}(...)", tok)
+        self.nodes.append(self.pset.mapping[name])
+        self.stack.append([name, op.arity, 0, tok])
+        self.i += 2
+        if self.tokens[self.i].kind == ")":
+            self.fail(f"{name}() takes {_args(op.arity)}, got 0", self.tokens[self.i])
+
+    def terminal(self, tok: Token) -> None:
+        name = tok.text
+        if name == "x" or name in self.pset.constants:
+            self.nodes.append(self.pset.mapping[name])
+        elif name.lower() in _NON_FINITE_WORDS:
+            self.fail(f"non-finite literal {name!r} is not allowed", tok)
+        else:
+            self.fail(f"unknown name {name!r}; {self.pset.name} has operators "
+                      f"{', '.join(self.pset.operators)} and terminals "
+                      f"{', '.join(self.pset.terminal_names)}", tok)
+        if self.tokens[self.i + 1].kind == "(":
+            self.fail(f"{name!r} is a terminal, not an operator", self.tokens[self.i + 1])
+
+    def literal(self, tok: Token) -> None:
+        value = float(tok.text)
+        if not math.isfinite(value):
+            self.fail(f"non-finite literal {tok.text!r} is not allowed", tok)
+        self.nodes.append(literal_terminal(value))
+
+    # ---- after a value: close finished calls -------------------------------------------------
+    def close_calls(self) -> bool:
+        """Count the value as an argument and close the calls it completes; True when a ``,``
+        asks for the next argument, False when no call is left open."""
+        while self.stack:
+            frame = self.stack[-1]
+            tok = self.tokens[self.i]
             frame[2] += 1
             if tok.kind == ",":
                 if frame[2] >= frame[1]:
-                    fail(f"{frame[0]}() takes {_args(frame[1])}, got more", tok)
-                i += 1
-                break
-            if tok.kind == ")":
-                if frame[2] != frame[1]:
-                    fail(f"{frame[0]}() takes {_args(frame[1])}, got {frame[2]}", tok)
-                stack.pop()
-                i += 1
-                continue
-            if tok.kind == "end":
-                fail(f"missing ')' to close {frame[0]}(", frame[3])
-            if tok.kind == "bad":
-                fail(f"unexpected character {tok.text!r}", tok)
-            fail(f"expected ',' or ')', found {tok.text!r}", tok)
-        else:
-            if tokens[i].kind == "bad":
-                fail(f"unexpected character {tokens[i].text!r}", tokens[i])
-            if tokens[i].kind != "end":
-                fail(f"unexpected {tokens[i].text!r} after the end of the expression", tokens[i])
-            return gp.PrimitiveTree(nodes)
+                    self.fail(f"{frame[0]}() takes {_args(frame[1])}, got more", tok)
+                self.i += 1
+                return True
+            if tok.kind != ")":
+                self.not_separator(frame, tok)
+            if frame[2] != frame[1]:
+                self.fail(f"{frame[0]}() takes {_args(frame[1])}, got {frame[2]}", tok)
+            self.stack.pop()
+            self.i += 1
+        return False
+
+    def not_separator(self, frame: list, tok: Token):
+        """Fail on ``tok`` where a call's ``,`` or ``)`` belongs."""
+        if tok.kind == "end":
+            self.fail(f"missing ')' to close {frame[0]}(", frame[3])
+        if tok.kind == "bad":
+            self.fail(f"unexpected character {tok.text!r}", tok)
+        self.fail(f"expected ',' or ')', found {tok.text!r}", tok)
+
+    def end(self) -> gp.PrimitiveTree:
+        tok = self.tokens[self.i]
+        if tok.kind == "bad":
+            self.fail(f"unexpected character {tok.text!r}", tok)
+        if tok.kind != "end":
+            self.fail(f"unexpected {tok.text!r} after the end of the expression", tok)
+        return gp.PrimitiveTree(self.nodes)
 
 
 def _args(n: int) -> str:
