@@ -165,74 +165,105 @@ def generate(tree, pset, edges=(), function_name: str = "activation",
     """Straight-line source for the tree with learnable multipliers on ``edges``; ``fused``:
     the source torch.compile traces (the exponential family rewritten, module docstring)."""
     slots = param_slots(tree, pset, edges)
+    emitter = _Emitter(tree, pset, slots, fused)
+    for idx in range(len(tree) - 1, -1, -1):  # children before their parent
+        emitter.emit(idx)
+    return emitter.program(function_name, ["x", *[s.name for s in slots]])
+
+
+def _slot_names(slots) -> tuple[dict, dict]:
+    """{node: edge multiplier's name} and {node: [its operator's β names]}."""
     edge_param = {s.node: s.name for s in slots if s.kind == "edge"}
     op_params: dict[int, list[str]] = {}
     for s in slots:
         if s.kind == "operator":
             op_params.setdefault(s.node, []).append(s.name)
+    return edge_param, op_params
 
-    kids = children(tree)
-    n = len(tree)
-    var = [""] * n
-    span = [(0.0, 0.0)] * n  # (lo, hi) of each node's value
-    depends = [False] * n
-    has_param, text = _canonical(tree, kids, edge_param, op_params)
-    computed: dict[str, str] = {}
-    lines: list[str] = []
-    helpers: dict = {}
-    kernels = 0
-    rewrite, exp_key = {}, {}
-    if fused:
-        key = [f"#{i}" if has_param[i] else text[i] for i in range(n)]
-        rewrite, exp_key = _shared_exponentials(tree, pset, kids, edge_param, op_params, key)
-    exps: dict = {}  # exp operand key -> the variable holding exp(min(u, 30))
 
-    for idx in range(n - 1, -1, -1):
-        node = tree[idx]
-        ks = kids[idx]
-        if isinstance(node, gp.Primitive):
-            op = pset.operators[node.name]
-            depends[idx] = any(depends[k] for k in ks)
-            operands = [span[k] for k in ks]
-            fast = op.can_use_fast(operands)
-            lo, hi = op.output_interval(operands)
-            # the protected form's value is always finite float32
-            span[idx] = (lo, hi) if fast else (max(lo, -FLOAT32_MAX), min(hi, FLOAT32_MAX))
-            expr = op.render([var[k] for k in ks], op_params.get(idx, ()), fast=fast)
-            helpers.update(op.helpers)
-            if idx in rewrite:
-                u = var[rewrite[idx]]
-                e = exps.get(exp_key[idx])
-                if e is None:
-                    e = exps[exp_key[idx]] = f"e{idx}"
-                    lines.append(f"    {e} = torch.exp(torch.clamp({u}, max=30.0))")
-                expr = _fused_form(node.name, u, e, [var[k] for k in ks])
-        else:
-            value = leaf_value(node, pset)
-            if value is None:
-                depends[idx], span[idx], expr = True, (-FLOAT32_MAX, FLOAT32_MAX), "x"
-            else:
-                span[idx], expr = (value, value), f"x.new_full((), {value!r})"
-        if not has_param[idx] and text[idx] in computed:
-            var[idx] = computed[text[idx]]
-            continue
-        if idx in edge_param:
-            expr = f"{expr} * {edge_param[idx]}" if expr == "x" else f"({expr}) * {edge_param[idx]}"
+class _Emitter:
+    """The statements of one :func:`generate`, and per node its variable, the range of its
+    value and whether it depends on x."""
+
+    def __init__(self, tree, pset, slots, fused: bool):
+        self.tree, self.pset = tree, pset
+        self.edge_param, self.op_params = _slot_names(slots)
+        self.kids = children(tree)
+        n = len(tree)
+        self.var = [""] * n
+        self.span = [(0.0, 0.0)] * n  # (lo, hi) of each node's value
+        self.depends = [False] * n
+        self.has_param, self.text = _canonical(tree, self.kids, self.edge_param, self.op_params)
+        self.computed: dict[str, str] = {}  # canonical text -> variable (parameter-free nodes)
+        self.lines: list[str] = []
+        self.helpers: dict = {}
+        self.kernels = 0
+        self.rewrite, self.exp_key = {}, {}
+        if fused:
+            key = [f"#{i}" if self.has_param[i] else self.text[i] for i in range(n)]
+            self.rewrite, self.exp_key = _shared_exponentials(tree, pset, self.kids,
+                                                              self.edge_param, self.op_params, key)
+        self.exps: dict = {}  # exp operand key -> the variable holding exp(min(u, 30))
+
+    def emit(self, idx: int) -> None:
+        """Node ``idx``'s statement (none when an equal subtree was computed, or for x)."""
+        node = self.tree[idx]
+        is_op = isinstance(node, gp.Primitive)
+        expr = self.operator(idx, node) if is_op else self.leaf(idx, node)
+        if not self.has_param[idx] and self.text[idx] in self.computed:
+            self.var[idx] = self.computed[self.text[idx]]
+            return
+        if idx in self.edge_param:
+            p = self.edge_param[idx]
+            expr = f"{expr} * {p}" if expr == "x" else f"({expr}) * {p}"
         if expr == "x":
-            var[idx] = "x"
+            self.var[idx] = "x"
         else:
-            var[idx] = f"v{idx}"
-            lines.append(f"    {var[idx]} = {expr}")
-            kernels += isinstance(node, gp.Primitive)
-        if not has_param[idx]:
-            computed[text[idx]] = var[idx]
+            self.var[idx] = f"v{idx}"
+            self.lines.append(f"    {self.var[idx]} = {expr}")
+            self.kernels += is_op
+        if not self.has_param[idx]:
+            self.computed[self.text[idx]] = self.var[idx]
 
-    result = var[0]
-    if not depends[0]:
-        # A tree without x (e.g. a constant) must still return x's shape.
-        result = f"torch.zeros_like(x) + {result}"
-        kernels += 1
-    args = ["x", *[s.name for s in slots]]
-    source = f"def {function_name}({', '.join(args)}):\n" + "\n".join(lines)
-    source += ("\n" if lines else "") + f"    return {result}\n"
-    return Program(source, function_name, args, helpers, kernels, depends[0])
+    def operator(self, idx: int, node) -> str:
+        """An operator node's expression: its fast form where the operands' ranges allow."""
+        op = self.pset.operators[node.name]
+        ks = self.kids[idx]
+        self.depends[idx] = any(self.depends[k] for k in ks)
+        operands = [self.span[k] for k in ks]
+        fast = op.can_use_fast(operands)
+        lo, hi = op.output_interval(operands)
+        # the protected form's value is always finite float32
+        self.span[idx] = (lo, hi) if fast else (max(lo, -FLOAT32_MAX), min(hi, FLOAT32_MAX))
+        expr = op.render([self.var[k] for k in ks], self.op_params.get(idx, ()), fast=fast)
+        self.helpers.update(op.helpers)
+        if idx in self.rewrite:
+            u = self.var[self.rewrite[idx]]
+            expr = _fused_form(node.name, u, self.exp_of(idx, u), [self.var[k] for k in ks])
+        return expr
+
+    def exp_of(self, idx: int, u: str) -> str:
+        """The variable holding exp(min(u, 30)) for node ``idx``, emitted at its first use."""
+        e = self.exps.get(self.exp_key[idx])
+        if e is None:
+            e = self.exps[self.exp_key[idx]] = f"e{idx}"
+            self.lines.append(f"    {e} = torch.exp(torch.clamp({u}, max=30.0))")
+        return e
+
+    def leaf(self, idx: int, node) -> str:
+        value = leaf_value(node, self.pset)
+        if value is None:
+            self.depends[idx], self.span[idx] = True, (-FLOAT32_MAX, FLOAT32_MAX)
+            return "x"
+        self.span[idx] = (value, value)
+        return f"x.new_full((), {value!r})"
+
+    def program(self, function_name: str, args: list) -> Program:
+        result, kernels = self.var[0], self.kernels
+        if not self.depends[0]:
+            # A tree without x (e.g. a constant) must still return x's shape.
+            result = f"torch.zeros_like(x) + {result}"
+            kernels += 1
+        source = f"def {function_name}({', '.join(args)}):\n" + "\n".join(self.lines)
+        source += ("\n" if self.lines else "") + f"    return {result}\n"
+        return Program(source, function_name, args, self.helpers, kernels, self.depends[0])
