@@ -156,31 +156,9 @@ def _act_sites(model, make, types=None, where=None, calls=True, share=False, dry
     not be traced (None when it was, or with ``share`` or ``calls=None``).  ``dry_run``: only find the sites (``make``
     is not called), leaving ``model`` as it was.  Any error leaves ``model`` as it was.
     """
-    if types is not None:
-        types = tuple(types)
-        bad = [t for t in types if not (isinstance(t, type) and issubclass(t, torch.nn.Module))]
-        if bad:
-            raise ActivationSiteError(f"types: {bad[0]!r} is not a module class (a subclass of "
-                                      f"torch.nn.Module)")
-    if where is not None and not callable(where):
-        raise ActivationSiteError(f"where must be a function (name, module) -> bool, got "
-                                  f"{type(where).__name__}")
-
+    types = _act_checked(types, where)
     also = tuple(also)
-
-    def selected(module):
-        return (isinstance(module, types) if types is not None
-                else is_hidden_activation(module)) or isinstance(module, also)
-
-    def chosen(name, what):
-        if where is None:
-            return True
-        try:
-            return bool(where(name, what))
-        except Exception as exc:  # noqa: BLE001 - the user's predicate: one clear line
-            raise ActivationSiteError(f"where({name!r}, {type(what).__name__}) raised "
-                                      f"{type(exc).__name__}: {exc}") from exc
-
+    selected, chosen = _act_selector(types, also), _act_chooser(where)
     if dry_run:
         make = lambda name: torch.nn.Identity()  # noqa: E731 - placeholders, rolled back
     sites, undo, done = [], [], False
@@ -192,51 +170,117 @@ def _act_sites(model, make, types=None, where=None, calls=True, share=False, dry
             sites.append(("", f"module {_act_class_text(model)}", model))
             done = True
             return (model if dry_run else make("")), sites, None
-        targets, skip = [], ()
-        for name, module in model.named_modules(remove_duplicate=False):
-            if name and not name.startswith(skip) and selected(module):
-                skip = tuple(set(skip) | {name + "."})  # not the inside of a replaced one
-                if chosen(name, module):
-                    targets.append((name, module))
-        made, new_of = [], {}
-        for name, old in targets:
-            parent_name, _, child = name.rpartition(".")
-            parent = model.get_submodule(parent_name) if parent_name else model
-            if share and id(old) in new_of:
-                new = new_of[id(old)]
-            else:
-                new = new_of[id(old)] = make(name)
-                made.append(new)
-            undo.append((parent, child, parent._modules[child]))
-            parent._modules[child] = new
-            sites.append((name, f"module {_act_class_text(old)}", old))
+        made = _act_swap_modules(model, _act_targets(model, selected, chosen), make, share,
+                                 sites, undo)
         result, problem = model, None
         if not share and calls is not None:
             functions, methods = _act_call_table(types) if calls else ({}, {})
-            problems = []
-            result = _act_tree(model, "", ({id(m) for m in made}, tuple(types or ()) + also),
-                               (make, functions, methods, chosen, sites, undo), problems)
-            if problems:
-                path, name, reason = problems[0]
-                problem = f"{name}{' at ' + path if path else ''} ({reason})"
-                if len(problems) > 1:
-                    problem += (f" and the forward of {len(problems) - 1} more: "
-                                + ", ".join(f"{p} ({n})" for p, n, _ in problems[1:6])
-                                + (", ..." if len(problems) > 6 else ""))
+            leaves = ({id(m) for m in made}, tuple(types or ()) + also)
+            result, problem = _act_trace(model, leaves,
+                                         (make, functions, methods, chosen, sites, undo))
         if not sites:
             raise ActivationSiteError(
                 f"no activation site to replace in {type(model).__name__}"
                 + (f" (and it cannot be traced: {problem})" if problem else "")
                 + ": it has no module of the chosen types and calls none of their functions")
-        order = {name: i for i, (name, _) in
-                 enumerate(result.named_modules(remove_duplicate=False))}
-        sites.sort(key=lambda site: order.get(site[0], len(order)))
+        _act_sort_sites(sites, result)
         done = not dry_run
         return (model if dry_run else result), sites, problem
     finally:
         if not done:  # an error, or a dry run: model as it was
             for parent, child, old in reversed(undo):
                 parent._modules[child] = old
+
+
+def _act_checked(types, where):
+    """``types`` as a tuple (None: the default set); a bad ``types`` or ``where`` raises."""
+    if types is not None:
+        types = tuple(types)
+        bad = [t for t in types if not (isinstance(t, type) and issubclass(t, torch.nn.Module))]
+        if bad:
+            raise ActivationSiteError(f"types: {bad[0]!r} is not a module class (a subclass of "
+                                      f"torch.nn.Module)")
+    if where is not None and not callable(where):
+        raise ActivationSiteError(f"where must be a function (name, module) -> bool, got "
+                                  f"{type(where).__name__}")
+    return types
+
+
+def _act_selector(types, also):
+    """selected(module): whether ``module`` is of ``types`` (None: the default set) or ``also``."""
+
+    def selected(module):
+        return (isinstance(module, types) if types is not None
+                else is_hidden_activation(module)) or isinstance(module, also)
+
+    return selected
+
+
+def _act_chooser(where):
+    """chosen(name, what): the user's ``where`` (None: all), its errors in one line."""
+
+    def chosen(name, what):
+        if where is None:
+            return True
+        try:
+            return bool(where(name, what))
+        except Exception as exc:  # noqa: BLE001 - the user's predicate: one clear line
+            raise ActivationSiteError(f"where({name!r}, {type(what).__name__}) raised "
+                                      f"{type(exc).__name__}: {exc}") from exc
+
+    return chosen
+
+
+def _act_targets(model, selected, chosen):
+    """``(name, module)`` of the chosen registered modules (not those inside a selected one)."""
+    targets, skip = [], ()
+    for name, module in model.named_modules(remove_duplicate=False):
+        if name and not name.startswith(skip) and selected(module):
+            skip = tuple(set(skip) | {name + "."})  # not the inside of a replaced one
+            if chosen(name, module):
+                targets.append((name, module))
+    return targets
+
+
+def _act_swap_modules(model, targets, make, share, sites, undo):
+    """Put a new module in place of each target (``undo`` records the swaps, ``sites`` gets
+    them); ``share``: one per distinct old module.  Returns the new modules."""
+    made, new_of = [], {}
+    for name, old in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        if share and id(old) in new_of:
+            new = new_of[id(old)]
+        else:
+            new = new_of[id(old)] = make(name)
+            made.append(new)
+        undo.append((parent, child, parent._modules[child]))
+        parent._modules[child] = new
+        sites.append((name, f"module {_act_class_text(old)}", old))
+    return made
+
+
+def _act_trace(model, leaves, rebuild_args):
+    """``model`` traced and rebuilt (:func:`_act_tree`), and why a forward could not be traced
+    (None when all could)."""
+    problems = []
+    result = _act_tree(model, "", leaves, rebuild_args, problems)
+    if not problems:
+        return result, None
+    path, name, reason = problems[0]
+    problem = f"{name}{' at ' + path if path else ''} ({reason})"
+    if len(problems) > 1:
+        problem += (f" and the forward of {len(problems) - 1} more: "
+                    + ", ".join(f"{p} ({n})" for p, n, _ in problems[1:6])
+                    + (", ..." if len(problems) > 6 else ""))
+    return result, problem
+
+
+def _act_sort_sites(sites, result):
+    """``sites`` in the ``named_modules`` order of ``result``."""
+    order = {name: i for i, (name, _) in
+             enumerate(result.named_modules(remove_duplicate=False))}
+    sites.sort(key=lambda site: order.get(site[0], len(order)))
 
 
 def _act_tracer(leaf_ids, types):
@@ -280,8 +324,25 @@ def _act_rebuild(model, graph, made_ids, make, functions, methods, chosen, sites
     """``model`` itself when every new module is called once and no call is chosen, else a
     GraphModule in which each further call of a new module and each chosen activation call
     has its own new module (``sites`` gets them; ``prefix``: ``model``'s path in the whole)."""
-    full = lambda name: f"{prefix}.{name}" if prefix and name else (prefix or name)  # noqa: E731
     nodes = list(graph.nodes)
+    repeated, call_nodes = _act_scan(model, nodes, made_ids, functions, methods)
+    if not repeated and not call_nodes:
+        return model
+    edit = _ActGraphEdit(model, graph, make, prefix)
+    _act_split_repeated(edit, repeated, sites)
+    for node, fn, spelling in call_nodes:
+        _act_call_to_module(edit, node, fn, spelling, chosen, sites, nodes)
+    try:
+        graph.lint()
+        edit.gm.recompile()
+    except Exception as exc:  # noqa: BLE001
+        raise _act_rebuild_error(model, exc) from exc
+    return edit.gm
+
+
+def _act_scan(model, nodes, made_ids, functions, methods):
+    """The further calls of new modules among ``nodes``, and the activation calls as
+    ``(node, function, spelling)``."""
     seen, repeated, call_nodes = set(), [], []
     for node in nodes:
         if node.op == "call_module" and id(model.get_submodule(node.target)) in made_ids:
@@ -292,81 +353,104 @@ def _act_rebuild(model, graph, made_ids, make, functions, methods, chosen, sites
             call_nodes.append((node, node.target, functions[node.target]))
         elif node.op == "call_method" and node.target in methods:
             call_nodes.append((node, getattr(torch.Tensor, node.target), methods[node.target]))
-    if not repeated and not call_nodes:
-        return model
+    return repeated, call_nodes
+
+
+def _act_rebuild_error(model, exc):
+    return ActivationSiteError(f"cannot rebuild the traced graph of {type(model).__name__}: "
+                               f"{type(exc).__name__}: {exc}")
+
+
+def _act_graph_module(model, graph):
+    """A GraphModule of ``graph`` with ``model``'s own submodules, parameters and buffers
+    (fx copies only what the graph uses)."""
     try:
         gm = torch.fx.GraphModule(model, graph, class_name=type(model).__name__)
     except Exception as exc:  # noqa: BLE001
-        raise ActivationSiteError(f"cannot rebuild the traced graph of {type(model).__name__}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-    # model's own submodules, parameters and buffers (fx copies only what the graph uses)
+        raise _act_rebuild_error(model, exc) from exc
     gm._modules = dict(model._modules)
     gm._parameters = dict(model._parameters)
     gm._buffers = dict(model._buffers)
     gm._non_persistent_buffers_set = set(model._non_persistent_buffers_set)
     gm.train(model.training)
-    copies = set()
+    return gm
 
-    def private(path):
+
+class _ActGraphEdit:
+    """New modules installed in the GraphModule of a traced model; ``prefix``: the model's
+    path in the whole (site names are full paths)."""
+
+    def __init__(self, model, graph, make, prefix):
+        self.gm = _act_graph_module(model, graph)
+        self.graph, self.make, self.prefix = graph, make, prefix
+        self.copies = set()
+
+    def full(self, name):
+        prefix = self.prefix
+        return f"{prefix}.{name}" if prefix and name else (prefix or name)
+
+    def private(self, path):
         """The module at ``path`` in gm, containers on the way copied (model keeps its own)."""
-        parent = gm
+        parent = self.gm
         for part in path.split(".") if path else ():
             child = parent._modules[part]
-            if id(child) not in copies:
+            if id(child) not in self.copies:
                 child = _act_shallow_copy(child)
                 parent._modules[part] = child
-                copies.add(id(child))
+                self.copies.add(id(child))
             parent = child
         return parent
 
-    def free_name(path, leaf):
-        parent = gm.get_submodule(path) if path else gm
+    def free_name(self, path, leaf):
+        """``leaf``, or ``leaf_1``, ``leaf_2``, ... whichever is free in the module at ``path``."""
+        parent = self.gm.get_submodule(path) if path else self.gm
         k, name = 0, leaf
         while name in parent._modules or hasattr(parent, name):
             k += 1
             name = f"{leaf}_{k}"
         return name
 
-    def install(path, leaf, node):
+    def install(self, path, leaf):
+        """A new module registered as ``leaf`` at ``path``; returns its name in gm."""
         site = f"{path}.{leaf}" if path else leaf
-        private(path).add_module(leaf, make(full(site)))
+        self.private(path).add_module(leaf, self.make(self.full(site)))
         return site
 
+
+def _act_split_repeated(edit, repeated, sites):
+    """Each further call of a new module gets a new module of its own, next to the first."""
     registered = {name: (kind, what) for name, kind, what in sites}
     for node in repeated:
         path, _, leaf = node.target.rpartition(".")
-        leaf = free_name(path, leaf)
-        site = install(path, leaf, node)
-        kind, old = registered.get(full(node.target), ("module ?", None))
-        sites.append((full(site), f"call of {kind} ({full(node.target)})", old))
+        site = edit.install(path, edit.free_name(path, leaf))
+        kind, old = registered.get(edit.full(node.target), ("module ?", None))
+        sites.append((edit.full(site), f"call of {kind} ({edit.full(node.target)})", old))
         node.target = site
-    for node, fn, spelling in call_nodes:
-        stack = node.meta.get("nn_module_stack") or {}
-        path = list(stack.values())[-1][0] if stack else ""
-        path = path if path and _act_has(gm, path) else ""
-        label = spelling.partition(".")[2].rstrip("_")
-        leaf = free_name(path, f"{label}_fx")
-        site = f"{path}.{leaf}" if path else leaf
-        if not chosen(full(site), fn):
-            continue
-        install(path, leaf, node)
-        sites.append((full(site), f"call {spelling}", fn))
-        x = node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("self"))
-        with graph.inserting_before(node):
-            new = graph.call_module(site, (x,))
-        node.replace_all_uses_with(new)
-        if _act_inplace(node, fn, spelling) and isinstance(x, torch.fx.Node):
-            # an in-place call changed x: later uses of x see the activation's output
-            after = {n for n in nodes[nodes.index(node) + 1:]}
-            x.replace_all_uses_with(new, delete_user_cb=lambda user: user in after)
-        graph.erase_node(node)
-    try:
-        graph.lint()
-        gm.recompile()
-    except Exception as exc:  # noqa: BLE001
-        raise ActivationSiteError(f"cannot rebuild the traced graph of {type(model).__name__}: "
-                                  f"{type(exc).__name__}: {exc}") from exc
-    return gm
+
+
+def _act_call_to_module(edit, node, fn, spelling, chosen, sites, nodes):
+    """A chosen activation call becomes a call of a new module, registered in the module whose
+    forward makes it (``nodes``: the graph's nodes before any change)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    path = list(stack.values())[-1][0] if stack else ""
+    path = path if path and _act_has(edit.gm, path) else ""
+    label = spelling.partition(".")[2].rstrip("_")
+    leaf = edit.free_name(path, f"{label}_fx")
+    site = f"{path}.{leaf}" if path else leaf
+    if not chosen(edit.full(site), fn):
+        return
+    edit.install(path, leaf)
+    sites.append((edit.full(site), f"call {spelling}", fn))
+    graph = edit.graph
+    x = node.args[0] if node.args else node.kwargs.get("input", node.kwargs.get("self"))
+    with graph.inserting_before(node):
+        new = graph.call_module(site, (x,))
+    node.replace_all_uses_with(new)
+    if _act_inplace(node, fn, spelling) and isinstance(x, torch.fx.Node):
+        # an in-place call changed x: later uses of x see the activation's output
+        after = {n for n in nodes[nodes.index(node) + 1:]}
+        x.replace_all_uses_with(new, delete_user_cb=lambda user: user in after)
+    graph.erase_node(node)
 
 
 def _act_hashable(target):
@@ -489,33 +573,50 @@ def replace_activations(model: nn.Module, act, types: Optional[Sequence[type]] =
         >>> sum(isinstance(m, ActivationModule) for m in net.modules())
         17
     """
-    if isinstance(act, str):
-        act = zoo.resolve(act)
-    if isinstance(act, Activation):
-        make = lambda name: act.module(fused=fused)  # noqa: E731
-    elif callable(act):
-        make = lambda name: act()  # noqa: E731
-    else:
-        raise UserError(f"replace_activations: expected an Activation, expression, zoo name or "
-                        f"factory, got {type(act).__name__}")
+    make = _site_factory(act, fused)
+    result, sites, problem = _replaced_sites(model, make, types, where, calls, share, allow_none)
+    if problem is not None:
+        _warn_untraced(problem, len(sites))
+    return _with_summary(result, sites, problem)
+
+
+def _replaced_sites(model, make, types, where, calls, share, allow_none):
+    """:func:`_act_sites`' ``(result, sites, problem)``, its errors as one-line UserErrors."""
     try:
-        result, sites, problem = _act_sites(model, make, types, where, calls=bool(calls),
-                                            share=share)
+        return _act_sites(model, make, types, where, calls=bool(calls), share=share)
     except ActivationSiteError as exc:
         if allow_none and str(exc).startswith("no activation site"):
-            result, sites, problem = model, [], None
-        else:
-            raise UserError(f"replace_activations: {exc}") from None
+            return model, [], None
+        raise UserError(f"replace_activations: {exc}") from None
+
+
+def _with_summary(result, sites, problem):
+    """``result`` with its ``replaced_activations`` (where the module takes attributes)."""
     summary = ReplacedActivations((name, kind) for name, kind, _ in sites)
     summary.problem = problem
-    if problem is not None:
-        warnings.warn(f"replace_activations: torch.fx cannot trace {problem}; {len(sites)} "
-                      f"sites were replaced (the registered activation modules, and the calls "
-                      f"in the submodules that trace), but a functional activation call or a "
-                      f"further call of one module written in such a forward itself is not "
-                      f"reached (share=True: replace modules without tracing)", stacklevel=2)
     try:
         result.replaced_activations = summary
     except (AttributeError, TypeError):  # noqa: PERF203 - a module that refuses attributes
         pass
     return result
+
+
+def _site_factory(act, fused):
+    """make(name) -> a new module of ``act`` (an Activation, expression, zoo name or factory)."""
+    if isinstance(act, str):
+        act = zoo.resolve(act)
+    if isinstance(act, Activation):
+        return lambda name: act.module(fused=fused)
+    if callable(act):
+        return lambda name: act()
+    raise UserError(f"replace_activations: expected an Activation, expression, zoo name or "
+                    f"factory, got {type(act).__name__}")
+
+
+def _warn_untraced(problem, count):
+    """Warn (at replace_activations' caller) that some forward could not be traced."""
+    warnings.warn(f"replace_activations: torch.fx cannot trace {problem}; {count} "
+                  f"sites were replaced (the registered activation modules, and the calls "
+                  f"in the submodules that trace), but a functional activation call or a "
+                  f"further call of one module written in such a forward itself is not "
+                  f"reached (share=True: replace modules without tracing)", stacklevel=3)
