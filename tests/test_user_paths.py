@@ -388,6 +388,7 @@ LAYERS = [
     ("expressions", {"expression", "operators", "primitive_sets"}),
     ("compile", {"codegen", "fusion"}),
     ("functions", {"activation", "zoo", "search.screening"}),
+    ("render", {"tables"}),
     ("nets", {"data", "models", "replace", "adapt"}),
     ("fitness", {"train", "tabular"}),
     ("runtime", {"search.jobs", "search.worker", "search.executors", "search.store"}),
