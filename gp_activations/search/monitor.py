@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Callable, Optional, Union
 
 from ..errors import UserError
+from ..tables import Column, Table, code, failure_lines, function_latex, number
 from .config import SearchConfig
 from .store import RunStore, Status
 
@@ -127,25 +128,26 @@ class TensorBoardLog:
             w.add_scalar(f"candidates/{status}", counts[status], generation)
         w.add_scalar("candidates/trainings", store.count_trainings(), generation)
         reasons = store.failure_reasons()
-        w.add_text("failures", "\n".join(["| candidates | reason |", "|---:|---|"] + [
-            f"| {n} | {reason.replace('|', '/')} |" for reason, n in reasons])
-            if reasons else "no failures", generation)
+        failures = Table(Column("candidates", ">"), Column("reason"))
+        for reason, n in reasons:
+            failures.add(n, reason.replace("|", "/"))
+        w.add_text("failures", failures.markdown() if reasons else "no failures", generation)
         self._top_functions(generation)
         w.flush()
 
     def _top_functions(self, generation: int) -> None:
-        from ..activation import latex_or_note
         from .ranking import ranked_functions
 
         top, _ = ranked_functions(self.store, self.top, self.config.variant_fitness,
                                   self.config.allow_linear)
         if not top:
             return
-        self.writer.add_text("top_functions", "\n".join(["| rank | fitness | function | LaTeX |",
-                                                         "|---:|---:|---|---|"] + [
-            f"| {i} | {item['fitness']:.4f} | `{item['activation']}` | "
-            f"$${latex_or_note(item['activation'])}$$ |" for i, item in enumerate(top, 1)]),
-            generation)
+        table = Table(Column("rank", ">"), Column("fitness", ">"), Column("function"),
+                      Column("LaTeX"))
+        for i, item in enumerate(top, 1):
+            act = item["activation"]
+            table.add(i, number(item["fitness"]), code(act), f"$${function_latex(act)}$$")
+        self.writer.add_text("top_functions", table.markdown(), generation)
         self.writer.add_figure("top_functions", shapes_figure(top), generation, close=True)
 
     def close(self) -> None:
@@ -312,9 +314,7 @@ def _network(cfg: SearchConfig) -> str:
 
 def status_text(run_dir, top: int = 3) -> str:
     """``gp-activations status RUN``: where a search stands, from its store (read-only)."""
-    from ..activation import latex_or_note
     from ..progress import format_seconds
-    from .ranking import ranked_functions
 
     run_dir = Path(run_dir)
     store = RunStore.open(run_dir, readonly=True)
@@ -351,28 +351,32 @@ def status_text(run_dir, top: int = 3) -> str:
         eta = _eta(store, cfg, finished, counted)
         if eta is not None and pid:
             lines.append(f"time left: about {format_seconds(eta)} at the rate so far")
-        top_rows, _ = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)
-        lines.append("")
-        if top_rows:
-            lines.append(f"best so far (top {len(top_rows)}, fitness = validation accuracy):")
-            for i, item in enumerate(top_rows, 1):
-                act = item["activation"]
-                lines.append(f"  {i}  {item['fitness']:.4f}  {item['candidate'].label}")
-                lines.append(f"              {latex_or_note(act)}")
-        else:
-            lines.append("best so far: no candidate has finished yet")
-        relu = store.relu_fitness()
-        lines.append(f"  ReLU under the same budget: {'n/a' if relu is None else f'{relu:.4f}'}")
+        lines += ["", *_best_so_far(store, cfg, top),
+                  f"  ReLU under the same budget: {number(store.relu_fitness())}", ""]
         reasons = store.failure_reasons()
-        lines.append("")
         if reasons:
-            lines.append("failures by reason (failed and rejected candidates):")
-            lines += [f"  {n:4d} x {reason}" for reason, n in reasons]
+            lines += ["failures by reason (failed and rejected candidates):",
+                      failure_lines(reasons)]
         else:
             lines.append("failures: none")
         return "\n".join(lines)
     finally:
         store.close()
+
+
+def _best_so_far(store: RunStore, cfg: SearchConfig, top: int) -> list:
+    """``status``'s best functions so far: rank, fitness and label, the LaTeX below."""
+    from .ranking import ranked_functions
+
+    ranked, _ = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)
+    if not ranked:
+        return ["best so far: no candidate has finished yet"]
+    table = Table(Column(), Column(), Column())
+    for i, item in enumerate(ranked, 1):
+        table.add(i, number(item["fitness"]), item["candidate"].label,
+                  below=[" " * 14 + function_latex(item["activation"])])
+    return [f"best so far (top {len(ranked)}, fitness = validation accuracy):",
+            table.text(header=False, indent="  ")]
 
 
 def _eta(store: RunStore, cfg: SearchConfig, finished: int, counted: int) -> Optional[float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..activation import Activation, latex_or_note
+from ..tables import Column, Table, failure_lines, number
 from .ranking import flag_text, ranked_functions, skipped_note
 from .store import RunStore
 
@@ -43,33 +44,23 @@ class SearchResult:
         if not self.race:
             return ""
         race = self.race
-        lines = [f"final race (full schedule, validation accuracy; winner: {race['winner']}):"]
+        table = Table(Column(), Column(width=24), Column(sep=" "))
         for label, mean in sorted(race["means"].items(), key=lambda kv: -kv[1]):
-            out = race["eliminated"].get(label)
-            p = race["p_vs_leader"].get(label)
-            where = (f"dropped at {out} seeds (p = {p:.3g} vs the leader)" if out
-                     else "winner" if label == race["winner"] else
-                     f"still in at {race['seeds']} seeds" + (f" (p = {p:.3g})" if p is not None
-                                                              else ""))
-            lines.append(f"  {mean:.4f}  {label:24s} {where}")
-        return "\n".join(lines)
+            table.add(number(mean), label, _race_outcome(race, label))
+        return "\n".join([f"final race (full schedule, validation accuracy; winner: "
+                          f"{race['winner']}):", table.text(header=False, indent="  ")])
 
     def task_table(self) -> str:
         """A multi-task search's top functions, one column per task (validation accuracy)."""
         if not self.tasks:
             return ""
         width = max(9, *(len(t) for t in self.tasks))
-        lines = ["per task (validation accuracy; ReLU's below):",
-                 f"{'rank':>4s}  " + "  ".join(f"{t:>{width}s}" for t in self.tasks)]
+        table = Table(Column("rank", ">", 4), *(Column(t, ">", width) for t in self.tasks))
         for row in self.top:
             accs = {t["task"]: t.get("accuracy") for t in row.get("tasks", [])}
-            lines.append(f"{row['rank']:4d}  " + "  ".join(
-                f"{'n/a' if accs.get(t) is None else format(accs[t], '.4f'):>{width}s}"
-                for t in self.tasks))
-        lines.append(f"{'relu':>4s}  " + "  ".join(
-            f"{'n/a' if self.references.get(t) is None else format(self.references[t], '.4f'):>{width}s}"
-            for t in self.tasks))
-        return "\n".join(lines)
+            table.add(row["rank"], *(number(accs.get(t)) for t in self.tasks))
+        table.add("relu", *(number(self.references.get(t)) for t in self.tasks))
+        return "\n".join(["per task (validation accuracy; ReLU's below):", table.text()])
 
     @property
     def all_failed(self) -> bool:
@@ -77,20 +68,28 @@ class SearchResult:
         return self.counts.get("done", 0) == 0 and bool(self.failures)
 
     def failure_summary(self, limit: int = 5) -> str:
-        lines = [f"  {n:4d} x {reason}" for reason, n in self.failures[:limit]]
-        more = len(self.failures) - limit
-        return "\n".join(lines + ([f"  ... and {more} other reasons"] if more > 0 else []))
+        shown, more = self.failures[:limit], len(self.failures) - limit
+        return "\n".join(([failure_lines(shown)] if shown else [])
+                         + ([f"  ... and {more} other reasons"] if more > 0 else []))
 
     def table(self) -> str:
-        lines = [f"{'rank':>4s}  {'fitness':>7s}  function", ]
+        table = Table(Column("rank", ">", 4), Column("fitness", ">", 7), Column("function"))
         for row in self.top:
-            lines.append(f"{row['rank']:4d}  {row['fitness']:7.4f}  {row['label']}{row.get('flags', '')}")
-            lines.append(f"{'':15s}{row['latex']}")
-        relu = "n/a" if self.relu_fitness is None else f"{self.relu_fitness:.4f}"
-        lines.append(f"{'':4s}  {relu:>7s}  relu(x)  (ReLU under the same budget)")
-        if self.skipped_note:
-            lines.append(f"note: {self.skipped_note}")
-        return "\n".join(lines)
+            table.add(row["rank"], number(row["fitness"]), row["label"] + row.get("flags", ""),
+                      below=[" " * 15 + row["latex"]])
+        table.add("", number(self.relu_fitness), "relu(x)  (ReLU under the same budget)")
+        return table.text() + (f"\nnote: {self.skipped_note}" if self.skipped_note else "")
+
+
+def _race_outcome(race: dict, label: str) -> str:
+    """Where ``label`` left the final race: dropped (at how many seeds), winner, still in."""
+    out = race["eliminated"].get(label)
+    p = race["p_vs_leader"].get(label)
+    if out:
+        return f"dropped at {out} seeds (p = {p:.3g} vs the leader)"
+    if label == race["winner"]:
+        return "winner"
+    return f"still in at {race['seeds']} seeds" + (f" (p = {p:.3g})" if p is not None else "")
 
 
 
