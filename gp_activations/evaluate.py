@@ -29,7 +29,6 @@ pooled std of the two arms' seeds).
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass
@@ -43,9 +42,11 @@ from .models import MODELS
 from .search.config import SearchConfig, is_object_label, object_label
 from .search.ranking import ranked_functions
 from .search.store import RunStore
-from .statistics import SequentialTest, Status, format_p, min_detectable_difference
+from .statistics import SequentialTest, Status, min_detectable_difference
 from .statistics import summarize as summarize_values
-from .statistics import welch_p  # noqa: F401 -- re-exported
+from .statistics import format_p, welch_p  # noqa: F401 -- re-exported
+from .tables import (Column, Table, code, expression_latex, number, p_value, percent_pm,
+                     tex_escape, with_params)
 
 DEFAULT_BASELINES = ("relu", "silu", "gelu", "elu", "selu", "softplus", "mish", "tanh")
 
@@ -178,8 +179,6 @@ def evaluate_tasks(run_dir, **kwargs) -> list[tuple[str, list[ResultRow]]]:
 def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=None,
           max_seeds=None, alpha=None) -> dict:
     """Validate everything and decide the schedule before any row is stored."""
-    from .train import default_config
-
     cfg = SearchConfig.from_dict(store.config(), where=f"{run_dir} config")
     ev = cfg.evaluate or {}
     top = ev.get("top", 3) if top is None else top
@@ -188,6 +187,30 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
         raise UserError(f"--top must be >= 0 and --seeds >= 1 (got {top}, {seeds})")
     sequential = _sequential_design(seeds, max_seeds, alpha)
     baselines = parse_baselines(baselines or ev.get("baselines") or DEFAULT_BASELINES)
+    model_obj, model = _check_target(cfg, run_dir, model, dataset, data)
+    found = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)[0] if top else []
+    if top and not found:
+        raise UserError(f"{run_dir} has no finished candidates to evaluate yet; run or resume the "
+                        f"search first (gp-activations search --out {run_dir} --resume)")
+    custom = (bool(cfg.data) or data is not None) and not dataset
+    dataset, model, own = _resolve_target(cfg, dataset, model, custom)
+    train_cfg = _train_config(cfg, ev, dataset, model, epochs, own, custom)
+    if model_obj is None or isinstance(model_obj, str):
+        model_obj = model
+    if data is None and custom:
+        data = cfg.data
+    entries, aliases = _entries(found, baselines)
+    return {"cfg": cfg, "seeds": seeds, "sequential": sequential, "dataset": dataset, "model": model, "own": own,
+            "test_split": _test_split(data if custom else dataset), "flags": aliases,
+            "aliases": {k for k, v in aliases.items() if v["trained_as"]},
+            "model_obj": model_obj, "data_obj": data if custom else None,
+            "train_cfg": train_cfg, "entries": entries,
+            "protocol": protocol_key(train_cfg.to_dict(), dataset, model)}
+
+
+def _check_target(cfg: SearchConfig, run_dir, model, dataset, data) -> tuple:
+    """What to evaluate on must be given where the run cannot say (a multi-task run, a fitness
+    function, Python objects); returns the model as given and its label."""
     if cfg.multi_task and not (dataset or model):
         raise UserError(f"{run_dir} searched {len(cfg.tasks)} tasks "
                         f"({', '.join(t['name'] for t in cfg.task_list())}): evaluate each with "
@@ -208,11 +231,11 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
             raise UserError(f"{run_dir} was searched with a Python {key} object ({stored}); pass the "
                             f"same objects: evaluate_run({str(run_dir)!r}, model=..., data=...) "
                             f"(or give another dataset and model)")
-    found = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)[0] if top else []
-    if top and not found:
-        raise UserError(f"{run_dir} has no finished candidates to evaluate yet; run or resume the "
-                        f"search first (gp-activations search --out {run_dir} --resume)")
-    custom = (bool(cfg.data) or data is not None) and not dataset
+    return model_obj, model
+
+
+def _resolve_target(cfg: SearchConfig, dataset, model, custom: bool) -> tuple:
+    """(dataset, model, own): the names evaluated on, and whether they are the run's own."""
     run_dataset = cfg.dataset if cfg.data else get_dataset_info(cfg.dataset).name
     dataset = run_dataset if custom else get_dataset_info(dataset or cfg.dataset).name
     default_model = None if custom else get_dataset_info(dataset).default_model
@@ -220,22 +243,29 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     model = model or (run_model if dataset == run_dataset else None) or default_model
     if model is not None and ":" not in str(model) and model not in MODELS and not is_object_label(model):
         raise UserError(f"unknown model {model!r}; known models: {', '.join(MODELS)}")
-    own = (dataset, model) == (run_dataset, run_model) and not cfg.multi_task
+    return dataset, model, (dataset, model) == (run_dataset, run_model) and not cfg.multi_task
+
+
+def _train_config(cfg: SearchConfig, ev: dict, dataset, model, epochs, own: bool, custom: bool):
+    """The full schedule: the target's preset (with the run's ``[evaluate]`` overrides on its
+    own model), or for a user's data the search's own schedule run to the end."""
+    from .train import default_config
+
     overrides = dict(ev.get("train", {})) if own else {}
     if epochs is None and own:
         epochs = ev.get("epochs")
     overrides.update(epochs=epochs, per_channel=cfg.per_channel, fused=cfg.fused, threads=cfg.threads)
     if custom:  # no preset for a user's data: the search's own schedule, run to the end
-        train_cfg = cfg.train_config().replace(chance_check=False, blowup_limit=None,
-                                               **{k: v for k, v in overrides.items() if v is not None})
-    else:
-        train_cfg = default_config(dataset, "train", model, **overrides)
-    if model_obj is None or isinstance(model_obj, str):
-        model_obj = model
-    if data is None and custom:
-        data = cfg.data
-    entries = []  # (label, kind, expression, primitives, params, candidate_id)
-    aliases = {}  # found functions equal to a baseline that is trained anyway: trained once
+        return cfg.train_config().replace(chance_check=False, blowup_limit=None,
+                                          **{k: v for k, v in overrides.items() if v is not None})
+    return default_config(dataset, "train", model, **overrides)
+
+
+def _entries(found: list, baselines: list) -> tuple[list, dict]:
+    """The table's entries ``(label, kind, expression, primitives, params, candidate_id)``:
+    the found functions, then the baselines; and the flagged found functions (equal to a
+    baseline, or affine) -- one equal to a baseline that is trained anyway is trained once."""
+    entries, aliases = [], {}
     for rank, item in enumerate(found, 1):
         cand = item["candidate"]
         label = f"found #{rank}"
@@ -249,18 +279,17 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     for name in baselines:
         act = zoo.get(name)
         entries.append((name, "baseline", act.expression, "pangaea", list(act.params), None))
+    return entries, aliases
+
+
+def _test_split(source) -> str:
+    """Where the test split of ``source`` (a dataset name, a user's data) comes from."""
     from .data import describe_test_split
     from .references import resolve_reference
 
-    source = data if custom else dataset
     if isinstance(source, str) and ":" in source:
         source = resolve_reference(source)
-    return {"cfg": cfg, "seeds": seeds, "sequential": sequential, "dataset": dataset, "model": model, "own": own,
-            "test_split": describe_test_split(source), "flags": aliases,
-            "aliases": {k for k, v in aliases.items() if v["trained_as"]},
-            "model_obj": model_obj, "data_obj": data if custom else None,
-            "train_cfg": train_cfg, "entries": entries,
-            "protocol": protocol_key(train_cfg.to_dict(), dataset, model)}
+    return describe_test_split(source)
 
 
 def _sequential_design(seeds: int, max_seeds, alpha) -> Optional[SequentialTest]:
@@ -475,86 +504,95 @@ def write_results(run_dir: Path, rows: Sequence[ResultRow], epochs, dataset, mod
     """``stem.csv`` and ``stem.tex``.  A sequential evaluation appends the columns decision,
     seeds_needed (per arm, at the deciding look), level (that look's nominal significance
     level) and min_detectable (accuracy difference, as a fraction like mean)."""
-    sequential = _sequential(rows)
-
-    def opt(value, fmt):
-        return "" if value is None else format(value, fmt)
-
     with open(run_dir / f"{stem}.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["label", "kind", "expression", "params", "n", "mean", "std", "p_vs_relu",
-                    "best", "accuracies", "failed"]
-                   + (["decision", "seeds_needed", "level", "min_detectable"] if sequential else []))
-        for r in rows:
-            w.writerow([r.display_label, r.kind, r.expression, json.dumps(r.params), r.n, f"{r.mean:.6f}",
-                        f"{r.std:.6f}", "" if r.p_vs_relu is None else f"{r.p_vs_relu:.6g}",
-                        int(r.best), " ".join(f"{a:.6f}" for a in r.accuracies), r.failed]
-                       + ([r.decision or "", opt(r.decided_at, "d"), opt(r.level, ".6g"),
-                           opt(r.min_detectable, ".6f")] if sequential else []))
+        fh.write(csv_table(rows).csv())
     (run_dir / f"{stem}.tex").write_text(latex_table(rows, epochs, dataset, model))
 
 
-def _tex_escape(text: str) -> str:
-    return str(text).replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("#", r"\#")
+_CSV_COLUMNS = ("label", "kind", "expression", "params", "n", "mean", "std", "p_vs_relu", "best",
+                "accuracies", "failed")
+_SEQUENTIAL_CSV_COLUMNS = ("decision", "seeds_needed", "level", "min_detectable")
+
+
+def csv_table(rows: Sequence[ResultRow]) -> Table:
+    """``results.csv``: every row's numbers in full (accuracies as fractions)."""
+    sequential = _sequential(rows)
+    table = Table(*_CSV_COLUMNS, *(_SEQUENTIAL_CSV_COLUMNS if sequential else ()))
+    for r in rows:
+        seq = ([r.decision or "", number(r.decided_at, "d", ""), number(r.level, ".6g", ""),
+                number(r.min_detectable, ".6f", "")] if sequential else [])
+        table.add(r.display_label, r.kind, r.expression, json.dumps(r.params), r.n,
+                  f"{r.mean:.6f}", f"{r.std:.6f}", number(r.p_vs_relu, ".6g", ""), int(r.best),
+                  " ".join(f"{a:.6f}" for a in r.accuracies), r.failed, *seq)
+    return table
+
+
+def _points(fraction: Optional[float]) -> Optional[float]:
+    """An accuracy difference in percentage points (None stays None)."""
+    return None if fraction is None else 100 * fraction
+
+
+def _function_tex(r: ResultRow) -> str:
+    if r.kind == "baseline":
+        return tex_escape(r.label)
+    return f"${expression_latex(r.expression, r.primitives, r.params)}$"
 
 
 def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
-    from .activation import Activation, latex_or_note
-
-    def tex_name(r: ResultRow) -> str:
-        if r.kind == "baseline":
-            return r.label.replace("_", r"\_")
-        return f"${latex_or_note(Activation.from_string(r.expression, r.primitives, r.params))}$"
-
+    """``results.tex``: a booktabs table of test accuracy (%), best mean in bold."""
     sequential = _sequential(rows)
-    caption = (rf"Test accuracy (\%) on {_tex_escape(dataset)} / {_tex_escape(model)}, "
+    caption = (rf"Test accuracy (\%) on {tex_escape(dataset)} / {tex_escape(model)}, "
                rf"{epochs:g} epochs, mean $\pm$ std over seeds; $p$: Welch's $t$-test against "
                r"ReLU. Best mean in bold.")
     if sequential:
         caption += (r" Seeds were added until a group-sequential test (alpha spending) decided"
                     r" or the maximum was reached; $p$ is that of the deciding look, MDD the"
                     r" smallest difference (points) it detects with 80\% power.")
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{caption}}}",
-             r"\begin{tabular}{llrrr" + ("ll" if sequential else "") + "}", r"\toprule",
-             r"Activation & Function & Accuracy & $n$ & $p$ vs.\ ReLU"
-             + (r" & Decision & MDD" if sequential else "") + r" \\", r"\midrule"]
+    table = Table(Column("Activation"), Column("Function"), Column("Accuracy", ">"),
+                  Column("$n$", ">"), Column(r"$p$ vs.\ ReLU", ">"),
+                  *((Column("Decision"), Column("MDD")) if sequential else ()))
     for r in rows:
-        acc = f"{100 * r.mean:.2f} $\\pm$ {100 * r.std:.2f}"
-        if r.best:
-            acc = rf"\textbf{{{100 * r.mean:.2f}}} $\pm$ {100 * r.std:.2f}"
-        p = format_p(r.p_vs_relu) or "--"
-        label = r.display_label.replace("#", r"\#").replace("_", r"\_")
-        seq = ""
-        if sequential:
-            decided = "--" if r.decision is None else f"{r.decision} ({r.decided_at})"
-            mdd = "--" if r.min_detectable is None else f"{100 * r.min_detectable:.2f}"
-            seq = f" & {decided} & {mdd}"
-        lines.append(f"{label} & {tex_name(r)} & {acc} & {r.n} & {p}{seq} \\\\")
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}", ""]
-    return "\n".join(lines)
+        seq = (["--" if r.decision is None else f"{r.decision} ({r.decided_at})",
+                number(_points(r.min_detectable), ".2f", "--")] if sequential else [])
+        table.add(tex_escape(r.display_label), _function_tex(r),
+                  percent_pm(r.mean, r.std, pm=r" $\pm$ ", bold="latex" if r.best else ""),
+                  r.n, p_value(r.p_vs_relu, "--"), *seq)
+    return table.latex(caption)
+
+
+def markdown_table(rows: Sequence[ResultRow]) -> str:
+    """The report's table: test accuracy (%) mean ± std, the best mean in bold."""
+    table = Table(Column("activation"), Column("test accuracy (%)", ">"), Column("n", ">"),
+                  Column("p vs ReLU", ">"), Column("function"))
+    for r in rows:
+        table.add(r.display_label, percent_pm(r.mean, r.std, bold="markdown" if r.best else ""),
+                  r.n, p_value(r.p_vs_relu), with_params(code(r.expression), r.params, " @ "))
+    return table.markdown()
+
+
+_SEQUENTIAL_NOTE = ("(sequential: seeds added until Welch's t-test vs relu, with alpha spending "
+                    "over the looks, is below the look's level -- different -- or the maximum is "
+                    "reached; p, seeds and level are those of the deciding look; min. diff: the "
+                    "smallest difference, in points, that look detects with 80 % power)")
 
 
 def format_table(rows: Sequence[ResultRow]) -> str:
-    width = max([12] + [len(r.display_label) for r in rows])
+    """The console's table: test accuracy (%) mean ± std (* the best mean), seeds, failed
+    seeds, p vs ReLU (and a sequential evaluation's decision), the function."""
     sequential = _sequential(rows)
-    seq_head = f" {'level':>8s}  {'decision':16s} {'seeds':>5s} {'min. diff':>9s}" if sequential else ""
-    out = [f"{'activation':{width}s} {'test accuracy':>17s} {'n':>3s} {'p vs relu':>10s}{seq_head}  function"]
+    table = Table(Column("activation", width=12, fit=True),
+                  Column("test accuracy", ">", 17, sep=" "), Column("n", ">", 3, sep=" "),
+                  Column("p vs relu", ">", 10, sep=" "),
+                  *((Column("level", ">", 8, sep=" "), Column("decision", width=16),
+                     Column("seeds", ">", 5, sep=" "), Column("min. diff", ">", 9, sep=" "))
+                    if sequential else ()),
+                  Column("function"))
     for r in rows:
-        p = format_p(r.p_vs_relu)
-        mark = " *" if r.best else "  "
-        failed = f" ({r.failed} failed)" if r.failed else ""
-        seq = ""
-        if sequential:
-            level = "" if r.level is None else f"{r.level:.2g}"
-            at = "" if r.decided_at is None else str(r.decided_at)
-            mdd = "" if r.min_detectable is None else f"{100 * r.min_detectable:.2f}"
-            seq = f" {level:>8s}  {r.decision or '':16s} {at:>5s} {mdd:>9s}"
-        out.append(f"{r.display_label:{width}s} {100 * r.mean:7.2f} ± {100 * r.std:5.2f}{mark} {r.n:3d}{failed} {p:>10s}{seq}  "
-                   f"{r.expression}" + (f" @ params {r.params}" if r.params else ""))
-    out.append("(* best mean)")
-    if sequential:
-        out.append("(sequential: seeds added until Welch's t-test vs relu, with alpha spending over "
-                   "the looks, is below the look's level -- different -- or the maximum is "
-                   "reached; p, seeds and level are those of the deciding look; min. diff: the "
-                   "smallest difference, in points, that look detects with 80 % power)")
-    return "\n".join(out)
+        seq = ([number(r.level, ".2g", ""), r.decision or "", number(r.decided_at, "d", ""),
+                number(_points(r.min_detectable), ".2f", "")]
+               if sequential else [])
+        table.add(r.display_label,
+                  percent_pm(r.mean, r.std, "7.2f", "5.2f") + (" *" if r.best else "  "),
+                  f"{r.n:3d}" + (f" ({r.failed} failed)" if r.failed else ""),
+                  p_value(r.p_vs_relu), *seq, with_params(r.expression, r.params))
+    return "\n".join([table.text(), "(* best mean)"] + ([_SEQUENTIAL_NOTE] if sequential else []))
