@@ -22,7 +22,8 @@ import statistics
 from pathlib import Path
 from typing import Optional, Sequence
 
-from .activation import Activation, latex_or_note
+from .activation import Activation
+from .tables import Column, Table, code, function_latex, mean_std, number
 from .errors import UserError
 from .search.config import SearchConfig
 from .search.ranking import flag_text, ranked_functions, skipped_note
@@ -165,7 +166,7 @@ def plot_shapes(store: RunStore, path: Path, k: int = 4) -> None:
             if sites:
                 ax.plot(x, act(x, values=mean_values(sites)), lw=1.5,
                         label="learned scalars (mean over sites)")
-        ax.set_title(f"#{i + 1} (fitness {item['fitness']:.4f}): " + _mathtext(latex_or_note(act)), fontsize=9)
+        ax.set_title(f"#{i + 1} (fitness {item['fitness']:.4f}): " + _mathtext(function_latex(act)), fontsize=9)
         ax.set_xlabel("$x$")
         ax.set_ylabel("$f(x)$")
         ax.grid(alpha=0.3)
@@ -267,7 +268,7 @@ def plot_params(store: RunStore, depth_path: Path, epochs_path: Path) -> Optiona
     ax.set_xticks(range(len(sites)), sites, rotation=30, ha="right", fontsize=7)
     ax.set_xlabel("activation site (input → output)")
     ax.set_ylabel("learned value (mean over channels)")
-    ax.set_title(f"#{rank}: " + _mathtext(latex_or_note(act)), fontsize=9)
+    ax.set_title(f"#{rank}: " + _mathtext(function_latex(act)), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -338,20 +339,22 @@ def _results_rows(store: RunStore, protocol: Optional[str] = None):
 
 def comparison_table(stores: Sequence[RunStore]) -> list[str]:
     """Markdown: each run's best fitness, then mean ± std per strategy (the ablation)."""
-    lines = ["### Comparison at the same budget", "",
-             "| run | strategy | seed | trainings | best fitness |", "|---|---|---:|---:|---:|"]
+    runs = Table(Column("run"), Column("strategy"), Column("seed", ">"),
+                 Column("trainings", ">"), Column("best fitness", ">"))
     by_strategy: dict = {}
     for s in stores:
         cfg = s.config()
         best = max((v for v in _fitness_series(s) if not math.isnan(v)), default=float("nan"))
         by_strategy.setdefault(cfg.get("strategy"), []).append(best)
-        lines.append(f"| `{s.run_dir.name}` | {cfg.get('strategy')} | {cfg.get('seed')} | "
-                     f"{s.count_trainings()} | {best:.4f} |")
-    lines += ["", "| strategy | runs | best fitness, mean ± std |", "|---|---:|---:|"]
+        runs.add(code(s.run_dir.name), cfg.get("strategy"), cfg.get("seed"),
+                 s.count_trainings(), number(best))
+    strategies = Table(Column("strategy"), Column("runs", ">"),
+                       Column("best fitness, mean ± std", ">"))
     for strategy, values in by_strategy.items():
         summary = summarize(values)
-        lines.append(f"| {strategy} | {len(values)} | {summary.mean:.4f} ± {summary.std:.4f} |")
-    return lines + [""]
+        strategies.add(strategy, len(values), mean_std(summary.mean, summary.std))
+    return ["### Comparison at the same budget", "", runs.markdown(), "",
+            strategies.markdown(), ""]
 
 
 def surrogate_section(store: RunStore) -> list:
@@ -400,107 +403,118 @@ def write_report(run_dir, k: int = 4, compare: Sequence = ()) -> Path:
         raise UserError(f"--top must be >= 1, got {k}")
     store = RunStore.open(run_dir, readonly=True)  # read-only: a failed write cannot touch it
     others = [RunStore.open(c, readonly=True) for c in compare]
-    top = _ranked(store, k)
     try:
+        top = _ranked(store, k)
         out = report_dir(run_dir)
-    except UserError:
+        cfg = SearchConfig.from_dict(store.config(), where="stored config")
+        plot_shapes(store, out / "shapes.png", k)
+        marked = plot_fitness(store, out / "fitness.png", others)
+        params_caption = plot_params(store, out / "params_depth.png", out / "params_epochs.png")
+        lines = (_summary_section(store, cfg, run_dir) + _top_section(store, cfg, top, k)
+                 + _fitness_section(marked)
+                 + (comparison_table([store, *others]) if others else [])
+                 + surrogate_section(store) + _params_section(params_caption)
+                 + _final_sections(store, cfg, run_dir) + _transfer_section(run_dir))
+        path = out / "report.md"
+        path.write_text("\n".join(lines))
+        return path
+    finally:
         for s in (store, *others):
             s.close()
-        raise
-    cfg = SearchConfig.from_dict(store.config(), where="stored config")
-    plot_shapes(store, out / "shapes.png", k)
-    marked = plot_fitness(store, out / "fitness.png", others)
-    params_caption = plot_params(store, out / "params_depth.png", out / "params_epochs.png")
+
+
+def _summary_section(store: RunStore, cfg: SearchConfig, run_dir) -> list:
+    """The title and one paragraph: how the run searched, where, and its counts."""
+    from .search.monitor import method_text
 
     counts = store.status_counts()
     tasks = cfg.task_list() if cfg.multi_task else []
     where = (" + ".join(f"**{t['name']}**" for t in tasks) if tasks
              else f"**{cfg.dataset}** / {cfg.model or 'default model'}")
-    from .search.monitor import method_text
+    return [f"# Search report: `{Path(run_dir).name}`", "",
+            f"Search: {method_text(cfg)}; on {where}, search space "
+            f"`{cfg.primitives}`, population {cfg.population}"
+            + (f", {cfg.generations} generations" if cfg.generations is not None else "")
+            + (f", budget {cfg.budget} trainings" if cfg.budget else "") + ".  "
+            f"{counts['done']} candidates trained, {counts['failed']} failed, "
+            f"{counts['rejected']} rejected before training, "
+            f"{counts['duplicates'] + store.get_meta('dedup_hits', 0)} duplicates skipped.", ""]
 
-    lines = [f"# Search report: `{Path(run_dir).name}`", "",
-             f"Search: {method_text(cfg)}; on {where}, search space "
-             f"`{cfg.primitives}`, population {cfg.population}"
-             + (f", {cfg.generations} generations" if cfg.generations is not None else "")
-             + (f", budget {cfg.budget} trainings" if cfg.budget else "") + ".  "
-             f"{counts['done']} candidates trained, {counts['failed']} failed, {counts['rejected']} "
-             f"rejected before training, {counts['duplicates'] + store.get_meta('dedup_hits', 0)} "
-             "duplicates skipped.", "",
-             "## Top functions (search fitness = validation accuracy after brief training)", ""]
-    if tasks:
-        refs = {t: r.accuracy for t, r in store.task_runs(0).items()}
-        lines[-2] = (f"## Top functions (search fitness = the {cfg.task_aggregate} over tasks of "
-                     f"validation accuracy / ReLU's, after brief training)")
-        lines += ["| rank | fitness | " + " | ".join(t["name"] for t in tasks) + " | function | LaTeX |",
-                  "|---:|---:|" + "---:|" * len(tasks) + "---|---|"]
-    else:
-        lines += ["| rank | fitness | function | LaTeX |", "|---:|---:|---|---|"]
+
+def _top_section(store: RunStore, cfg: SearchConfig, top: list, k: int) -> list:
+    """The top functions' table (a multi-task run's with a column per task), ReLU's fitness
+    (or its accuracy per task), the affine functions left out, the shapes plot."""
+    tasks = cfg.task_list() if cfg.multi_task else []
+    table = Table(Column("rank", ">"), Column("fitness", ">"),
+                  *(Column(t["name"], ">") for t in tasks), Column("function"), Column("LaTeX"))
     for i, item in enumerate(top, 1):
         act = _activation(item["candidate"])
-        per_task = ""
-        if tasks:
-            metrics = item["candidate"].metrics or {}
-            accs = {t["task"]: t.get("accuracy") for t in metrics.get("tasks", [])}
-            per_task = "".join(" n/a |" if accs.get(t["name"]) is None
-                               else f" {accs[t['name']]:.4f} |" for t in tasks)
-        lines.append(f"| {i} | {item['fitness']:.4f} |{per_task} `{act}`{flag_text(item)} | "
-                     f"${latex_or_note(act)}$ |")
-    relu = store.relu_fitness()
-    if not tasks:  # as the search's table prints it: ReLU's fitness under the same budget
-        lines.append(f"| — | {'n/a' if relu is None else f'{relu:.4f}'} | `relu(x)` (ReLU under "
-                     f"the same budget) | $\\max\\left(0, x\\right)$ |")
-        lines += ["", "ReLU under the same budget: fitness "
-                  + ("n/a (this run did not train plain `relu(x)`)" if relu is None
-                     else f"{relu:.4f}") + "."]
+        accs = {t["task"]: t.get("accuracy")
+                for t in (item["candidate"].metrics or {}).get("tasks", [])} if tasks else {}
+        table.add(i, number(item["fitness"]), *(number(accs.get(t["name"])) for t in tasks),
+                  code(act) + flag_text(item), f"${function_latex(act)}$")
     if tasks:
-        lines += ["", "ReLU's validation accuracy per task (the normaliser): " + ", ".join(
+        title = (f"## Top functions (search fitness = the {cfg.task_aggregate} over tasks of "
+                 f"validation accuracy / ReLU's, after brief training)")
+        refs = {t: r.accuracy for t, r in store.task_runs(0).items()}
+        after = ["ReLU's validation accuracy per task (the normaliser): " + ", ".join(
             f"{t['name']} {refs[i]:.4f}" for i, t in enumerate(tasks) if refs.get(i) is not None)
             + "."]
+    else:  # as the search's table prints it: ReLU's fitness under the same budget
+        title = "## Top functions (search fitness = validation accuracy after brief training)"
+        relu = store.relu_fitness()
+        table.add("—", number(relu), "`relu(x)` (ReLU under the same budget)",
+                  r"$\max\left(0, x\right)$")
+        after = ["ReLU under the same budget: fitness "
+                 + ("n/a (this run did not train plain `relu(x)`)" if relu is None
+                    else f"{relu:.4f}") + "."]
     _, skipped = ranked_functions(store, k, cfg.variant_fitness, cfg.allow_linear)
-    if skipped:
-        lines += ["", f"Note: {skipped_note(skipped)}."]
-    lines += ["", "![shapes of the top functions](shapes.png)", "",
-              "## Fitness over the run", "", "![fitness of every candidate](fitness.png)", ""]
+    return ([title, "", table.markdown(), "", *after]
+            + (["", f"Note: {skipped_note(skipped)}."] if skipped else [])
+            + ["", "![shapes of the top functions](shapes.png)", ""])
+
+
+def _fitness_section(marked: dict) -> list:
+    lines = ["## Fitness over the run", "", "![fitness of every candidate](fitness.png)", ""]
     if marked["failed"] or marked["chance"]:
         lines += [f"Crosses along the bottom: {marked['failed']} failed trainings (red) and "
                   f"{marked['chance']} stopped at chance level after the first epoch (orange); "
                   f"not plotted at a fitness.", ""]
-    if others:
-        lines += comparison_table([store, *others])
-    lines += surrogate_section(store)
-    if params_caption:
-        lines += ["## Learned parameters", "", f"{params_caption}.", "",
-                  "![learned scalars per site](params_depth.png)", "",
-                  "![learned scalars over epochs](params_epochs.png)", ""]
+    return lines
+
+
+def _params_section(caption: Optional[str]) -> list:
+    if not caption:
+        return []
+    return ["## Learned parameters", "", f"{caption}.", "",
+            "![learned scalars per site](params_depth.png)", "",
+            "![learned scalars over epochs](params_epochs.png)", ""]
+
+
+def _final_sections(store: RunStore, cfg: SearchConfig, run_dir) -> list:
+    """The final evaluation's table (a multi-task run: one per task), or how to run it."""
+    from .evaluate import markdown_table
+
     tables = _results_tables(store, cfg)
+    if not tables:
+        return ["## Final evaluation", "", f"Not run yet: `gp-activations evaluate {run_dir}`.",
+                ""]
+    lines = []
     for rows, protocol in tables:
         test_split = protocol.pop("_test_split", None) or "the dataset's test split"
-        from .statistics import format_p
-
         title = (f"## Final evaluation on {protocol['dataset']} / {protocol['model']} (test set)"
                  if cfg.multi_task else "## Final evaluation (test set)")
         lines += [title, "",
                   f"{protocol['dataset']} / {protocol['model'] or 'default model'}, "
-                  f"{protocol['epochs']:g} epochs; mean ± std over seeds; p: Welch's t-test vs ReLU.  "
-                  f"Measured on the test split ({test_split}), which the search never used: its "
-                  f"fitness is validation accuracy.", "",
-                  "| activation | test accuracy (%) | n | p vs ReLU | function |", "|---|---:|---:|---:|---|"]
-        for r in rows:
-            acc = f"{100 * r.mean:.2f} ± {100 * r.std:.2f}"
-            acc = f"**{acc}**" if r.best else acc
-            p = format_p(r.p_vs_relu)
-            fn = f"`{r.expression}`" + (f" @ {r.params}" if r.params else "")
-            lines.append(f"| {r.display_label} | {acc} | {r.n} | {p} | {fn} |")
-        lines.append("")
-    if not tables:
-        lines += ["## Final evaluation", "", f"Not run yet: `gp-activations evaluate {run_dir}`.", ""]
+                  f"{protocol['epochs']:g} epochs; mean ± std over seeds; p: Welch's t-test vs "
+                  f"ReLU.  Measured on the test split ({test_split}), which the search never "
+                  f"used: its fitness is validation accuracy.", "", markdown_table(rows), ""]
+    return lines
+
+
+def _transfer_section(run_dir) -> list:
     transfer = Path(run_dir) / "transfer.md"
-    if transfer.is_file():  # written by `gp-activations transfer` over this run (and others)
-        body = transfer.read_text().split("\n", 1)[1].strip()
-        lines += ["## Transfer (this run's functions and others' on every task)", "", body, ""]
-    path = out / "report.md"
-    path.write_text("\n".join(lines))
-    store.close()
-    for o in others:
-        o.close()
-    return path
+    if not transfer.is_file():  # written by `gp-activations transfer` over this run (and others)
+        return []
+    body = transfer.read_text().split("\n", 1)[1].strip()
+    return ["## Transfer (this run's functions and others' on every task)", "", body, ""]
