@@ -15,7 +15,6 @@ and against the best baseline of that task.
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from . import zoo
 from .errors import UserError, did_you_mean
 from .search.store import TRANSFER_DB as DB_NAME  # noqa: F401 -- the file's name, re-exported
 from .search.store import Status, TransferStore
+from .tables import Column, Table, code, p_value, percent_pm, with_params
 
 @dataclass
 class Function:
@@ -63,45 +63,54 @@ class TransferTable:
     seeds: int = 0
 
     def markdown(self) -> str:
-        head = "| function | found on | " + " | ".join(self.tasks) + " |"
-        lines = [head, "|---|---|" + "---:|" * len(self.tasks)]
+        table = Table(Column("function"), Column("found on"), *(Column(t, ">") for t in self.tasks))
         for fn in self.functions:
-            cells = []
-            for task in self.tasks:
-                c = self.cells.get((fn.label, task))
-                cells.append(_cell_text(c, fn.label == "relu"))
-            name = fn.label if fn.kind == "baseline" else f"{fn.label} `{_short(fn)}`"
-            lines.append(f"| {name} | {fn.found_on or '--'} | " + " | ".join(cells) + " |")
-        lines += ["", f"Test accuracy (%), mean ± std over {self.seeds} seeds (n < {self.seeds}: "
-                      f"seeds that diverged are left out and counted as failed).  ▲/▼: better/worse "
-                      f"than ReLU, Welch's t-test p < 0.05; **bold**: better than the task's best "
-                      f"baseline ("
-                  + ", ".join(f"{t}: {self.best_baseline.get(t, 'n/a')}" for t in self.tasks)
-                  + ") with p < 0.05; p-values in transfer.csv."]
-        return "\n".join(lines)
+            name = fn.label if fn.kind == "baseline" else f"{fn.label} {code(_short(fn))}"
+            table.add(name, fn.found_on or "--", *(
+                _cell_text(self.cells.get((fn.label, task)), fn.label == "relu")
+                for task in self.tasks))
+        return "\n".join([
+            table.markdown(), "",
+            f"Test accuracy (%), mean ± std over {self.seeds} seeds (n < {self.seeds}: seeds that "
+            f"diverged are left out and counted as failed).  ▲/▼: better/worse than ReLU, "
+            f"Welch's t-test p < 0.05; **bold**: better than the task's best baseline ("
+            + ", ".join(f"{t}: {self.best_baseline.get(t, 'n/a')}" for t in self.tasks)
+            + ") with p < 0.05; p-values in transfer.csv."])
 
     def text(self) -> str:
-        width = max(12, *(len(f.label) for f in self.functions))
         col = max(18, *(len(t) for t in self.tasks))
-        lines = [f"{'function':{width}s}  " + "  ".join(f"{t:>{col}s}" for t in self.tasks)]
+        table = Table(Column("function", width=12, fit=True),
+                      *(Column(t, ">", col) for t in self.tasks))
         for fn in self.functions:
-            parts = []
-            for task in self.tasks:
-                parts.append(f"{_cell_text(self.cells.get((fn.label, task)), fn.label == 'relu', plain=True):>{col}s}")
-            lines.append(f"{fn.label:{width}s}  " + "  ".join(parts))
-        lines.append("(test accuracy %, mean ± std; +/-: better/worse than ReLU, p < 0.05; "
-                     "!: better than the task's best baseline, p < 0.05)")
-        for fn in self.functions:
-            if fn.kind == "found":
-                lines.append(f"  {fn.label}: {fn.expression}"
-                             + (f" @ params {fn.params}" if fn.params else "")
-                             + f"  (found on {fn.found_on})")
+            table.add(fn.label, *(
+                _cell_text(self.cells.get((fn.label, task)), fn.label == "relu", plain=True)
+                for task in self.tasks))
+        lines = [table.text(),
+                 "(test accuracy %, mean ± std; +/-: better/worse than ReLU, p < 0.05; "
+                 "!: better than the task's best baseline, p < 0.05)"]
+        lines += [f"  {fn.label}: {with_params(fn.expression, fn.params)}  (found on "
+                  f"{fn.found_on})" for fn in self.functions if fn.kind == "found"]
         return "\n".join(lines)
+
+    def csv(self) -> str:
+        """``transfer.csv``: one row per function and task, the numbers in full."""
+        table = Table("function", "kind", "found_on", "expression", "params", "task", "n",
+                      "failed", "mean", "std", "p_vs_relu", "p_vs_best_baseline",
+                      "best_baseline", "accuracies")
+        for fn in self.functions:
+            for task in self.tasks:
+                c = self.cells[(fn.label, task)]
+                table.add(fn.label, fn.kind, fn.found_on, fn.expression, json.dumps(fn.params),
+                          task, len(c.accuracies), c.failed, f"{c.mean:.6f}", f"{c.std:.6f}",
+                          p_value(c.p_vs_relu), p_value(c.p_vs_best),
+                          self.best_baseline.get(task, ""),
+                          " ".join(f"{a:.6f}" for a in c.accuracies))
+        return table.csv()
 
 
 def _short(fn: Function) -> str:
     text = fn.expression if len(fn.expression) <= 60 else fn.expression[:57] + "..."
-    return text + (f" @ {fn.params}" if fn.params else "")
+    return with_params(text, fn.params, " @ ")
 
 
 def _cell_text(c: Optional[Cell], is_relu: bool, plain: bool = False) -> str:
@@ -109,7 +118,7 @@ def _cell_text(c: Optional[Cell], is_relu: bool, plain: bool = False) -> str:
         return "n/a"
     if not c.accuracies:
         return f"failed ({c.failed})"
-    text = f"{100 * c.mean:.2f} ± {100 * c.std:.2f}"
+    text = percent_pm(c.mean, c.std)
     if c.failed:
         text += f" ({c.failed} failed)"
     if not is_relu and c.p_vs_relu is not None and c.p_vs_relu < 0.05:
@@ -319,21 +328,8 @@ def _write(out: Path, table: TransferTable, runs, tasks, seeds, epochs, top, bas
            into_runs: bool = False) -> None:
     """``OUT/transfer.csv`` and ``OUT/transfer.md``; with ``into_runs`` (``--into-runs``) also
     ``RUN/transfer.md`` in every run, for its report -- a run is not written otherwise."""
-    from .statistics import format_p
-
     with open(out / "transfer.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["function", "kind", "found_on", "expression", "params", "task", "n", "failed",
-                    "mean", "std", "p_vs_relu", "p_vs_best_baseline", "best_baseline",
-                    "accuracies"])
-        for fn in table.functions:
-            for task in table.tasks:
-                c = table.cells[(fn.label, task)]
-                w.writerow([fn.label, fn.kind, fn.found_on, fn.expression, json.dumps(fn.params),
-                            task, len(c.accuracies), c.failed, f"{c.mean:.6f}", f"{c.std:.6f}",
-                            format_p(c.p_vs_relu), format_p(c.p_vs_best),
-                            table.best_baseline.get(task, ""),
-                            " ".join(f"{a:.6f}" for a in c.accuracies)])
+        fh.write(table.csv())
     command = ("gp-activations transfer " + " ".join(str(r) for r in runs) + " --tasks "
                + ",".join(t["name"] for t in tasks) + f" --seeds {seeds}"
                + (f" --top {top}" if top != 1 else "")
