@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import UserError
+from .tables import Column, Table
 
 PROG = "gp-activations"
 
@@ -71,27 +72,31 @@ def cmd_primitives(args) -> int:
 
     if not args.space:
         print("Built-in search spaces (gp-activations primitives NAME lists one):")
+        spaces = Table(Column(width=14), Column(sep=" "), Column())
         for name in builtin_names():
             pset = load_primitive_set(name)
-            print(f"  {name:14s} {len(pset.unary):2d} unary, {len(pset.binary):2d} binary  "
-                  f"{pset.description}")
+            spaces.add(name, f"{len(pset.unary):2d} unary, {len(pset.binary):2d} binary",
+                       pset.description)
+        print(spaces.text(header=False, indent="  "))
         return 0
     pset = load_primitive_set(args.space)
     print(f"{pset.name}: {pset.description}".rstrip(": "))
-    print(f"{'name':12s} {'arity':>5s}  {'LaTeX':40s} description")
+    table = Table(Column("name", width=12), Column("arity", ">", 5, sep=" "),
+                  Column("LaTeX", width=40), Column("description", sep=" "))
     for row in describe(pset):
-        print(f"{row['name']:12s} {row['arity']:5d}  {row['latex']:40s} {row['doc']}")
+        table.add(row["name"], row["arity"], row["latex"], row["doc"])
+    print(table.text())
     return 0
 
 
 def cmd_zoo(args) -> int:
     from . import zoo
 
-    names = [args.name] if args.name else zoo.names()
-    for name in names:
+    table = Table(Column(width=11), Column(sep=" "))
+    for name in [args.name] if args.name else zoo.names():
         act = zoo.get(name)
-        print(f"{name:11s} {act.latex()}")
-        print(f"{'':11s} {act}")
+        table.add(name, act.latex()).add("", act)
+    print(table.text(header=False))
     if args.torch or args.name:
         sample = args.name or "mish"
         print(f"\n# Standalone torch export of {sample!r} "
@@ -216,6 +221,31 @@ _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", 
 
 
 def cmd_search(args) -> int:
+    search, out = _make_search(args)
+    print(_search_banner(search, out, args.tensorboard), file=sys.stderr)
+    result = search.run()
+    print()
+    _print_search_result(search, result, out)
+    counts = result.counts
+    print(f"\n{counts['done']} done, {counts['failed']} failed, {counts['rejected']} rejected "
+          f"before training, {counts['duplicates'] + result.dedup_hits} duplicates not trained; "
+          f"{result.wall_time:.0f} s; log: {Path(out) / 'search.log'}")
+    if result.interrupted:
+        print(f"\ninterrupted: finished work is saved. Resume with:\n"
+              f"  gp-activations search --out {out} --resume", file=sys.stderr)
+        return 130
+    if result.all_failed:
+        print(f"\n{PROG}: error: no candidate of {out} trained successfully; the reasons:\n"
+              f"{result.failure_summary()}\n(details in {Path(out) / 'search.log'})", file=sys.stderr)
+        return 1
+    print(f"next: gp-activations evaluate {out}   (retrain the top functions and baselines on "
+          f"the test set)")
+    return 0
+
+
+def _make_search(args):
+    """The :class:`~gp_activations.search.driver.Search` the flags ask for (a new run, or the
+    run in ``--out`` resumed) and its run directory."""
     import time as _time
 
     from .search import SearchConfig
@@ -238,40 +268,46 @@ def cmd_search(args) -> int:
         _check_run_writable(out, "search --resume")
         if args.config:  # the file's changes count as the same changes given as flags
             flags = {**_config_file_changes(args.config, out, flags), **flags}
-        search = Search(SearchConfig(), out, resume=True, overrides=flags,
-                        progress=not args.no_progress, **extra)
-    else:
-        config = (SearchConfig.from_toml(args.config, flags) if args.config
-                  else SearchConfig.from_dict(flags, where="command line"))
-        if "generations" in flags and flags["generations"] is None:
-            config = config.replace(generations=None)
-        out = out or f"runs/{config.dataset}-{config.strategy}-{_time.strftime('%Y%m%d-%H%M%S')}"
-        search = Search(config, out, progress=not args.no_progress, **extra)
-    cfg = search.config
+        return Search(SearchConfig(), out, resume=True, overrides=flags,
+                      progress=not args.no_progress, **extra), out
+    config = (SearchConfig.from_toml(args.config, flags) if args.config
+              else SearchConfig.from_dict(flags, where="command line"))
+    if "generations" in flags and flags["generations"] is None:
+        config = config.replace(generations=None)
+    out = out or f"runs/{config.dataset}-{config.strategy}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    return Search(config, out, progress=not args.no_progress, **extra), out
+
+
+def _search_banner(search, out, tensorboard) -> str:
+    """The line on stderr before a search starts: how, on what, until when, where."""
+    cfg, tasks = search.config, search.plan.tasks
     stop = [f"{cfg.generations} generations"] if cfg.generations is not None else []
-    if search.plan.tasks:
-        counted = f"budget {cfg.budget} candidates ({len(search.plan.tasks)} trainings each)"
+    if tasks:
+        counted = f"budget {cfg.budget} candidates ({len(tasks)} trainings each)"
     elif search.plan.rungs:
         counted = f"budget {cfg.budget} candidates (each trains 1 to {len(search.plan.rungs)} rungs)"
     else:
         counted = f"budget {cfg.budget} trainings"
     stop += [counted] if cfg.budget else []
-    where = (" + ".join(t.name for t in search.plan.tasks) if search.plan.tasks else cfg.dataset)
+    where = (" + ".join(t.name for t in tasks) if tasks else cfg.dataset)
     how = cfg.strategy + (" + successive halving" if cfg.fidelity == "halving" else "") + (
         f" + {cfg.surrogate} surrogate" if cfg.surrogate else "") + (
         f" (fitness looked up in {cfg.lookup})" if cfg.lookup else "")
-    print(f"search: {how} on {where} ({cfg.primitives}), population "
-          f"{cfg.population}, {', '.join(stop)}"
-          + f", {cfg.executor} x{cfg.workers}; run directory {out}"
-          + (f"; TensorBoard: tensorboard --logdir {args.tensorboard}" if args.tensorboard
-             else ""), file=sys.stderr)
-    result = search.run()
-    print()
+    return (f"search: {how} on {where} ({cfg.primitives}), population "
+            f"{cfg.population}, {', '.join(stop)}"
+            + f", {cfg.executor} x{cfg.workers}; run directory {out}"
+            + (f"; TensorBoard: tensorboard --logdir {tensorboard}" if tensorboard else ""))
+
+
+def _print_search_result(search, result, out) -> None:
+    """The top functions (per task, for a multi-task search), the final race, and what they
+    were selected for."""
+    cfg, tasks = search.config, search.plan.tasks
     network = _network_label(cfg, search.plan.base_job.model)
-    if search.plan.tasks:
-        how = ("weighted mean" if len({t.weight for t in search.plan.tasks}) > 1 else "mean") \
+    if tasks:
+        how = ("weighted mean" if len({t.weight for t in tasks}) > 1 else "mean") \
             if cfg.task_aggregate == "mean" else "minimum"
-        print(f"Top functions of {out} for {len(search.plan.tasks)} tasks (fitness = the {how} over "
+        print(f"Top functions of {out} for {len(tasks)} tasks (fitness = the {how} over "
               f"tasks of validation accuracy / ReLU's, each task's fitness budget):")
         print(result.table())
         print(result.task_table())
@@ -283,28 +319,13 @@ def cmd_search(args) -> int:
         print(result.table())
     if result.race:
         print(result.race_table())
-    if not cfg.fitness and not search.plan.tasks:
+    if not cfg.fitness and not tasks:
         print(f"(selected for {network}: specialised to that network and task until evaluated "
               f"elsewhere -- gp-activations evaluate {out} --model NAME tests a transfer)")
         if network == "mnist1d / cnn1d":
             print("(cnn1d is small and unnormalised: for a BatchNorm ResNet run gp-activations "
                   "search --config experiments/mnist1d_resnet1d.toml, for functions general "
                   "across networks experiments/mnist1d_general.toml)")
-    counts = result.counts
-    print(f"\n{counts['done']} done, {counts['failed']} failed, {counts['rejected']} rejected "
-          f"before training, {counts['duplicates'] + result.dedup_hits} duplicates not trained; "
-          f"{result.wall_time:.0f} s; log: {Path(out) / 'search.log'}")
-    if result.interrupted:
-        print(f"\ninterrupted: finished work is saved. Resume with:\n"
-              f"  gp-activations search --out {out} --resume", file=sys.stderr)
-        return 130
-    if result.all_failed:
-        print(f"\n{PROG}: error: no candidate of {out} trained successfully; the reasons:\n"
-              f"{result.failure_summary()}\n(details in {Path(out) / 'search.log'})", file=sys.stderr)
-        return 1
-    print(f"next: gp-activations evaluate {out}   (retrain the top functions and baselines on "
-          f"the test set)")
-    return 0
 
 
 def _check_run_writable(run, command: str) -> None:
@@ -450,6 +471,7 @@ def cmd_transfer(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
+    """The ``gp-activations`` parser: one sub-parser per command (``_*_parser`` below)."""
     parser = _Parser(prog=PROG, description="Discover activation functions with evolution "
                      "(DEAP) and gradient descent (PyTorch), after PANGAEA.")
     from . import __version__
@@ -460,15 +482,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
+    for add in (_primitives_parser, _zoo_parser, _export_parser, _train_parser, _search_parser,
+                _evaluate_parser, _status_parser, _report_parser, _transfer_parser):
+        add(sub, datasets)
+    return parser
+
+
+def _primitives_parser(sub, datasets: str) -> None:
     p = sub.add_parser("primitives", help="list the built-in search spaces or one set's operators")
     p.add_argument("space", nargs="?", help="built-in name, path to a .py file, or module:attr")
     p.set_defaults(func=cmd_primitives)
 
+
+def _zoo_parser(sub, datasets: str) -> None:
     p = sub.add_parser("zoo", help="show the known activation functions as trees, LaTeX and torch code")
     p.add_argument("name", nargs="?", help="one zoo entry (default: all)")
     p.add_argument("--torch", action="store_true", help="also print a sample torch export")
     p.set_defaults(func=cmd_zoo)
 
+
+def _export_parser(sub, datasets: str) -> None:
     p = sub.add_parser("export", help="export an activation as LaTeX, sympy, torch code or JSON")
     p.add_argument("run", nargs="?", help="a search run directory (exports its winner)")
     p.add_argument("--expr", help="an expression in prefix notation, e.g. 'mul(x, sigmoid(x))', "
@@ -486,6 +519,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write to this file instead of stdout")
     p.set_defaults(func=cmd_export)
 
+
+def _train_parser(sub, datasets: str) -> None:
     p = sub.add_parser("train", help="train a network with one activation (several seeds)")
     p.add_argument("--act", required=True, help="an expression or a zoo name (e.g. relu)")
     p.add_argument("--dataset", default="mnist1d", help=f"{datasets} (default mnist1d)")
@@ -510,6 +545,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object with every record")
     p.set_defaults(func=cmd_train)
 
+
+def _search_parser(sub, datasets: str) -> None:
     p = sub.add_parser("search", help="evolve activation functions (PANGAEA-style)")
     p.add_argument("--config", help="TOML file (e.g. experiments/mnist1d.toml); flags override "
                    "it, and paths in it are relative to it. With --resume its changes to the "
@@ -536,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--budget", type=int, help="stop after this many trainings (instead of a "
                    "number of generations)")
     p.add_argument("--epochs", type=float, help="fitness epochs per candidate")
+    _search_method_args(p)
+    _search_run_args(p)
+    p.set_defaults(func=cmd_search)
+
+
+def _search_method_args(p) -> None:
+    """search: the strategy, the fidelity, the surrogate, the lookup table, the final race."""
     p.add_argument("--strategy", help="evolution (default), random (the same space, no "
                    "selection) or module:Class (your Strategy subclass)")
     p.add_argument("--fidelity", choices=["full", "halving"], help="full (default): every "
@@ -556,6 +600,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default 10)")
     p.add_argument("--race-epochs", type=float, help="race: epochs per training (default: the "
                    "dataset's full schedule)")
+
+
+def _search_run_args(p) -> None:
+    """search: where and how its trainings run, and what it shows."""
     p.add_argument("--executor", choices=["serial", "process", "ray"],
                    help="where evaluations run (default serial)")
     p.add_argument("--workers", type=int, help="parallel evaluations (default 1)")
@@ -576,8 +624,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "into DIR: best and median fitness per generation, counts and failures by "
                    "reason, the top functions' shapes (needs pip install tensorboard; view with "
                    "tensorboard --logdir DIR)")
-    p.set_defaults(func=cmd_search)
 
+
+def _evaluate_parser(sub, datasets: str) -> None:
     p = sub.add_parser("evaluate", help="retrain a run's top functions and baselines on the test set")
     p.add_argument("run", help="a search run directory")
     p.add_argument("--top", type=int, help="how many found functions (default: the run's "
@@ -605,12 +654,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _status_parser(sub, datasets: str) -> None:
     p = sub.add_parser("status", help="where a search stands: generation, candidates, budget, "
                        "best so far, failures (read-only: safe while it runs)")
     p.add_argument("run", help="a search run directory")
     p.add_argument("--top", type=int, default=3, help="best functions to show (default 3)")
     p.set_defaults(func=cmd_status)
 
+
+def _report_parser(sub, datasets: str) -> None:
     p = sub.add_parser("report", help="plots and report.md of a run")
     p.add_argument("run", help="a search run directory")
     p.add_argument("--top", type=int, default=4, help="functions to plot (default 4)")
@@ -618,6 +671,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="another run to compare with (e.g. random search); repeatable")
     p.set_defaults(func=cmd_report)
 
+
+def _transfer_parser(sub, datasets: str) -> None:
     p = sub.add_parser("transfer", help="train the top functions of several runs on every task, "
                        "against the baselines (specialised vs general)")
     p.add_argument("runs", nargs="+", metavar="RUN", help="search run directories")
@@ -638,8 +693,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--into-runs", action="store_true", help="also write transfer.md into each "
                    "RUN (its report then includes the table); by default only --out is written")
     p.set_defaults(func=cmd_transfer)
-
-    return parser
 
 
 def _fused_value(text: str):
