@@ -49,7 +49,6 @@ def main(argv=None) -> int:
     parser.add_argument("--repeat", type=int, default=300)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    kernels.set_enabled(True)  # whatever GP_ACTIVATIONS_PLAIN_KERNELS says: both columns
     relu = per_call(lambda x, y: torch.relu(x), args.repeat)
     print(f"torch {torch.__version__}, 1 thread; one cnn1d site {SHAPE}, forward + backward; "
           f"ReLU {relu * 1e6:.1f} us\n")

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from gp_activations import kernels
+from gp_activations.compiled import COMPILED
 from gp_activations.search import SearchConfig, run_search
 from gp_activations.search.store import RunStore
 
@@ -100,11 +100,11 @@ def main(argv=None) -> int:
     if "fused-off" in rows:
         runs.append(measure("serial", 1, 1, args, root, ", fused off", fused=False))
     if "before" in rows:
-        kernels.set_enabled(False)
+        COMPILED.set_kernels(False)
         try:
             runs.append(measure("serial", 1, 1, args, root, ", before issue 12", fused=False))
         finally:
-            kernels.set_enabled(True)
+            COMPILED.set_kernels(True)
     base = runs[0]
     print(f"\nMNIST-1D search: population {args.population}, {args.generations} generations, "
           f"{args.epochs:g} epochs per candidate\n")

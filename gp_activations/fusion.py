@@ -46,7 +46,7 @@ import tempfile
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -101,14 +101,17 @@ class FusedFunction:
     call's reach: the trainer compiles them before the first step and calls :meth:`give_up`
     where that fails.)  A failure from a corrupt kernel cache is retried once in a fresh cache
     (a warning).  ``compile_seconds``: the time of the calls that compiled a graph, in this
-    process.  ``traced``: the function torch.compile traces; ``eager``: what runs instead
-    (the same values; default ``traced``)."""
+    process (all callers together); each such time also goes to ``on_compile(seconds)``, called
+    in the caller's thread (:meth:`gp_activations.compiled.CompileState.charge`: the clock of
+    the training that made the call).  ``traced``: the function torch.compile traces;
+    ``eager``: what runs instead (the same values; default ``traced``)."""
 
-    def __init__(self, traced, eager=None):
+    def __init__(self, traced, eager=None, on_compile: Optional[Callable[[float], None]] = None):
         self.traced = traced
         self.eager = eager if eager is not None else traced
         self.fallback: Optional[str] = None  # why it runs eager, once it does
         self.compile_seconds = 0.0
+        self._on_compile = on_compile
         self._compiled = self._compile()
         from torch._dynamo.utils import counters
 
@@ -129,8 +132,15 @@ class FusedFunction:
         except Exception as exc:  # noqa: BLE001 -- dynamo/inductor failures have many types
             out = self._recover(exc, args)
         if self._stats["unique_graphs"] != graphs:  # this call compiled (or loaded) a graph
-            self.compile_seconds += time.perf_counter() - started
+            self.add_compile_seconds(time.perf_counter() - started)
         return out
+
+    def add_compile_seconds(self, seconds: float) -> None:
+        """Count ``seconds`` of compiling (a call's, or backward graphs compiled inside
+        autograd, which the trainer times) to this function and to ``on_compile``."""
+        self.compile_seconds += seconds
+        if self._on_compile is not None:
+            self._on_compile(seconds)
 
     def _recover(self, exc: BaseException, args):
         if _from_the_cache(exc):

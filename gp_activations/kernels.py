@@ -26,7 +26,8 @@ run the same statements): :func:`namespace` binds ``torch`` in the eager path to
 five functions are these, and delegates everything else to torch.  They step aside (plain
 torch) off the CPU, when no gradient is recorded, under torch.compile and under torch.func
 transforms (the same values either way); the fused path compiles the plain source.
-``GP_ACTIVATIONS_PLAIN_KERNELS=1`` (or :func:`set_enabled`) turns them off: the benchmarks'
+``GP_ACTIVATIONS_PLAIN_KERNELS=1`` (or ``gp_activations.compiled.COMPILED.set_kernels(False)``,
+the switch's owner) binds generated eager code to plain torch instead: the benchmarks'
 baseline.
 
 Not here: torch's float32 ``sinh`` / ``cosh`` / ``asinh`` / ``sinc`` / ``i0e`` are scalar loops
@@ -39,30 +40,23 @@ remedy.
 from __future__ import annotations
 
 import math
-import os
 import types
 
 import torch
 
-__all__ = ["clamp", "nan_to_num", "maximum", "minimum", "where", "namespace", "set_enabled",
-           "TORCH"]
+__all__ = ["clamp", "nan_to_num", "maximum", "minimum", "where", "namespace", "TORCH",
+           "PLAIN_ENV"]
 
 
-#: set to "1" to run generated eager code on plain torch (a baseline for the benchmarks)
+#: set to "1" to run generated eager code on plain torch (a baseline for the benchmarks); read
+#: by the switch's owner, :data:`gp_activations.compiled.COMPILED`
 PLAIN_ENV = "GP_ACTIVATIONS_PLAIN_KERNELS"
-_ENABLED = os.environ.get(PLAIN_ENV) != "1"
-
-
-def set_enabled(enabled: bool) -> None:
-    """Use these kernels (the default) or plain torch in eager activations, process-wide."""
-    global _ENABLED
-    _ENABLED = bool(enabled)
 
 
 def _recorded(*tensors) -> bool:
     """A CPU autograd graph is being recorded through at least one of ``tensors`` -- by plain
     autograd: torch.compile tracing and torch.func transforms (vmap, grad, jvp) get torch."""
-    if not (_ENABLED and torch.is_grad_enabled()):
+    if not torch.is_grad_enabled():
         return False
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
         return False

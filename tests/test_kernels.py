@@ -12,16 +12,19 @@ from deap import gp
 from torch import nn
 
 from gp_activations import Activation, kernels
-from gp_activations.activation import _eager_function
+from gp_activations.compiled import COMPILED
 from gp_activations.primitive_sets import builtin_names, load_primitive_set
 
 INF = float("inf")
 
 
 @pytest.fixture(autouse=True)
-def kernels_on(monkeypatch):
+def kernels_on():
     """The kernels in use whatever the environment says (GP_ACTIVATIONS_PLAIN_KERNELS)."""
-    monkeypatch.setattr(kernels, "_ENABLED", True)
+    before = COMPILED.kernels_enabled
+    COMPILED.set_kernels(True)
+    yield
+    COMPILED.set_kernels(before)
 
 
 def grads(fn, *inputs, seed=0, node=None):
@@ -177,12 +180,11 @@ def test_a_training_step_is_exactly_the_plain_torch_one(space):
         for cheap in (True, False):
             torch.manual_seed(0)
             make = act.factory(per_channel=i % 2 == 1)
+            COMPILED.set_kernels(cheap)  # the modules made now bind kernels, or plain torch
             net = nn.Sequential(nn.Conv1d(1, 4, 3, padding=1), make(num_channels=4),
                                 nn.Conv1d(4, 4, 3, padding=1), make(num_channels=4),
                                 nn.Flatten(), nn.Linear(4 * 12, 3))
-            for m in net.modules():
-                if hasattr(m, "_fn"):
-                    m._fn = _eager_function(act.program, cheap=cheap)
+            COMPILED.set_kernels(True)
             g = torch.Generator().manual_seed(1)
             x = torch.randn(16, 1, 12, generator=g) * 2
             x[:, :, :3] = 0.0  # exact zeros: ties and clamp bounds at 0
@@ -190,6 +192,53 @@ def test_a_training_step_is_exactly_the_plain_torch_one(space):
             loss.backward()
             results.append([loss.detach()] + [p.grad for p in net.parameters()])
         assert_identical(*results)
+
+
+def test_the_switch_decides_what_eager_code_binds():
+    """COMPILED's kernels switch: eager functions made while it is on call kernels' functions
+    (their autograd nodes in the graph), made while it is off torch's own; a function keeps
+    the binding it was made with; the environment variable sets it in a new process."""
+    act = Activation.from_string("div(x, add(x, 1.0))", params=[0])
+    x = torch.linspace(-3, 3, 13).requires_grad_()
+
+    def made(enabled):
+        COMPILED.set_kernels(enabled)
+        try:
+            module = act.module()
+        finally:
+            COMPILED.set_kernels(True)
+        return module
+
+    on, off = made(True), made(False)
+    assert on.function.__globals__["torch"] is kernels.TORCH
+    assert on.function.__globals__["torch"].where is kernels.where
+    assert off.function.__globals__["torch"] is torch
+    nodes = {}
+    for name, module in (("on", on), ("off", off)):
+        seen, stack = set(), [module(x).grad_fn]
+        while stack:
+            fn = stack.pop()
+            if fn is not None and fn not in seen:
+                seen.add(fn)
+                stack += [f for f, _ in fn.next_functions]
+        nodes[name] = {type(fn).__name__ for fn in seen}
+    assert "_WhereBackward" in nodes["on"] and "WhereBackward0" not in nodes["on"]
+    assert "_WhereBackward" not in nodes["off"] and "WhereBackward0" in nodes["off"]
+    assert on.function is act.module().function  # shared while the switch is on
+    torch.testing.assert_close(on(x), off(x), rtol=0, atol=0)
+
+    import os
+    import subprocess
+    import sys
+
+    probe = ("import torch; from gp_activations import Activation; "
+             "m = Activation.from_string('div(x, add(x, 1.0))').module(); "
+             "print(m.function.__globals__['torch'] is torch)")
+    for value, plain in (("1", "True"), ("0", "False")):
+        env = {**os.environ, kernels.PLAIN_ENV: value}
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                             env=env, check=True, timeout=300).stdout.strip()
+        assert out == plain
 
 
 def test_the_benchmark_runs_and_lists_every_operator():

@@ -386,7 +386,7 @@ UPWARD = {("gp_activations.activation", "gp_activations.report")}
 LAYERS = [
     ("foundations", {"errors", "references", "progress", "statistics", "kernels", "_partition"}),
     ("expressions", {"expression", "operators", "primitive_sets"}),
-    ("compile", {"codegen", "fusion"}),
+    ("compile", {"codegen", "fusion", "compiled"}),
     ("functions", {"activation", "zoo", "search.screening"}),
     ("render", {"tables"}),
     ("nets", {"data", "models", "replace", "adapt"}),
