@@ -35,6 +35,7 @@ from . import fusion as fusion_mod
 from . import models as models_mod
 from . import zoo
 from .activation import Activation, ActivationModule
+from .compiled import COMPILED, CompileClock
 from .errors import UserError, did_you_mean
 
 # ---------------------------------------------------------------------------------------------
@@ -156,13 +157,21 @@ _MODEL_PRESETS: dict = {
 }
 
 
+def _dataset_key(name: str) -> str:
+    """A known dataset's canonical name (an alias resolved); any other name as it is."""
+    try:
+        return data_mod.get_dataset_info(name).name
+    except UserError:
+        return name
+
+
 def default_config(dataset: str, purpose: str = "train", model=None, **overrides) -> TrainConfig:
     """The preset budget of ``dataset`` (refined for ``model`` where the model has its own)
     for ``purpose`` ("train" or "fitness"); ``overrides`` replace single fields."""
     overrides.setdefault("chance_check", purpose == "fitness")
     overrides.setdefault("blowup_limit", 1e4 if purpose == "fitness" else None)
     name = str(dataset).strip().lower()
-    name = data_mod._ALIASES.get(name, name)  # "CIFAR-10" is cifar10, not the mnist1d preset
+    name = _dataset_key(name)  # "CIFAR-10" is cifar10, not the mnist1d preset
     key = "cifar" if name.startswith("cifar") else name
     if key not in _PRESETS:
         key = "custom"  # a user's dataset: the documented custom preset, never MNIST-1D's
@@ -476,22 +485,27 @@ def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfi
             raise UserError(f"dataset {ds_name!r} has no default model; pass model=")
         model = data_mod.get_dataset_info(ds_name).default_model
     model_name = model if isinstance(model, str) else getattr(model, "__name__", "custom")
-    fused_fn = _fused_function_of(act)
-    compiled_before = fused_fn.compile_seconds if fused_fn else 0.0
-    with _num_threads(config.threads):
+    with COMPILED.training_clock() as clock, _num_threads(config.threads):
         record = _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progress,
-                        started)
-    fused_fn = _fused_function_of(act) if record.fused else None
-    if fused_fn is not None:  # what the activation's compiled function did in this training
-        if fused_fn.fallback:
-            record.fused = False
-            record.fusion = FusionDecision(False, FusionWhy.COMPILE_FAILED, fused_fn.fallback)
-        else:
-            why = record.fusion.why if record.fusion.why is FusionWhy.COST_MODEL \
-                else FusionWhy.FORCED
-            record.fusion = dataclasses.replace(
-                record.fusion, fused=True, why=why,
-                compile_seconds=fused_fn.compile_seconds - compiled_before)
+                        started, clock)
+    return _with_compile_outcome(record, act, clock)
+
+
+def _with_compile_outcome(record: TrainResult, act, clock: CompileClock) -> TrainResult:
+    """``record`` with what the activation's compiled function did in this training: it fell
+    back to eager (inductor could not compile it), or it ran fused and compiled in the seconds
+    ``clock`` counted."""
+    fused_fn = (COMPILED.fused_of(act.program)
+                if record.fused and isinstance(act, Activation) else None)
+    if fused_fn is None:
+        return record
+    if fused_fn.fallback:
+        record.fused = False
+        record.fusion = FusionDecision(False, FusionWhy.COMPILE_FAILED, fused_fn.fallback)
+    else:
+        why = record.fusion.why if record.fusion.why is FusionWhy.COST_MODEL else FusionWhy.FORCED
+        record.fusion = dataclasses.replace(record.fusion, fused=True, why=why,
+                                            compile_seconds=clock.seconds)
     return record
 
 
@@ -508,29 +522,49 @@ def _num_threads(threads: Optional[int]):
             torch.set_num_threads(previous)
 
 
-def _fused_function_of(act):
-    """The shared compiled function of ``act``, where one was made in this process."""
-    if not isinstance(act, Activation):
-        return None
-    from .activation import fused_function_of
+@dataclass
+class _Run:
+    """One training's fixed parts, set up before its first step."""
 
-    return fused_function_of(act)
+    net: nn.Module
+    ds: data_mod.Dataset
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    gen: torch.Generator
+    x_eval: torch.Tensor
+    y_eval: torch.Tensor
+    batch: int  # samples per step
+    steps_per_epoch: int
+    total_steps: int
+    chance: float  # accuracy of always guessing the commonest evaluation class
+    channels_last: bool
+    amp: bool
+    dev: torch.device
+    clock: CompileClock
+
+    def autocast(self):
+        # (a disabled autocast still costs its context manager on every step of a tiny model)
+        if self.amp:
+            return torch.autocast(self.dev.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+@dataclass
+class _Progress:
+    """How far a training has got: steps taken, seconds spent in them, samples seen."""
+
+    step: int = 0
+    train_time: float = 0.0
+    samples: int = 0
 
 
 def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progress,
-           started) -> TrainResult:
-    on_cuda = dev.type == "cuda"
-    image_model = len(ds.input_shape) == 3
-    channels_last = image_model and (config.channels_last if config.channels_last is not None else True)
-    amp = config.amp if config.amp is not None else (on_cuda or (image_model and cpu_bf16()))
-    if on_cuda:
-        torch.backends.cudnn.benchmark = True
-
+           started, clock: CompileClock) -> TrainResult:
+    channels_last, amp = _layout(ds, config, dev)
     record = TrainResult(status="ok", reason="", accuracy=float("nan"),
                          best_accuracy=float("nan"), split=split, epochs_done=0, seed=seed,
                          device=str(dev), activation=activation_label(act), model=model_name,
                          dataset=ds_name, config=config.to_dict())
-
     torch.manual_seed(seed)
     try:
         net = build_network(model, _activation_factory(act, config), ds).to(dev)
@@ -540,11 +574,30 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
         return _failed(record, exc, started)
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    optimizer = _optimizer(net, config)
+    run = _set_up(net, ds, config, dev, seed, split, channels_last, amp, clock)
+    ended = _before_first_step(record, act, run, config, started)
+    if ended is not None:
+        return ended
+    return _optimise(record, run, config, progress, started)
 
-    x_train, y_train = ds.x_train, ds.y_train
+
+def _layout(ds: data_mod.Dataset, config: TrainConfig, dev: torch.device) -> tuple:
+    """(channels_last, amp) of a training on ``dev`` (and cudnn's autotuner on on CUDA)."""
+    on_cuda = dev.type == "cuda"
+    image_model = len(ds.input_shape) == 3
+    channels_last = image_model and (config.channels_last if config.channels_last is not None else True)
+    amp = config.amp if config.amp is not None else (on_cuda or (image_model and cpu_bf16()))
+    if on_cuda:
+        torch.backends.cudnn.benchmark = True
+    return channels_last, amp
+
+
+def _set_up(net: nn.Module, ds: data_mod.Dataset, config: TrainConfig, dev: torch.device,
+            seed: int, split: str, channels_last: bool, amp: bool, clock: CompileClock) -> _Run:
+    """The optimiser, the step plan, the learning-rate schedule and the batch generator."""
+    optimizer = _optimizer(net, config)
     x_eval, y_eval = ds.split(split)
-    n = len(x_train)
+    n = len(ds.x_train)
     batch = min(int(config.batch_size), n)
     steps_per_epoch = max(1, n // batch)
     if config.max_steps_per_epoch:
@@ -554,95 +607,137 @@ def _train(act, ds, model, model_name, ds_name, config, dev, seed, split, progre
     gen = torch.Generator(device=dev)
     gen.manual_seed(seed)
     chance = float(torch.bincount(y_eval, minlength=ds.num_classes).max().item()) / max(1, len(y_eval))
+    return _Run(net, ds, optimizer, scheduler, gen, x_eval, y_eval, batch, steps_per_epoch,
+                total_steps, chance, channels_last, amp, dev, clock)
 
-    sites = [m for m in net.modules() if isinstance(m, ActivationModule)]
-    probe = x_train[:batch]
-    if channels_last:
+
+def _before_first_step(record: TrainResult, act, run: _Run, config: TrainConfig,
+                       started: float) -> Optional[TrainResult]:
+    """Fuse (or not) and compile the activation, then check for a blow-up at initialisation;
+    the finished record where the training ends here ("failed", "diverged"), else None."""
+    sites = [m for m in run.net.modules() if isinstance(m, ActivationModule)]
+    probe = run.ds.x_train[:run.batch]
+    if run.channels_last:
         probe = probe.contiguous(memory_format=torch.channels_last)
     if config.fused == "auto" and sites:
         try:
-            _decide_fusion(record, act, net, sites, probe, total_steps, dev)
+            _decide_fusion(record, act, run.net, sites, probe, run.total_steps, run.dev)
         except Exception as exc:  # noqa: BLE001 -- e.g. a user operator raising: this candidate fails
             return _failed(record, exc, started)
     record.fused = any(m.fused for m in sites)
     if record.fused:
         try:
-            _compile_fused(net, sites, probe, amp, dev)
+            _compile_fused(run.net, sites, probe, run.amp, run.dev, run.clock)
         except Exception as exc:  # noqa: BLE001 -- the function's own error: it fails, as eager would
             return _failed(record, exc, started)
     if config.blowup_limit:
         try:
-            blowup = _blowup_at_init(net, x_train[:batch], config.blowup_limit, channels_last)
+            blowup = _blowup_at_init(run.net, run.ds.x_train[:run.batch], config.blowup_limit,
+                                     run.channels_last)
         except Exception as exc:  # noqa: BLE001 -- e.g. a user operator raising: this candidate fails
             return _failed(record, exc, started)
         if blowup:
             return _finish(record, "diverged", blowup, started, 0.0, 0)
-    sites = site_parameters(net)
+    return None
+
+
+def _optimise(record: TrainResult, run: _Run, config: TrainConfig, progress,
+              started: float) -> TrainResult:
+    """The epochs, each followed by its evaluation and checks, until the steps are done or a
+    check ends the training."""
+    sites = site_parameters(run.net)
     if sites:
         record.param_trajectory.append(sites)
-    step, train_time, samples = 0, 0.0, 0
-    # (a disabled autocast still costs its context manager on every step of a tiny model)
-    autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if amp else contextlib.nullcontext
-    net.train()
+    done = _Progress()
+    run.net.train()
     try:
-        while step < total_steps:
-            epoch_start = time.perf_counter()
-            perm = torch.randperm(n, device=dev, generator=gen)
-            loss_sum = torch.zeros((), device=dev)
-            epoch_steps = min(steps_per_epoch, total_steps - step)
-            for i in range(epoch_steps):
-                idx = perm[i * batch:(i + 1) * batch]
-                xb, yb = x_train[idx], y_train[idx]
-                if ds.augment:
-                    xb = data_mod.augment_crop_flip(xb, generator=gen)
-                if channels_last:
-                    xb = xb.contiguous(memory_format=torch.channels_last)
-                with autocast():
-                    logits = net(xb)
-                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                loss_sum += loss.detach()
-                step += 1
-                samples += len(idx)
-                # Catch a diverging candidate early (a host sync every 25 steps is cheap).
-                if i % 25 == 24 and not torch.isfinite(loss_sum).item():
-                    break
-                if config.time_limit and time.perf_counter() - started > config.time_limit:
-                    break
-            train_time += time.perf_counter() - epoch_start
-            done_steps = i + 1
-            mean_loss = loss_sum.item() / done_steps
-            record.epochs_done = round(step / steps_per_epoch, 4)
-            record.loss_curve.append(mean_loss)
-            if not math.isfinite(mean_loss):
-                return _finish(record, "diverged", f"non-finite training loss in epoch "
-                               f"{len(record.loss_curve)}", started, train_time, samples)
-            acc = evaluate_accuracy(net, x_eval, y_eval, config.eval_batch_size, channels_last, amp)
-            record.accuracy_curve.append(acc)
-            record.accuracy = acc
-            record.best_accuracy = max(record.accuracy_curve)
-            sites = site_parameters(net)
-            if sites:
-                record.param_trajectory.append(sites)
-            if progress is not None:
-                progress(len(record.loss_curve), mean_loss, acc)
-            if config.time_limit and time.perf_counter() - started > config.time_limit:
-                return _finish(record, "timeout", f"time limit of {config.time_limit:g} s reached "
-                               f"after {record.epochs_done:g} epochs", started, train_time, samples)
-            if (config.chance_check and len(record.accuracy_curve) == 1 and step < total_steps
-                    and acc <= chance + 0.02):
-                return _finish(record, "chance", f"accuracy {acc:.3f} at chance level "
-                               f"({chance:.3f}) after the first epoch", started, train_time, samples)
-            if config.chance_check and len(record.accuracy_curve) == 1 and step < total_steps:
-                reason = _not_learning(mean_loss, acc, chance, ds.num_classes)
-                if reason:
-                    return _finish(record, "diverged", reason, started, train_time, samples)
+        while done.step < run.total_steps:
+            mean_loss = _epoch(run, config, done, started)
+            ended = _after_epoch(record, run, config, done, mean_loss, progress, started)
+            if ended is not None:
+                return ended
     except Exception as exc:  # noqa: BLE001 -- e.g. a user operator raising
         return _failed(record, exc, started)
-    return _finish(record, "ok", "", started, train_time, samples)
+    return _finish(record, "ok", "", started, done.train_time, done.samples)
+
+
+def _epoch(run: _Run, config: TrainConfig, done: _Progress, started: float) -> float:
+    """One epoch's steps (fewer where the loss is not finite or time is up); its mean loss."""
+    epoch_start = time.perf_counter()
+    perm = torch.randperm(len(run.ds.x_train), device=run.dev, generator=run.gen)
+    loss_sum = torch.zeros((), device=run.dev)
+    epoch_steps = min(run.steps_per_epoch, run.total_steps - done.step)
+    for i in range(epoch_steps):
+        idx = perm[i * run.batch:(i + 1) * run.batch]
+        loss_sum += _step(run, config, idx)
+        done.step += 1
+        done.samples += len(idx)
+        # Catch a diverging candidate early (a host sync every 25 steps is cheap).
+        if i % 25 == 24 and not torch.isfinite(loss_sum).item():
+            break
+        if config.time_limit and time.perf_counter() - started > config.time_limit:
+            break
+    done.train_time += time.perf_counter() - epoch_start
+    return loss_sum.item() / (i + 1)
+
+
+def _step(run: _Run, config: TrainConfig, idx: torch.Tensor) -> torch.Tensor:
+    """One optimisation step on the training samples ``idx``; its loss (on the device)."""
+    xb, yb = run.ds.x_train[idx], run.ds.y_train[idx]
+    if run.ds.augment:
+        xb = data_mod.augment_crop_flip(xb, generator=run.gen)
+    if run.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    with run.autocast():
+        logits = run.net(xb)
+        loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    return loss.detach()
+
+
+def _after_epoch(record: TrainResult, run: _Run, config: TrainConfig, done: _Progress,
+                 mean_loss: float, progress, started: float) -> Optional[TrainResult]:
+    """Record an epoch (loss, accuracy, the scalars), report it, and check whether the training
+    ends here: the finished record ("diverged", "timeout", "chance"), else None."""
+    record.epochs_done = round(done.step / run.steps_per_epoch, 4)
+    record.loss_curve.append(mean_loss)
+    if not math.isfinite(mean_loss):
+        return _finish(record, "diverged", f"non-finite training loss in epoch "
+                       f"{len(record.loss_curve)}", started, done.train_time, done.samples)
+    acc = evaluate_accuracy(run.net, run.x_eval, run.y_eval, config.eval_batch_size,
+                            run.channels_last, run.amp)
+    record.accuracy_curve.append(acc)
+    record.accuracy = acc
+    record.best_accuracy = max(record.accuracy_curve)
+    sites = site_parameters(run.net)
+    if sites:
+        record.param_trajectory.append(sites)
+    if progress is not None:
+        progress(len(record.loss_curve), mean_loss, acc)
+    return _early_end(record, run, config, done, mean_loss, acc, started)
+
+
+def _early_end(record: TrainResult, run: _Run, config: TrainConfig, done: _Progress,
+               mean_loss: float, acc: float, started: float) -> Optional[TrainResult]:
+    """The time limit, and after the first epoch of a fitness training the chance checks."""
+    if config.time_limit and time.perf_counter() - started > config.time_limit:
+        return _finish(record, "timeout", f"time limit of {config.time_limit:g} s reached "
+                       f"after {record.epochs_done:g} epochs", started, done.train_time,
+                       done.samples)
+    if not (config.chance_check and len(record.accuracy_curve) == 1
+            and done.step < run.total_steps):
+        return None
+    if acc <= run.chance + 0.02:
+        return _finish(record, "chance", f"accuracy {acc:.3f} at chance level "
+                       f"({run.chance:.3f}) after the first epoch", started, done.train_time,
+                       done.samples)
+    reason = _not_learning(mean_loss, acc, run.chance, run.ds.num_classes)
+    if reason:
+        return _finish(record, "diverged", reason, started, done.train_time, done.samples)
+    return None
 
 
 def _decide_fusion(record: TrainResult, act, net: nn.Module, sites: list, probe: torch.Tensor,
@@ -662,14 +757,15 @@ def _decide_fusion(record: TrainResult, act, net: nn.Module, sites: list, probe:
 
 
 def _compile_fused(net: nn.Module, sites: list, probe: torch.Tensor, amp: bool,
-                   dev: torch.device) -> None:
+                   dev: torch.device, clock: CompileClock) -> None:
     """Compile the fused activations' training graphs, forward *and backward*, before the first
     step: one forward and backward of ``probe`` in eval mode under the training's autocast
     (no BatchNorm statistics change, no random numbers drawn, gradients cleared after).  A graph
     inductor cannot compile -- the backward's too, which no forward call could catch -- turns
-    that function eager (:class:`~gp_activations.fusion.FusedFunction`) before training."""
+    that function eager (:class:`~gp_activations.fusion.FusedFunction`) before training.
+    ``clock``: the training's, into which the forward graphs' compiles report themselves."""
     fns = {id(m.function): m.function for m in sites if m.fused}
-    counted = {key: fn.compile_seconds for key, fn in fns.items()}
+    counted = clock.seconds
     started = time.perf_counter()
     try:
         with _eval_mode(net):
@@ -687,10 +783,11 @@ def _compile_fused(net: nn.Module, sites: list, probe: torch.Tensor, amp: bool,
                         fn.give_up(exc)
     finally:
         net.zero_grad(set_to_none=True)
-    # the backward graphs compiled inside autograd: their time goes to the functions' count
-    forward = sum(fn.compile_seconds - counted[key] for key, fn in fns.items())
+    # the backward graphs compiled inside autograd: their time goes to the functions (and so to
+    # the training's clock), shared out
+    backward = max(0.0, time.perf_counter() - started - (clock.seconds - counted))
     for fn in fns.values():
-        fn.compile_seconds += max(0.0, time.perf_counter() - started - forward) / len(fns)
+        fn.add_compile_seconds(backward / len(fns))
 
 
 @contextlib.contextmanager

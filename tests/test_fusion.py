@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,47 @@ def test_train_records_the_decision_and_compile_time():
         TrainConfig(fused="sometimes")
     with pytest.raises(UserError, match="'fused' must be true, false or"):
         SearchConfig(fused="yes")
+
+
+def test_each_training_counts_its_own_compile_time():
+    """FusionDecision.compile_seconds is the compile time of *that* training, while another
+    training in another thread of the process compiles graphs of the same shared function: the
+    per-layer training, whose graphs an earlier training compiled, reports ~0; the per-channel
+    one, in a thread started at the end of the other's first epoch, reports its compiles.
+    Oracles: dynamo's graph counter (which training compiled graphs) and the function's
+    process-wide count (how long the per-channel training compiled)."""
+    from torch._dynamo.utils import counters
+
+    act = Activation.from_string("add(mul(x, sigmoid(x)), mul(0.25, tanh(x)))", params=[0])
+    cfg = TrainConfig(epochs=1, batch_size=64, optimizer="adam", lr=3e-3, chance_check=False,
+                      threads=1, fused=True, max_steps_per_epoch=3)
+    first = train(act, "digits", None, cfg, seed=0)  # compiles the per-layer graphs
+    fn = fused_function_of(act)
+    assert first.fusion.fused and first.fusion.compile_seconds > 0 and fn.fallback is None
+    graphs = counters["stats"]
+    seen = {}
+
+    def per_channel():
+        seen["channel"] = train(act, "digits", None, cfg.replace(per_channel=True), seed=0)
+
+    def at_epoch(*_):  # inside the per-layer training, in its thread
+        seen["graphs before"], count = graphs["unique_graphs"], fn.compile_seconds
+        thread = threading.Thread(target=per_channel)
+        thread.start()
+        thread.join()
+        seen["graphs after"], seen["grew"] = graphs["unique_graphs"], fn.compile_seconds - count
+
+    start = graphs["unique_graphs"]
+    layer = train(act, "digits", None, cfg, seed=0, progress=at_epoch)
+    channel = seen["channel"]
+    assert layer.ok and channel.ok and layer.fusion.fused and channel.fusion.fused
+    # the per-layer training compiled no graph of its own; the per-channel one did
+    assert seen["graphs before"] == start and graphs["unique_graphs"] == seen["graphs after"]
+    assert seen["graphs after"] > seen["graphs before"]
+    assert channel.fusion.compile_seconds == pytest.approx(seen["grew"], rel=1e-9)
+    assert 0 < channel.fusion.compile_seconds < channel.wall_time
+    # ~0: the probe pass before its first step, never the other training's compiles
+    assert layer.fusion.compile_seconds < 0.1 * channel.fusion.compile_seconds
 
 
 def test_cli_refuses_a_bad_fused_value(tmp_path):
