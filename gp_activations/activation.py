@@ -857,9 +857,21 @@ _SITES_METHODS_SOURCE = '''
 
 
 def export_torch_source(act: Activation, values=None, class_name="EvolvedActivation") -> str:
+    """The standalone ``.py`` of ``act`` (imports only torch): docstring, the user operators'
+    functions, the generated function, the learned values (``values``, see
+    :func:`_learned_values`) and the module class ``class_name``."""
     program = act.program
-    names = act.slot_names
     one, sites = _learned_values(act, values)
+    parts = [_export_docstring(act, class_name, one, sites), "import torch"]
+    parts += [_helper_source(fn, name).rstrip() for name, fn in program.helpers.items()]
+    parts.append(program.source.rstrip())
+    parts += _learned_values_source(act, one, sites)
+    parts.append(_export_class_source(act, class_name, one, sites))
+    return "\n\n\n".join(parts[:1]) + "\n\n" + "\n\n\n".join(parts[1:]) + "\n"
+
+
+def _export_docstring(act: Activation, class_name: str, one, sites) -> str:
+    """The exported file's docstring: version, expression, parameters, LaTeX, learned values."""
     doc_lines = [
         f"Activation function exported by gp-activations {__version__}.",
         "",
@@ -870,17 +882,23 @@ def export_torch_source(act: Activation, values=None, class_name="EvolvedActivat
         doc_lines.append(f"Parameter {slot.name}: {slot.label}, init {slot.init:g}")
     doc_lines += ["", "LaTeX:", f"    {_docstring_latex(act)}"]
     doc_lines += _learned_doc(class_name, one, sites)
-    parts = ['"""' + "\n".join(doc_lines).replace("\\", "\\\\") + '\n"""', "import torch"]
-    parts += [_helper_source(fn, name).rstrip() for name, fn in program.helpers.items()]
-    parts.append(program.source.rstrip())
+    return '"""' + "\n".join(doc_lines).replace("\\", "\\\\") + '\n"""'
+
+
+def _learned_values_source(act: Activation, one, sites) -> list[str]:
+    """The exported file's learned values and the code that reads them (none without values)."""
     if one is not None:
-        parts.append("# Learned values of the scalars: every instance starts from them.\n"
-                     f"VALUES = {_dict_source(one)}")
-        parts.append(_LEARNED_PARAMETER_SOURCE)
+        return ["# Learned values of the scalars: every instance starts from them.\n"
+                f"VALUES = {_dict_source(one)}", _LEARNED_PARAMETER_SOURCE]
     if sites is not None:
-        parts.append(_sites_source(sites, _site_mean(sites, act.slots)))
-        parts.append(_LEARNED_PARAMETER_SOURCE)
-        parts.append(_apply_to_source())
+        return [_sites_source(sites, _site_mean(sites, act.slots)), _LEARNED_PARAMETER_SOURCE,
+                _apply_to_source()]
+    return []
+
+
+def _export_class_source(act: Activation, class_name: str, one, sites) -> str:
+    """The exported module class: its docstring, ``__init__`` (and, with per-site values, the
+    sites methods) and ``forward``."""
     init_args = "self, num_channels=None" + (", site=None" if sites is not None else "")
     doc = (_SITES_CLASS_DOC.replace("__CLASS__", class_name).replace("__N__", str(len(sites)))
            if sites is not None else "")
@@ -892,32 +910,42 @@ def export_torch_source(act: Activation, values=None, class_name="EvolvedActivat
             f"    def __init__({init_args}):",
             "        super().__init__()",
             "        self.num_channels = num_channels"]
+    body += _export_init_lines(act, one, sites)
+    body += ["", "    def forward(self, x):"]
+    body += _export_forward_lines(act)
+    return "\n".join(body)
+
+
+def _export_init_lines(act: Activation, one, sites) -> list[str]:
+    """The rest of the exported ``__init__``: the parameters from the learned values (per site,
+    with the sites methods after it; or one set) or at their initial values."""
     if sites is not None:
-        body += ["        self.site = self.site_name(site)",
+        lines = ["        self.site = self.site_name(site)",
                  "        learned = LEARNED_MEAN if self.site is None else LEARNED[self.site]",
                  "        where = 'LEARNED_MEAN' if self.site is None else f'LEARNED[{self.site!r}]'"]
-        for slot in act.slots:
-            body.append(f"        self.{slot.name} = _learned_parameter("
-                        f"learned[{slot.name!r}], num_channels, {slot.name!r}, where)")
-        body.append(_SITES_METHODS_SOURCE.rstrip("\n"))
-    elif one is not None:
-        for slot in act.slots:
-            body.append(f"        self.{slot.name} = _learned_parameter("
-                        f"VALUES[{slot.name!r}], num_channels, {slot.name!r}, 'VALUES')")
-    else:
-        body.append("        shape = () if num_channels is None else (num_channels,)")
-        for slot in act.slots:
-            body.append(f"        self.{slot.name} = torch.nn.Parameter(torch.full(shape, {slot.init!r}))")
-    body += ["", "    def forward(self, x):"]
-    if names:
-        body.append(f"        params = [{', '.join('self.' + n for n in names)}]")
-        body.append("        shape = (-1,) + (1,) * (x.dim() - 2)")
-        body.append("        params = [p.view(shape) if p.dim() == 1 else p for p in params]")
-        body.append(f"        return {program.function_name}(x, *params)")
-    else:
-        body.append(f"        return {program.function_name}(x)")
-    parts.append("\n".join(body))
-    return "\n\n\n".join(parts[:1]) + "\n\n" + "\n\n\n".join(parts[1:]) + "\n"
+        lines += [f"        self.{slot.name} = _learned_parameter("
+                  f"learned[{slot.name!r}], num_channels, {slot.name!r}, where)"
+                  for slot in act.slots]
+        return lines + [_SITES_METHODS_SOURCE.rstrip("\n")]
+    if one is not None:
+        return [f"        self.{slot.name} = _learned_parameter("
+                f"VALUES[{slot.name!r}], num_channels, {slot.name!r}, 'VALUES')"
+                for slot in act.slots]
+    return (["        shape = () if num_channels is None else (num_channels,)"]
+            + [f"        self.{slot.name} = torch.nn.Parameter(torch.full(shape, {slot.init!r}))"
+               for slot in act.slots])
+
+
+def _export_forward_lines(act: Activation) -> list[str]:
+    """The body of the exported ``forward``: per-channel values viewed along dimension 1."""
+    names = act.slot_names
+    function_name = act.program.function_name
+    if not names:
+        return [f"        return {function_name}(x)"]
+    return [f"        params = [{', '.join('self.' + n for n in names)}]",
+            "        shape = (-1,) + (1,) * (x.dim() - 2)",
+            "        params = [p.view(shape) if p.dim() == 1 else p for p in params]",
+            f"        return {function_name}(x, *params)"]
 
 
 def latex_or_note(act: Activation) -> str:
