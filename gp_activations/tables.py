@@ -133,7 +133,7 @@ def mean_std(mean: float, std: float, spec: str = ".4f", std_spec: Optional[str]
 
 def percent_pm(mean: float, std: float, spec: str = ".2f", std_spec: Optional[str] = None,
                pm: str = " ± ", bold: str = "") -> str:
-    """An accuracy (a fraction) as percent, mean ± std: ``75.01 ± 1.99`` (see :func:`mean_std`)."""
+    """An accuracy (a fraction) as percent, mean ± std: ``75.01 ± 1.99`` (:func:`mean_std`)."""
     return mean_std(100 * mean, 100 * std, spec, std_spec, pm, bold)
 
 

@@ -32,7 +32,8 @@ def test_text_pads_like_fstrings_and_leaves_the_last_column_unpadded():
 
 
 def test_text_without_header_with_indent_fit_and_overflow():
-    t = Table(Column("name", width=4, fit=True), Column("n", ">", 3, sep=" "), Column("why", sep=" x "))
+    t = Table(Column("name", width=4, fit=True), Column("n", ">", 3, sep=" "),
+              Column("why", sep=" x "))
     t.add("ab", "5", "diverged").add("abcdef", "1234", "timeout")
     # fit: the name column is as wide as its longest cell; n's cell of 4 runs over its 3
     assert t.text() == ("name     n x why\n"
@@ -193,16 +194,17 @@ def test_search_result_tables():
 def test_transfer_tables():
     fns = [Function("r1 #1", "found", "sin(x)", "pangaea", [0], "digits/cnn_digits"),
            Function("relu", "baseline", "relu(x)", "pangaea", [])]
-    table = TransferTable(["digits/cnn_digits"], fns, seeds=3, best_baseline={"digits/cnn_digits": "relu"})
-    table.cells = {("r1 #1", "digits/cnn_digits"): Cell([0.8, 0.82], 1, 0.81, 0.0141, p_vs_relu=0.01,
-                                                        p_vs_best=0.01, mean_vs_relu_up=True,
-                                                        beats_best=True),
-                   ("relu", "digits/cnn_digits"): Cell([0.7, 0.7, 0.7], 0, 0.7, 0.0, best=True)}
+    task = "digits/cnn_digits"
+    table = TransferTable([task], fns, seeds=3, best_baseline={task: "relu"})
+    table.cells = {("r1 #1", task): Cell([0.8, 0.82], 1, 0.81, 0.0141, p_vs_relu=0.01,
+                                         p_vs_best=0.01, mean_vs_relu_up=True, beats_best=True),
+                   ("relu", task): Cell([0.7, 0.7, 0.7], 0, 0.7, 0.0, best=True)}
     assert table.text().split("\n")[:3] == [
         "function       digits/cnn_digits",
         "r1 #1         81.00 ± 1.41 (1 failed)+!",
         "relu                70.00 ± 0.00"]
-    assert table.text().split("\n")[4] == "  r1 #1: sin(x) @ params [0]  (found on digits/cnn_digits)"
+    assert table.text().split("\n")[4] == ("  r1 #1: sin(x) @ params [0]  (found on "
+                                           "digits/cnn_digits)")
     assert table.markdown().split("\n")[:4] == [
         "| function | found on | digits/cnn_digits |",
         "|---|---|---:|",
