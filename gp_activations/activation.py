@@ -32,6 +32,7 @@ from .codegen import ParamSlot, Program, generate, leaf_value, param_slots
 from .compiled import COMPILED
 from .errors import UserError
 from .expression import children, is_literal, parse
+from .normalization import Normalization
 from .operators import REGISTRY
 from .primitive_sets import ActivationPrimitiveSet, load_primitive_set
 
@@ -85,6 +86,11 @@ class ActivationModule(nn.Module):
         return self._fn
 
     def forward(self, x):
+        y = self._raw_forward(x)
+        norm = self.activation.normalization
+        return y if norm is None else norm.apply(y)
+
+    def _raw_forward(self, x):
         params = [getattr(self, name) for name in self._param_names]
         if self.fused:
             y = fusion.call_in_memory_order(self._fn, x, params, self.num_channels is not None)
@@ -107,6 +113,8 @@ class ActivationModule(nn.Module):
             parts.append(f"num_channels={self.num_channels}")
         if self.fused:
             parts.append("fused=True")
+        if self.activation.normalization is not None:
+            parts.append(f"normalized={self.activation.normalization}")
         return ", ".join(parts)
 
     def __getstate__(self):
@@ -122,7 +130,8 @@ class ActivationModule(nn.Module):
 class Activation:
     """An expression tree over a DEAP primitive set, with optional learnable scalars."""
 
-    def __init__(self, tree, primitives="pangaea", params: Iterable[int] = ()):
+    def __init__(self, tree, primitives="pangaea", params: Iterable[int] = (),
+                 normalization: Optional[Normalization] = None):
         self.pset: ActivationPrimitiveSet = load_primitive_set(primitives)
         if isinstance(tree, str):
             tree = parse(tree, self.pset)
@@ -141,6 +150,11 @@ class Activation:
             raise UserError(f"parameter positions {bad} are outside the tree's nodes "
                             f"0..{len(tree) - 1} of {str(tree)!r}")
         self.params = params
+        if normalization is not None and not isinstance(normalization, Normalization):
+            raise UserError(f"normalization must be a Normalization (or None), got "
+                            f"{type(normalization).__name__}")
+        #: (f(x) - shift) / scale applied to the output (:meth:`normalized`), or None
+        self.normalization: Optional[Normalization] = normalization
         self._program: Optional[Program] = None
         self._fused_program: Optional[Program] = None
         self._slots: Optional[list] = None
@@ -185,10 +199,32 @@ class Activation:
         act = cls.from_string(data["expression"], data["primitives"], data["params"])
         if slots is not None and act.slot_names != [s["name"] for s in slots]:
             raise UserError("activation JSON: 'slots' do not match the expression and params")
+        if data.get("normalization") is not None:
+            try:
+                norm = Normalization.from_dict(data["normalization"])
+            except UserError as exc:
+                raise UserError(f"activation JSON: {exc}") from None
+            act = act.with_normalization(norm)
         return act
 
     def with_params(self, params: Iterable[int]) -> "Activation":
-        return Activation(self.tree, self.pset, params)
+        """The same tree with learnable scalars at ``params`` (normalised anew if this is)."""
+        act = Activation(self.tree, self.pset, params)
+        return act.normalized() if self.normalization is not None else act
+
+    def normalized(self) -> "Activation":
+        """This function with its output normalised: (f(x) - shift) / scale, the constants
+        making the output zero-mean and unit-variance under N(0, 1) inputs, with the scalars at
+        their initial values (:mod:`gp_activations.normalization`); fixed from then on.  A
+        function that is constant or not finite there has none (a :class:`UserError`)."""
+        if self.normalization is not None:
+            return self
+        plain = Activation(self.tree, self.pset, self.params)
+        return plain.with_normalization(Normalization.of(plain, f"activation {plain}"))
+
+    def with_normalization(self, normalization: Optional[Normalization]) -> "Activation":
+        """This function with the given output normalisation (None: the plain function)."""
+        return Activation(self.tree, self.pset, self.params, normalization)
 
     # -- structure ---------------------------------------------------------------------------
     @property
@@ -268,7 +304,8 @@ class Activation:
             if v.dim() == 1:  # per-channel values: channels are dimension 1, as in module()
                 v = v.view((-1,) + (1,) * (x.dim() - 2))
             args.append(v)
-        return fn(x, *args)
+        y = fn(x, *args)
+        return y if self.normalization is None else self.normalization.apply(y)
 
     # -- symbolic ------------------------------------------------------------------------------
     def sympy(self, simplify: bool = False, values: Optional[dict] = None) -> sympy.Expr:
@@ -283,10 +320,22 @@ class Activation:
         """
         with _symbolic_depth_guard(self):
             result = _symbolic_tree(self, values)
+            if self.normalization is not None:
+                norm = self.normalization
+                result = (result - sympy.Float(norm.shift)) / sympy.Float(norm.scale)
             return sympy.simplify(result) if simplify else result
 
     def latex(self, simplify: bool = False, values: Optional[dict] = None, digits: int = 4) -> str:
-        """LaTeX as a paper would print it (σ, erf, |x|, fractions; floats to ``digits``)."""
+        """LaTeX as a paper would print it (σ, erf, |x|, fractions; floats to ``digits``); a
+        normalised function as \\frac{f(x) - shift}{scale}."""
+        norm = self.normalization
+        if norm is not None:
+            inner = self.with_normalization(None).latex(simplify, values, digits)
+            shift = sympy.latex(sympy.Float(abs(norm.shift), digits))
+            scale = sympy.latex(sympy.Float(norm.scale, digits))
+            if abs(norm.shift) < 5e-5 * norm.scale:  # an odd function's rounding error
+                return rf"\frac{{{inner}}}{{{scale}}}"
+            return rf"\frac{{{inner} {'-' if norm.shift >= 0 else '+'} {shift}}}{{{scale}}}"
         with _symbolic_depth_guard(self):
             expr = self.sympy(simplify=simplify, values=values)
             expr = expr.xreplace({f: sympy.Float(f, digits) for f in expr.atoms(sympy.Float)})
@@ -332,16 +381,19 @@ class Activation:
         raise UserError(f"unknown format {fmt!r}; choose {', '.join(self.EXPORT_FORMATS)}")
 
     def to_dict(self) -> dict:
-        return {"format": JSON_FORMAT, "version": 1, "expression": self.expression,
+        data = {"format": JSON_FORMAT, "version": 1, "expression": self.expression,
                 "primitives": self.primitives, "params": list(self.params),
                 "slots": self.slot_dicts()}
+        if self.normalization is not None:
+            data["normalization"] = self.normalization.to_dict()
+        return data
 
     def to_json(self, indent: Optional[int] = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     # -- identity --------------------------------------------------------------------------------
     def _key(self):
-        return (self.primitives, self.expression, self.params)
+        return (self.primitives, self.expression, self.params, self.normalization)
 
     def __eq__(self, other):
         return isinstance(other, Activation) and self._key() == other._key()
@@ -350,12 +402,15 @@ class Activation:
         return hash(self._key())
 
     def __str__(self):
-        if not self.params:
-            return self.expression
-        return f"{self.expression} @ params {list(self.params)}"
+        text = self.expression
+        if self.params:
+            text = f"{text} @ params {list(self.params)}"
+        return text if self.normalization is None else f"{text}, normalized"
 
     def __repr__(self):
         extra = f", params={list(self.params)}" if self.params else ""
+        if self.normalization is not None:
+            extra += f", normalization={self.normalization!r}"
         return f"Activation({self.expression!r}, primitives={self.primitives!r}{extra})"
 
     def __deepcopy__(self, memo):
@@ -880,6 +935,9 @@ def _export_docstring(act: Activation, class_name: str, one, sites) -> str:
     ]
     for slot in act.slots:
         doc_lines.append(f"Parameter {slot.name}: {slot.label}, init {slot.init:g}")
+    if act.normalization is not None:
+        doc_lines.append(f"Output normalised: {act.normalization} (zero mean, unit variance "
+                         f"for N(0, 1) inputs, scalars at their initial values)")
     doc_lines += ["", "LaTeX:", f"    {_docstring_latex(act)}"]
     doc_lines += _learned_doc(class_name, one, sites)
     return '"""' + "\n".join(doc_lines).replace("\\", "\\\\") + '\n"""'
@@ -937,15 +995,19 @@ def _export_init_lines(act: Activation, one, sites) -> list[str]:
 
 
 def _export_forward_lines(act: Activation) -> list[str]:
-    """The body of the exported ``forward``: per-channel values viewed along dimension 1."""
+    """The body of the exported ``forward``: per-channel values viewed along dimension 1; the
+    output normalisation, if any, as two constants."""
     names = act.slot_names
-    function_name = act.program.function_name
+    call = f"{act.program.function_name}(x{', *params' if names else ''})"
+    norm = act.normalization
+    if norm is not None:
+        call = f"({call} - {norm.shift!r}) / {norm.scale!r}"
     if not names:
-        return [f"        return {function_name}(x)"]
+        return [f"        return {call}"]
     return [f"        params = [{', '.join('self.' + n for n in names)}]",
             "        shape = (-1,) + (1,) * (x.dim() - 2)",
             "        params = [p.view(shape) if p.dim() == 1 else p for p in params]",
-            f"        return {function_name}(x, *params)"]
+            f"        return {call}"]
 
 
 def latex_or_note(act: Activation) -> str:

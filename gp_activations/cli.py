@@ -145,6 +145,7 @@ def cmd_train(args) -> int:
     import json
 
     from . import zoo
+    from .activation import Activation
     from .data import dataset_names, get_dataset_info
     from .train import check_model, default_config, resolve_device, train
 
@@ -154,6 +155,10 @@ def cmd_train(args) -> int:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
     device = resolve_device(args.device)
     act = zoo.resolve(args.act, args.primitives, _parse_int_list(args.params, "--params"))
+    if args.normalize:
+        if not isinstance(act, Activation):
+            raise UserError(f"--normalize needs an expression or a zoo function, not {args.act!r}")
+        act = act.normalized()
     overrides = {"epochs": args.epochs, "per_channel": args.per_channel or None,
                  "fused": args.fused, "threads": args.threads, "lr": args.lr,
                  "batch_size": args.batch_size, "time_limit": args.time_limit}
@@ -217,7 +222,7 @@ _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", 
                  "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
                  "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download",
                  "param_variants", "allow_linear", "task_aggregate", "fidelity", "eta",
-                 "surrogate", "lookup", "race_top", "race_min_seeds", "race_max_seeds", "race_epochs")
+                 "surrogate", "lookup", "normalize", "race_top", "race_min_seeds", "race_max_seeds", "race_epochs")
 
 
 def cmd_search(args) -> int:
@@ -536,6 +541,8 @@ def _train_parser(sub, datasets: str) -> None:
     p.add_argument("--primitives", default="pangaea", help="search space of --act")
     p.add_argument("--params", default="", help="nodes carrying learnable scalars, e.g. 0,3")
     p.add_argument("--per-channel", action="store_true", help="learnable scalars per channel")
+    p.add_argument("--normalize", action="store_true",
+                   help="normalise the output: zero mean, unit variance under N(0, 1) inputs")
     _fused_flags(p, "torch.compile the activation")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
@@ -612,6 +619,9 @@ def _search_run_args(p) -> None:
     p.add_argument("--seed", type=int, help="evolution seed (default 0)")
     p.add_argument("--per-channel", action=argparse.BooleanOptionalAction, default=None,
                    help="learnable scalars per channel instead of per layer")
+    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                   help="train every candidate output-normalised: (f(x) - shift) / scale, zero "
+                        "mean and unit variance under N(0, 1) inputs (AQuaSurF)")
     _fused_flags(p, "torch.compile every candidate's activation")
     p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed "
                    "(default: 24 h, or twice the training time limit)")

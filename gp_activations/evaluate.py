@@ -199,7 +199,7 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
         model_obj = model
     if data is None and custom:
         data = cfg.data
-    entries, aliases = _entries(found, baselines)
+    entries, aliases = _entries(found, baselines, cfg.normalize)
     return {"cfg": cfg, "seeds": seeds, "sequential": sequential, "dataset": dataset, "model": model, "own": own,
             "test_split": _test_split(data if custom else dataset), "flags": aliases,
             "aliases": {k for k, v in aliases.items() if v["trained_as"]},
@@ -261,10 +261,11 @@ def _train_config(cfg: SearchConfig, ev: dict, dataset, model, epochs, own: bool
     return default_config(dataset, "train", model, **overrides)
 
 
-def _entries(found: list, baselines: list) -> tuple[list, dict]:
+def _entries(found: list, baselines: list, normalize: bool = False) -> tuple[list, dict]:
     """The table's entries ``(label, kind, expression, primitives, params, candidate_id)``:
     the found functions, then the baselines; and the flagged found functions (equal to a
-    baseline, or affine) -- one equal to a baseline that is trained anyway is trained once."""
+    baseline, or affine) -- one equal to a baseline that is trained anyway is trained once
+    (unless the run normalises its functions: then it is not that baseline)."""
     entries, aliases = [], {}
     for rank, item in enumerate(found, 1):
         cand = item["candidate"]
@@ -275,7 +276,8 @@ def _entries(found: list, baselines: list) -> tuple[list, dict]:
             aliases[label] = {"equals": item["equals"], "linear": item["linear"],
                               "expression": cand.expression, "primitives": cand.primitives,
                               "params": list(cand.params),
-                              "trained_as": item["equals"] if item["equals"] in baselines else None}
+                              "trained_as": (item["equals"] if item["equals"] in baselines
+                                             and not normalize else None)}
     for name in baselines:
         act = zoo.get(name)
         entries.append((name, "baseline", act.expression, "pangaea", list(act.params), None))
@@ -434,7 +436,8 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, data, executo
     jobs = [Job(JobKey(JobKind.FINAL, row.id), row.expression, row.primitives, tuple(row.params),
                 dataset=dataset, model=model, data=data, train=train_cfg.to_dict(),
                 seed=row.seed, device=device, threads=cfg.threads, split="test",
-                data_dir=data_dir or cfg.data_dir, verify=cfg.verify, download=cfg.download)
+                data_dir=data_dir or cfg.data_dir, verify=cfg.verify, download=cfg.download,
+                normalize=cfg.normalize and row.kind == "found")  # as the search trained it
             for row in pending]
 
     def on_result(result):

@@ -44,8 +44,10 @@ def _ranked(store: RunStore, k: Optional[int] = None) -> list[dict]:
     return top
 
 
-def _activation(cand) -> Activation:
-    return Activation.from_string(cand.expression, cand.primitives, cand.params)
+def _activation(store: RunStore, cand) -> Activation:
+    """A run's candidate as the search trained it (normalised where the run normalises)."""
+    act = Activation.from_string(cand.expression, cand.primitives, cand.params)
+    return act.normalized() if store.config().get("normalize") else act
 
 
 def learned_trajectory(store: RunStore, rank: int, cand) -> tuple[list, str]:
@@ -99,7 +101,7 @@ def activation_from_run(run_dir, rank: int = 1) -> Activation:
     function ``gp-activations export RUN --rank`` exports (:meth:`Activation.from_run`)."""
     store = RunStore.open(run_dir, readonly=True)
     try:
-        return _activation(ranked_item(store, rank)["candidate"])
+        return _activation(store, ranked_item(store, rank)["candidate"])
     finally:
         store.close()
 
@@ -110,7 +112,7 @@ def export_from_run(run_dir, rank: int = 1, fmt: str = "latex", with_learned: bo
     try:
         item = ranked_item(store, rank)
         cand = item["candidate"]
-        act = _activation(cand)
+        act = _activation(store, cand)
         values = None
         if with_learned and act.slots:
             trajectory = learned_trajectory(store, rank, cand)[0]
@@ -158,7 +160,7 @@ def plot_shapes(store: RunStore, path: Path, k: int = 4) -> None:
     for i, item in enumerate(top):
         ax = axes[i // cols][i % cols]
         cand = item["candidate"]
-        act = _activation(cand)
+        act = _activation(store, cand)
         ax.plot(x, torch.relu(x), "--", color="0.6", label="ReLU")
         with torch.no_grad():
             ax.plot(x, act(x), lw=2, label="at initialisation")
@@ -254,7 +256,7 @@ def plot_params(store: RunStore, depth_path: Path, epochs_path: Path) -> Optiona
 
     for rank, item in enumerate(_ranked(store, 10), 1):
         cand = item["candidate"]
-        act = _activation(cand)
+        act = _activation(store, cand)
         traj, source = learned_trajectory(store, rank, cand)
         if act.slots and traj:
             break
@@ -448,7 +450,7 @@ def _top_section(store: RunStore, cfg: SearchConfig, top: list, k: int) -> list:
     table = Table(Column("rank", ">"), Column("fitness", ">"),
                   *(Column(t["name"], ">") for t in tasks), Column("function"), Column("LaTeX"))
     for i, item in enumerate(top, 1):
-        act = _activation(item["candidate"])
+        act = _activation(store, item["candidate"])
         accs = {t["task"]: t.get("accuracy")
                 for t in (item["candidate"].metrics or {}).get("tasks", [])} if tasks else {}
         table.add(i, number(item["fitness"]), *(number(accs.get(t["name"])) for t in tasks),

@@ -173,6 +173,10 @@ def _found_functions(runs: Sequence, top: int) -> list[Function]:
         if not ranked:
             raise UserError(f"{run} has no finished candidates to transfer yet; run or resume "
                             f"its search first")
+        if cfg.normalize:
+            raise UserError(f"{run} normalised its functions (normalize = true): transfer "
+                            f"trains plain functions only, so it would not test what the run "
+                            f"found; evaluate it with `gp-activations evaluate {run}` instead")
         found_on = " + ".join(t["name"] for t in cfg.task_list())
         name = Path(run).resolve().name
         for rank, item in enumerate(ranked, 1):

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -231,3 +232,22 @@ def noisy_fitness(act, seed):
 
     rng = _random.Random(f"{act.expression}|{list(act.params)}|{seed}")
     return score(act) + rng.gauss(0.0, 0.002)
+
+
+def output_moments_fitness(act, seed):
+    """The function's output mean and standard deviation under N(0, 1) inputs by scipy's
+    adaptive quadrature (not the normalisation's grid); fitness = -|std - 1| - |mean|: 0 for
+    a normalised function."""
+    from scipy import integrate, stats
+
+    def f(v):
+        with torch.no_grad():
+            return float(act(torch.tensor([v], dtype=torch.float64))[0])
+
+    def expect(g):
+        return integrate.quad(lambda v: g(v) * stats.norm.pdf(v), -12, 12, limit=200,
+                              points=[0.0])[0]
+
+    mean = expect(f)
+    std = math.sqrt(expect(lambda v: (f(v) - mean) ** 2))
+    return {"fitness": -abs(std - 1.0) - abs(mean), "mean": mean, "std": std}

@@ -386,7 +386,7 @@ UPWARD = {("gp_activations.activation", "gp_activations.report")}
 LAYERS = [
     ("foundations", {"errors", "references", "progress", "statistics", "kernels", "_partition"}),
     ("expressions", {"expression", "operators", "primitive_sets"}),
-    ("compile", {"codegen", "fusion", "compiled"}),
+    ("compile", {"codegen", "fusion", "compiled", "normalization"}),
     ("functions", {"activation", "zoo", "search.screening"}),
     ("render", {"tables"}),
     ("nets", {"data", "models", "replace", "adapt"}),

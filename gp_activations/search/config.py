@@ -127,6 +127,9 @@ class _ConfigChecks:
             if self.param_variants:
                 raise UserError("config: a lookup table holds plain functions only; set "
                                 "param_variants = 0 (--param-variants 0)")
+            if self.normalize:
+                raise UserError("config: a lookup table holds unnormalised functions' "
+                                "fitness; set normalize = false (drop --normalize)")
             table = load_table(self.lookup)  # missing or malformed: one line, now
             table.check_task(self.dataset, self.model)
             budgets = ([(r["epochs"], s) for r in self.rung_list() for s in range(r["seeds"])]
@@ -282,6 +285,9 @@ class SearchConfig(_ConfigChecks):
     variant_fitness: str = "best"  # "best" variant or the "plain" function's fitness
     allow_linear: bool = False  # rank affine functions (x, 2x + 1) as discoveries (flagged)
     per_channel: bool = False
+    # output normalisation (AQuaSurF's): every candidate trains as (f(x) - shift) / scale, the
+    # constants making its output zero-mean, unit-variance under N(0, 1) inputs
+    normalize: bool = False
     # screening
     max_forward_cost: float = 400.0  # reject trees estimated slower than this many ReLUs (0: off)
     # evaluation

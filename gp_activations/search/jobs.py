@@ -90,6 +90,7 @@ class Job:
     verify: bool = True
     download: bool = False
     lookup: Optional[str] = None
+    normalize: bool = False  # train (f(x) - shift) / scale (gp_activations.normalization)
 
     def with_(self, **changes) -> "Job":
         return replace(self, **changes)

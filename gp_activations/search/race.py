@@ -80,7 +80,9 @@ class FinalRace:
         entrants, taken = [], set()
         for rank, item in enumerate(ranked, 1):
             cand = item["candidate"]
-            equals = item["equals"] if item["equals"] in cfg.race_baselines else None
+            # normalised, a found function equal to a baseline is not that baseline any more
+            equals = (item["equals"] if item["equals"] in cfg.race_baselines
+                      and not cfg.normalize else None)
             entrants.append(Entrant(f"found #{rank}" + (f" = {equals}" if equals else ""),
                                     cand.expression, cand.primitives, tuple(cand.params),
                                     cand.id))
@@ -138,7 +140,10 @@ class FinalRace:
                                         expression=entrant.expression,
                                         primitives=entrant.primitives, params=entrant.params,
                                         train=self.train, split="val",
-                                        seed=self.plan.config.fitness_seed + seed)
+                                        seed=self.plan.config.fitness_seed + seed,
+                                        # the baselines race as they are known, unnormalised
+                                        normalize=(self.plan.config.normalize
+                                                   and entrant.candidate_id is not None))
 
     def record(self, entrants, result: JobResult) -> None:
         key = result.key

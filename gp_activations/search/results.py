@@ -102,6 +102,7 @@ def search_result(store: RunStore, plan, interrupted: bool = False, wall_time: f
     for rank, item in enumerate(ranked, 1):
         cand = item["candidate"]
         act = Activation.from_string(cand.expression, plan.pset, cand.params)
+        act = act.normalized() if config.normalize else act
         metrics = cand.metrics or {}
         top.append({"rank": rank, "fitness": item["fitness"], "expression": cand.expression,
                     "tasks": metrics.get("tasks", []) if plan.multi_task else [],

@@ -106,6 +106,8 @@ def _evaluate(job: Job) -> dict:
     if job.threads:
         torch.set_num_threads(int(job.threads))
     act = Activation.from_string(job.expression, job.primitives, list(job.params))
+    if job.normalize:
+        act = act.normalized()
     if job.lookup:  # a tabular benchmark: the training was done when it was built
         from ..tabular import lookup_task
 
