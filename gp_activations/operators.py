@@ -145,8 +145,13 @@ class Operator:
     def __call__(self, *operands, params=()):
         """Apply the (protected) torch implementation to tensors, as eager activations run it
         (:mod:`kernels`) -- handy in notebooks and tests."""
-        fn = _template_function(self)
-        return fn(*operands, *params)
+        return self.function(*operands, *params)
+
+    @property
+    def function(self):
+        """A Python function evaluating the protected torch template, ``f(*operands,
+        *params)`` -- what DEAP's primitive set calls (built once per operator)."""
+        return _template_function(self)
 
     def symbolic(self, *operands, params=()):
         """The mathematical (sympy) form applied to sympy operands."""

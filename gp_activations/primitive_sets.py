@@ -70,7 +70,7 @@ class ActivationPrimitiveSet(gp.PrimitiveSet):
         self.constants: dict[str, float] = dict(constants)
         for op in operators:
             self.operators[op.name] = op
-            self.addPrimitive(ops._template_function(op), op.arity, name=op.name)
+            self.addPrimitive(op.function, op.arity, name=op.name)
         for cname, value in self.constants.items():
             self.addTerminal(float(value), name=cname)
 
