@@ -539,6 +539,20 @@ def test_the_first_search_in_a_process_breeds_as_a_later_one(tmp_path):
     assert done > 8 and same
 
 
+def test_a_finished_run_extended_with_more_generations_equals_a_straight_run(tmp_path):
+    """``--resume --generations 6`` on a finished 3-generation halving + surrogate run ends
+    where a straight 6-generation run does (it differed from generation 3 on while the
+    surrogate's first fit moved DEAP's stream)."""
+    cfg = dict(LOOKUP, fidelity="halving", surrogate="forest", surrogate_min=8)
+    run_search(SearchConfig(**dict(cfg, generations=3)), out=tmp_path / "ext", progress=False)
+    run_search(out=tmp_path / "ext", resume=True, progress=False, generations=6)
+    run_search(SearchConfig(**dict(cfg, generations=6)), out=tmp_path / "straight",
+               progress=False)
+    extended, straight = snapshot(tmp_path / "ext"), snapshot(tmp_path / "straight")
+    assert max(c[9] for c in straight["candidates"]) == 5  # six generations really ran
+    assert extended == straight
+
+
 def test_a_plugin_strategy_drawing_from_numpy_resumes_exactly(tmp_path, monkeypatch):
     """Interrupted in generation 2 and resumed, a strategy that draws from the driver's numpy
     Generator and from numpy's global one ends exactly as the uninterrupted run; and the
