@@ -151,12 +151,14 @@ def run_cli(argv: list[str], capsys) -> str:
 @pytest.fixture
 def scratch(tmp_path, monkeypatch):
     """A working directory with the repository's experiments/ and benchmarks/ (the tabular
-    benchmark) and a fake CIFAR-10/100."""
+    benchmark) and a tiny fake CIFAR-10/100 (60 training, 20 test images each)."""
     (tmp_path / "experiments").symlink_to(EXPERIMENTS, target_is_directory=True)
     (tmp_path / "benchmarks").symlink_to(ROOT / "benchmarks", target_is_directory=True)
     data = tmp_path / "cifar-data"
-    write_fake_cifar(data, "cifar10", n_train=200, n_test=40)
-    write_fake_cifar(data, "cifar100", n_train=300, n_test=100)
+    # as few images as the pipeline needs (a validation split of ~10 %, a batch, a test
+    # set): a step of MobileNetV2 / ResNet-56 on CPU costs ~proportionally to its images
+    write_fake_cifar(data, "cifar10", n_train=60, n_test=20)
+    write_fake_cifar(data, "cifar100", n_train=60, n_test=20)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GP_ACTIVATIONS_DATA", str(data))
     return tmp_path
