@@ -153,6 +153,13 @@ def cmd_train(args) -> int:
         get_dataset_info(args.dataset)  # raises the one-line error naming the known datasets
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    from .data import check_split_sizes
+
+    try:
+        check_split_sizes(args.dataset, args.val_size, args.test_size)
+    except UserError as exc:
+        raise UserError(str(exc).replace("val_size", "--val-size").replace("test_size",
+                                                                           "--test-size")) from None
     device = resolve_device(args.device)
     act = zoo.resolve(args.act, args.primitives, _parse_int_list(args.params, "--params"))
     if args.normalize:
@@ -174,7 +181,8 @@ def cmd_train(args) -> int:
         bar = _epoch_bar(config.epochs, f"seed {seed}", disable=args.json or not sys.stderr.isatty())
         record = train(act, args.dataset, model, config, seed=seed, device=str(device),
                        split=args.split, data_dir=args.data_dir, download=args.download,
-                       verify=not args.no_verify,
+                       verify=not args.no_verify, val_size=args.val_size,
+                       test_size=args.test_size,
                        progress=lambda epoch, loss, acc: bar.update(1) or bar.set_postfix(
                            loss=f"{loss:.3f}", acc=f"{acc:.4f}", refresh=False))
         bar.close()
@@ -222,7 +230,7 @@ _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", 
                  "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
                  "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download",
                  "param_variants", "allow_linear", "task_aggregate", "fidelity", "eta",
-                 "surrogate", "lookup", "normalize", "race_top", "race_min_seeds", "race_max_seeds", "race_epochs")
+                 "surrogate", "lookup", "normalize", "val_size", "test_size", "race_top", "race_min_seeds", "race_max_seeds", "race_epochs")
 
 
 def cmd_search(args) -> int:
@@ -543,6 +551,7 @@ def _train_parser(sub, datasets: str) -> None:
     p.add_argument("--per-channel", action="store_true", help="learnable scalars per channel")
     p.add_argument("--normalize", action="store_true",
                    help="normalise the output: zero mean, unit variance under N(0, 1) inputs")
+    _split_size_flags(p)
     _fused_flags(p, "torch.compile the activation")
     p.add_argument("--threads", type=int, help="CPU threads")
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
@@ -551,6 +560,13 @@ def _train_parser(sub, datasets: str) -> None:
     _add_data_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON object with every record")
     p.set_defaults(func=cmd_train)
+
+
+def _split_size_flags(p) -> None:
+    p.add_argument("--val-size", type=int, help="mnist1d_hard: validation samples (default "
+                   "1000; more are generated once and cached, up to 200000)")
+    p.add_argument("--test-size", type=int, help="mnist1d_hard: test samples (default 4000; "
+                   "up to 200000)")
 
 
 def _search_parser(sub, datasets: str) -> None:
@@ -622,6 +638,7 @@ def _search_run_args(p) -> None:
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="train every candidate output-normalised: (f(x) - shift) / scale, zero "
                         "mean and unit variance under N(0, 1) inputs (AQuaSurF)")
+    _split_size_flags(p)
     _fused_flags(p, "torch.compile every candidate's activation")
     p.add_argument("--task-timeout", type=float, help="seconds before a hung worker is killed "
                    "(default: 24 h, or twice the training time limit)")

@@ -269,9 +269,7 @@ def load_dataset(name: str = DEFAULT_DATASET, *, data_dir=None, download: bool =
     missing or corrupt files raise :class:`~gp_activations.errors.UserError` with a one-line
     message.
     """
-    key = _canonical_name(name)
-    if (val_size is not None or test_size is not None) and key != "mnist1d_hard":
-        raise UserError(f"val_size and test_size are options of mnist1d_hard only, not {key}")
+    key = check_split_sizes(name, val_size, test_size)
     if key in ("mnist1d", "mnist1d_hard"):
         ds = _load_mnist1d(seed, key, val_size, test_size)
     elif key == "digits":
@@ -281,6 +279,19 @@ def load_dataset(name: str = DEFAULT_DATASET, *, data_dir=None, download: bool =
     if torch.device(device) != ds.device:
         ds = ds.to(device)
     return ds
+
+
+def check_split_sizes(name: str, val_size=None, test_size=None) -> str:
+    """The canonical dataset name, once ``val_size`` / ``test_size`` are known to be valid for
+    it (options of ``mnist1d_hard`` only; positive integers up to :data:`MNIST1D_MAX_SPLIT`);
+    else one :class:`UserError` line.  Generates nothing."""
+    key = _canonical_name(name)
+    if (val_size is not None or test_size is not None) and key != "mnist1d_hard":
+        raise UserError(f"val_size and test_size are options of mnist1d_hard only, not {key}")
+    for label, value in (("val_size", val_size), ("test_size", test_size)):
+        if value is not None:
+            _split_size(label, value)
+    return key
 
 
 def _split_indices(n: int, n_val: int, seed: int):

@@ -93,14 +93,16 @@ def parse_baselines(text) -> list[str]:
     return names
 
 
-def protocol_key(train_config: dict, dataset: str, model) -> str:
-    """The key of a training protocol (schedule, dataset, model): rows of the same protocol are
-    the same experiment."""
+def protocol_key(train_config: dict, dataset: str, model, test_size=None) -> str:
+    """The key of a training protocol (schedule, dataset, model; a test split of another size):
+    rows of the same protocol are the same experiment."""
     keys = ("epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "warmup",
             "label_smoothing", "per_channel")
     values = {k: train_config[k] for k in keys}
     if float(values["epochs"]).is_integer():  # --epochs 20 (20.0) is the preset's 20: same rows
         values["epochs"] = int(values["epochs"])
+    if test_size is not None:  # (absent otherwise: the keys of earlier runs stay the same)
+        values["test_size"] = int(test_size)
     return json.dumps({"dataset": dataset, "model": model, **values}, sort_keys=True)
 
 
@@ -142,7 +144,7 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
         def run(pending, done_before):
             _run_trainings(store, plan["cfg"], pending, plan["train_cfg"], plan["dataset"],
                            plan["model_obj"], plan["data_obj"], executor, workers, device, data_dir, task_timeout,
-                           progress, done_before)
+                           progress, done_before, plan["test_size"])
 
         if test is None:
             _schedule_rows(store, protocol, trained, seeds)
@@ -195,17 +197,21 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     custom = (bool(cfg.data) or data is not None) and not dataset
     dataset, model, own = _resolve_target(cfg, dataset, model, custom)
     train_cfg = _train_config(cfg, ev, dataset, model, epochs, own, custom)
+    # the run's larger test split, where it is evaluated on its own dataset
+    test_size = cfg.test_size if not custom and dataset == get_dataset_info(cfg.dataset).name \
+        else None
     if model_obj is None or isinstance(model_obj, str):
         model_obj = model
     if data is None and custom:
         data = cfg.data
     entries, aliases = _entries(found, baselines, cfg.normalize)
     return {"cfg": cfg, "seeds": seeds, "sequential": sequential, "dataset": dataset, "model": model, "own": own,
-            "test_split": _test_split(data if custom else dataset), "flags": aliases,
+            "test_split": _test_split(data if custom else dataset, test_size), "flags": aliases,
+            "test_size": test_size,
             "aliases": {k for k, v in aliases.items() if v["trained_as"]},
             "model_obj": model_obj, "data_obj": data if custom else None,
             "train_cfg": train_cfg, "entries": entries,
-            "protocol": protocol_key(train_cfg.to_dict(), dataset, model)}
+            "protocol": protocol_key(train_cfg.to_dict(), dataset, model, test_size)}
 
 
 def _check_target(cfg: SearchConfig, run_dir, model, dataset, data) -> tuple:
@@ -284,11 +290,17 @@ def _entries(found: list, baselines: list, normalize: bool = False) -> tuple[lis
     return entries, aliases
 
 
-def _test_split(source) -> str:
+def _test_split(source, test_size=None) -> str:
     """Where the test split of ``source`` (a dataset name, a user's data) comes from."""
-    from .data import describe_test_split
+    from .data import MNIST1D_HARD_EXTRA_SEEDS, MNIST1D_HARD_TEST, describe_test_split
     from .references import resolve_reference
 
+    if test_size is not None:
+        if test_size <= MNIST1D_HARD_TEST:
+            return f"the first {test_size:,} samples of the generator's test part (mnist1d_hard)"
+        return (f"{test_size:,} samples: the generator's {MNIST1D_HARD_TEST:,}-sample test part "
+                f"+ {test_size - MNIST1D_HARD_TEST:,} generated with the same settings (seed "
+                f"{MNIST1D_HARD_EXTRA_SEEDS['test']}; mnist1d_hard)")
     if isinstance(source, str) and ":" in source:
         source = resolve_reference(source)
     return describe_test_split(source)
@@ -427,7 +439,7 @@ def _schedule_rows(store, protocol, entries, seeds) -> None:
 
 
 def _run_trainings(store, cfg, pending, train_cfg, dataset, model, data, executor, workers,
-                   device, data_dir, task_timeout, progress, done_before) -> None:
+                   device, data_dir, task_timeout, progress, done_before, test_size=None) -> None:
     from .search.executors import default_task_timeout, device_slots, execute
     from .search.jobs import Job, JobKey, JobKind
 
@@ -437,7 +449,8 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, data, executo
                 dataset=dataset, model=model, data=data, train=train_cfg.to_dict(),
                 seed=row.seed, device=device, threads=cfg.threads, split="test",
                 data_dir=data_dir or cfg.data_dir, verify=cfg.verify, download=cfg.download,
-                normalize=cfg.normalize and row.kind == "found")  # as the search trained it
+                normalize=cfg.normalize and row.kind == "found",  # as the search trained it
+                test_size=test_size)
             for row in pending]
 
     def on_result(result):

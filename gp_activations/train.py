@@ -58,6 +58,11 @@ class TrainConfig:
     schedule: str = "cosine"  # decay after warm-up: "cosine", "linear" or "constant"
     label_smoothing: float = 0.0
     eval_batch_size: int = 1000
+    # After every epoch but the last, score only the split's first monitor_samples samples (the
+    # progress and the first epoch's chance check read them): a 20,000-sample split then costs
+    # one full pass per training.  The last epoch -- and a time limit's end -- score it all.
+    # None: the whole split every epoch.
+    monitor_samples: Optional[int] = None
     time_limit: Optional[float] = None  # seconds; the run stops as "timeout"
     threads: Optional[int] = None  # CPU threads (None: leave torch's setting)
     channels_last: Optional[bool] = None  # None: on for image models
@@ -90,6 +95,10 @@ class TrainConfig:
             raise UserError(f"fused must be true, false or \"auto\", got {self.fused!r}")
         if self.threads is not None and int(self.threads) < 1:
             raise UserError(f"threads must be >= 1, got {self.threads!r}")
+        if self.monitor_samples is not None and (isinstance(self.monitor_samples, bool) or
+                                                 int(self.monitor_samples) < 1):
+            raise UserError(f"monitor_samples must be a positive integer (or unset), got "
+                            f"{self.monitor_samples!r}")
 
     def replace(self, **changes) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(self)}
@@ -322,14 +331,17 @@ def activation_label(activation) -> str:
 _DATA_CACHE: dict = {}
 
 
-def get_dataset(dataset, device, data_dir=None, download=False, verify=True, seed=0):
-    """A dataset on ``device``, cached per process so that a worker loads it once."""
+def get_dataset(dataset, device, data_dir=None, download=False, verify=True, seed=0,
+                val_size=None, test_size=None):
+    """A dataset on ``device``, cached per process so that a worker loads it once
+    (``val_size`` / ``test_size``: :func:`gp_activations.data.load_dataset`)."""
     if isinstance(dataset, data_mod.Dataset):
         return dataset if dataset.device == device else dataset.to(device)
-    key = (dataset, str(data_dir), bool(verify), seed, str(device))
+    key = (dataset, str(data_dir), bool(verify), seed, str(device), val_size, test_size)
     if key not in _DATA_CACHE:
         _DATA_CACHE[key] = data_mod.load_dataset(dataset, data_dir=data_dir, download=download,
-                                                 verify=verify, device=device, seed=seed)
+                                                 verify=verify, device=device, seed=seed,
+                                                 val_size=val_size, test_size=test_size)
     return _DATA_CACHE[key]
 
 
@@ -456,7 +468,8 @@ def evaluate_accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_si
 
 def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfig] = None, *,
           seed: int = 0, device="auto", split: str = "val", primitives="pangaea",
-          data_dir=None, download=False, verify=True, progress=None, **overrides) -> TrainResult:
+          data_dir=None, download=False, verify=True, progress=None, val_size=None,
+          test_size=None, **overrides) -> TrainResult:
     """Train ``model`` with ``activation`` on ``dataset`` and return a :class:`TrainResult`.
 
     ``activation``: an :class:`Activation`, an expression, a zoo name or a module factory.
@@ -465,7 +478,8 @@ def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfi
     dataset's) or a callable ``model(act_factory)``.  ``config``: a :class:`TrainConfig`
     (default: the dataset's "train" preset); keyword ``overrides`` replace single fields.
     ``split``: where accuracy is measured -- ``"val"`` (fitness) or ``"test"`` (final).
-    ``progress``: optional callable ``progress(epoch, loss, accuracy)``.
+    ``progress``: optional callable ``progress(epoch, loss, accuracy)``.  ``val_size`` /
+    ``test_size``: ``mnist1d_hard``'s split sizes (:func:`gp_activations.data.load_dataset`).
     """
     started = time.perf_counter()
     dev = resolve_device(device)
@@ -479,7 +493,8 @@ def train(activation, dataset="mnist1d", model=None, config: Optional[TrainConfi
     if overrides:
         config = config.replace(**overrides)
     act = resolve_activation(activation, primitives)
-    ds = get_dataset(dataset, dev, data_dir=data_dir, download=download, verify=verify)
+    ds = get_dataset(dataset, dev, data_dir=data_dir, download=download, verify=verify,
+                     val_size=val_size, test_size=test_size)
     if model is None:
         if ds_name not in data_mod.dataset_names():
             raise UserError(f"dataset {ds_name!r} has no default model; pass model=")
@@ -707,8 +722,9 @@ def _after_epoch(record: TrainResult, run: _Run, config: TrainConfig, done: _Pro
     if not math.isfinite(mean_loss):
         return _finish(record, "diverged", f"non-finite training loss in epoch "
                        f"{len(record.loss_curve)}", started, done.train_time, done.samples)
-    acc = evaluate_accuracy(run.net, run.x_eval, run.y_eval, config.eval_batch_size,
-                            run.channels_last, run.amp)
+    partial = (config.monitor_samples is not None and done.step < run.total_steps
+               and config.monitor_samples < len(run.y_eval))
+    acc = _score(run, config, config.monitor_samples if partial else None)
     record.accuracy_curve.append(acc)
     record.accuracy = acc
     record.best_accuracy = max(record.accuracy_curve)
@@ -717,7 +733,18 @@ def _after_epoch(record: TrainResult, run: _Run, config: TrainConfig, done: _Pro
         record.param_trajectory.append(sites)
     if progress is not None:
         progress(len(record.loss_curve), mean_loss, acc)
-    return _early_end(record, run, config, done, mean_loss, acc, started)
+    ended = _early_end(record, run, config, done, mean_loss, acc, started)
+    if partial and ended is not None and ended.status == "timeout":  # its last epoch: all
+        record.accuracy = record.accuracy_curve[-1] = _score(run, config, None)
+        record.best_accuracy = max(record.accuracy_curve)
+    return ended
+
+
+def _score(run: _Run, config: TrainConfig, samples: Optional[int]) -> float:
+    """Accuracy on the evaluation split, or on its first ``samples`` samples."""
+    x, y = (run.x_eval, run.y_eval) if samples is None else (run.x_eval[:samples],
+                                                             run.y_eval[:samples])
+    return evaluate_accuracy(run.net, x, y, config.eval_batch_size, run.channels_last, run.amp)
 
 
 def _early_end(record: TrainResult, run: _Run, config: TrainConfig, done: _Progress,

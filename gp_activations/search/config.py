@@ -36,6 +36,19 @@ class _ConfigChecks:
     """SearchConfig's validation: every check that can reject a config, one line each (the
     fields live on :class:`SearchConfig`)."""
 
+    def _check_split_sizes(self) -> None:
+        if self.val_size is None and self.test_size is None:
+            return
+        if self.tasks is not None or self.data is not None:
+            raise UserError("config: val_size / test_size size a built-in dataset's splits "
+                            "(mnist1d_hard); they do not combine with 'tasks' or 'data'")
+        from ..data import check_split_sizes
+
+        try:
+            check_split_sizes(self.dataset, self.val_size, self.test_size)
+        except UserError as exc:
+            raise UserError(f"config: {exc}") from None
+
     def validate(self) -> None:
         from .strategies import check_strategy_name
 
@@ -49,6 +62,7 @@ class _ConfigChecks:
                                 f"got {getattr(self, key)!r}{did_you_mean(getattr(self, key), allowed)}")
         if not (isinstance(self.fused, bool) or self.fused == "auto"):
             raise UserError(f"config: 'fused' must be true, false or \"auto\", got {self.fused!r}")
+        self._check_split_sizes()
         positive = ("population", "workers", "threads", "max_height", "max_size",
                     "tournament_size")
         if self.generations is not None and self.generations < 1:
@@ -130,6 +144,9 @@ class _ConfigChecks:
             if self.normalize:
                 raise UserError("config: a lookup table holds unnormalised functions' "
                                 "fitness; set normalize = false (drop --normalize)")
+            if self.val_size is not None or self.test_size is not None:
+                raise UserError("config: a lookup table holds fitness on the dataset's own "
+                                "splits; drop val_size / test_size")
             table = load_table(self.lookup)  # missing or malformed: one line, now
             table.check_task(self.dataset, self.model)
             budgets = ([(r["epochs"], s) for r in self.rung_list() for s in range(r["seeds"])]
@@ -288,6 +305,10 @@ class SearchConfig(_ConfigChecks):
     # output normalisation (AQuaSurF's): every candidate trains as (f(x) - shift) / scale, the
     # constants making its output zero-mean, unit-variance under N(0, 1) inputs
     normalize: bool = False
+    # mnist1d_hard's validation / test split sizes (default 1,000 / 4,000; up to 200,000,
+    # generated once and cached): larger splits tell close functions apart
+    val_size: Optional[int] = None
+    test_size: Optional[int] = None
     # screening
     max_forward_cost: float = 400.0  # reject trees estimated slower than this many ReLUs (0: off)
     # evaluation

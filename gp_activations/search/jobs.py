@@ -91,6 +91,8 @@ class Job:
     download: bool = False
     lookup: Optional[str] = None
     normalize: bool = False  # train (f(x) - shift) / scale (gp_activations.normalization)
+    val_size: Optional[int] = None  # mnist1d_hard's split sizes (data.load_dataset)
+    test_size: Optional[int] = None
 
     def with_(self, **changes) -> "Job":
         return replace(self, **changes)

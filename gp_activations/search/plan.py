@@ -120,7 +120,8 @@ def resolve_plan(config: SearchConfig, *, model=None, data=None, fitness=None,
                dataset=cfg.dataset, model=model, data=data, fitness=fitness,
                train=train_config.to_dict(), seed=cfg.fitness_seed, device=device,
                threads=cfg.threads, data_dir=cfg.data_dir, verify=cfg.verify,
-               download=cfg.download, lookup=cfg.lookup, normalize=cfg.normalize)
+               download=cfg.download, lookup=cfg.lookup, normalize=cfg.normalize,
+               val_size=cfg.val_size, test_size=cfg.test_size)
     return SearchPlan(cfg, pset, toolbox, strategy, fidelity, rungs, tasks,
                       Aggregate(cfg.task_aggregate), _surrogate(cfg, model, data, tasks), base,
                       gpus, _storable(cfg, pset, model, data, fitness))

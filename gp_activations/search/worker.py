@@ -65,7 +65,8 @@ def prepare(wire: dict) -> None:
             from ..train import get_dataset, resolve_device
 
             get_dataset(job.dataset, resolve_device(job.device), data_dir=job.data_dir,
-                        download=job.download, verify=job.verify)
+                        download=job.download, verify=job.verify, val_size=job.val_size,
+                        test_size=job.test_size)
     except Exception:  # noqa: BLE001 -- the first real task reports the problem
         pass
     # A process's first torch.optim optimizer imports torch._dynamo (about 1.7 s here): pay it
@@ -124,7 +125,8 @@ def _evaluate(job: Job) -> dict:
     dataset = _job_dataset(job) if job.data is not None else job.dataset
     record = train(act, dataset, model=_resolve(job.model), config=TrainConfig(**job.train),
                    seed=job.seed, device=job.device, split=job.split, data_dir=job.data_dir,
-                   verify=job.verify, download=job.download)
+                   verify=job.verify, download=job.download, val_size=job.val_size,
+                   test_size=job.test_size)
     metrics = record.to_dict()
     if record.status in ("ok", "chance"):
         return {"status": JobStatus.DONE, "fitness": record.accuracy, "metrics": metrics,

@@ -1,0 +1,88 @@
+"""mnist1d_hard's larger splits reach every training (search, race, evaluate, train), and a
+training scores a large split fully only after its last epoch (``monitor_samples``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from gp_activations.cli import main
+from gp_activations.evaluate import protocol_key
+from gp_activations.search import RunStore, SearchConfig, run_search
+from gp_activations.train import TrainConfig, default_config, train
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: a few steps of cnn1d on mnist1d_hard: the split sizes matter, not the accuracy
+TINY = dict(epochs=2, max_steps_per_epoch=3, chance_check=False)
+
+
+def _config(**changes) -> TrainConfig:
+    return default_config("mnist1d_hard", "fitness", "cnn1d").replace(**TINY, **changes)
+
+
+def test_a_monitored_training_ends_exactly_as_a_fully_scored_one():
+    """Scoring only 100 samples after the first epoch changes nothing the training does: the
+    final accuracy is the full split's (the same as scoring it every epoch), the first epoch's
+    is a multiple of 1/100."""
+    full = train("relu", "mnist1d_hard", "cnn1d", _config(), seed=3, device="cpu")
+    watched = train("relu", "mnist1d_hard", "cnn1d", _config(monitor_samples=100), seed=3,
+                    device="cpu")
+    assert watched.accuracy == full.accuracy and watched.loss_curve == full.loss_curve
+    first = watched.accuracy_curve[0]
+    assert round(first * 100) == pytest.approx(first * 100, abs=1e-9)
+    assert len(watched.accuracy_curve) == 2
+
+
+def test_train_uses_the_larger_validation_split():
+    small = train("relu", "mnist1d_hard", "cnn1d", _config(), seed=0, device="cpu")
+    big = train("relu", "mnist1d_hard", "cnn1d", _config(), seed=0, device="cpu", val_size=3000)
+    assert small.loss_curve == big.loss_curve  # the same training set and steps
+    assert round(big.accuracy * 3000) == pytest.approx(big.accuracy * 3000, abs=1e-9)
+    assert big.accuracy != small.accuracy
+
+
+def test_a_search_trains_on_its_larger_validation_split(tmp_path):
+    cfg = SearchConfig(dataset="mnist1d_hard", model="cnn1d", population=2, generations=1,
+                       param_variants=0, init_zoo=False, init_shapes=["u(u(x))"], seed=2,
+                       train=TINY, val_size=3000, executor="serial")
+    run_search(cfg, out=tmp_path / "run", progress=False)
+    store = RunStore.open(tmp_path / "run", readonly=True)
+    done = [c for c in store.candidates() if c.fitness is not None]
+    store.close()
+    assert done
+    for cand in done:  # the fitness is what train() measures on the 3,000-sample split
+        expected = train(cand.expression, "mnist1d_hard", "cnn1d", cfg.train_config(),
+                         seed=cfg.fitness_seed, device="cpu", val_size=3000)
+        assert cand.fitness == expected.accuracy
+
+
+def test_a_larger_test_split_is_its_own_evaluation_protocol():
+    cfg = _config().to_dict()
+    assert protocol_key(cfg, "mnist1d_hard", "cnn1d") != \
+        protocol_key(cfg, "mnist1d_hard", "cnn1d", 50_000)
+    assert "test_size" not in protocol_key(cfg, "mnist1d_hard", "cnn1d")  # earlier keys stay
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["train", "--act", "relu", "--dataset", "mnist1d", "--val-size", "2000"],
+     "--val-size and --test-size are options of mnist1d_hard only"),
+    (["train", "--act", "relu", "--dataset", "mnist1d_hard", "--test-size", "0"],
+     "--test-size must be a positive integer"),
+    (["search", "--dataset", "mnist1d_hard", "--val-size", "300000", "--out", "{tmp}/r"],
+     "more than the 200,000 samples"),
+    (["search", "--dataset", "digits", "--test-size", "5000", "--out", "{tmp}/r"],
+     "options of mnist1d_hard only"),
+])
+def test_bad_split_sizes_are_one_line_before_any_work(argv, words, tmp_path, capsys):
+    rc = main([a.replace("{tmp}", str(tmp_path)) for a in argv])
+    out, err = capsys.readouterr()
+    assert rc == 2 and err.count("\n") == 1 and "Traceback" not in err
+    assert words in err
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_monitor_samples_must_be_a_positive_integer():
+    from gp_activations.errors import UserError
+
+    with pytest.raises(UserError, match="monitor_samples must be a positive integer"):
+        TrainConfig(monitor_samples=0)
