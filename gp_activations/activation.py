@@ -137,19 +137,8 @@ class Activation:
             tree = parse(tree, self.pset)
         if not isinstance(tree, gp.PrimitiveTree):
             tree = gp.PrimitiveTree(tree)
-        self.tree = tree
-        for node in tree:
-            if isinstance(node, gp.Primitive) and node.name not in self.pset.operators:
-                raise UserError(f"operator {node.name!r} is not in search space {self.pset.name!r}")
-            if (isinstance(node, gp.Terminal) and not is_literal(node) and node.value != "x"
-                    and node.value not in self.pset.constants):
-                raise UserError(f"terminal {node.value!r} is not in search space {self.pset.name!r}")
-        params = tuple(sorted({int(p) for p in params}))
-        bad = [p for p in params if not 0 <= p < len(tree)]
-        if bad:
-            raise UserError(f"parameter positions {bad} are outside the tree's nodes "
-                            f"0..{len(tree) - 1} of {str(tree)!r}")
-        self.params = params
+        self.tree = _checked_tree(tree, self.pset)
+        self.params = _checked_params(params, tree)
         if normalization is not None and not isinstance(normalization, Normalization):
             raise UserError(f"normalization must be a Normalization (or None), got "
                             f"{type(normalization).__name__}")
@@ -179,24 +168,9 @@ class Activation:
     @classmethod
     def from_json(cls, data) -> "Activation":
         """Inverse of :meth:`to_json` (accepts the JSON text or the decoded dict)."""
-        if isinstance(data, (str, bytes)):
-            try:
-                data = json.loads(data)
-            except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8/16/32
-                raise UserError(f"activation JSON is not valid JSON: {exc}") from None
-        if not isinstance(data, dict) or data.get("format") != JSON_FORMAT:
-            raise UserError(f"not an activation JSON document (expected \"format\": \"{JSON_FORMAT}\")")
-        for key, kind in (("expression", str), ("primitives", str), ("params", list)):
-            if not isinstance(data.get(key), kind):
-                raise UserError(f"activation JSON: {key!r} must be a {kind.__name__}")
-        if not all(isinstance(p, int) and not isinstance(p, bool) for p in data["params"]):
-            raise UserError(f"activation JSON: 'params' must be a list of node indices (integers), "
-                            f"got {data['params']!r}")
-        slots = data.get("slots")
-        if slots is not None and not (isinstance(slots, list) and
-                                      all(isinstance(s, dict) and "name" in s for s in slots)):
-            raise UserError("activation JSON: 'slots' must be a list of objects with a 'name'")
+        data = _checked_json(data)
         act = cls.from_string(data["expression"], data["primitives"], data["params"])
+        slots = data.get("slots")
         if slots is not None and act.slot_names != [s["name"] for s in slots]:
             raise UserError("activation JSON: 'slots' do not match the expression and params")
         if data.get("normalization") is not None:
@@ -328,14 +302,8 @@ class Activation:
     def latex(self, simplify: bool = False, values: Optional[dict] = None, digits: int = 4) -> str:
         """LaTeX as a paper would print it (σ, erf, |x|, fractions; floats to ``digits``); a
         normalised function as \\frac{f(x) - shift}{scale}."""
-        norm = self.normalization
-        if norm is not None:
-            inner = self.with_normalization(None).latex(simplify, values, digits)
-            shift = sympy.latex(sympy.Float(abs(norm.shift), digits))
-            scale = sympy.latex(sympy.Float(norm.scale, digits))
-            if abs(norm.shift) < 5e-5 * norm.scale:  # an odd function's rounding error
-                return rf"\frac{{{inner}}}{{{scale}}}"
-            return rf"\frac{{{inner} {'-' if norm.shift >= 0 else '+'} {shift}}}{{{scale}}}"
+        if self.normalization is not None:
+            return _normalized_latex(self, simplify, values, digits)
         with _symbolic_depth_guard(self):
             expr = self.sympy(simplify=simplify, values=values)
             expr = expr.xreplace({f: sympy.Float(f, digits) for f in expr.atoms(sympy.Float)})
@@ -418,6 +386,62 @@ class Activation:
 
     def __reduce__(self):
         return (Activation.from_json, (self.to_json(indent=None),))
+
+
+def _checked_tree(tree: gp.PrimitiveTree, pset: ActivationPrimitiveSet) -> gp.PrimitiveTree:
+    """``tree``, once every operator and terminal is known to be in ``pset``."""
+    for node in tree:
+        if isinstance(node, gp.Primitive) and node.name not in pset.operators:
+            raise UserError(f"operator {node.name!r} is not in search space {pset.name!r}")
+        if (isinstance(node, gp.Terminal) and not is_literal(node) and node.value != "x"
+                and node.value not in pset.constants):
+            raise UserError(f"terminal {node.value!r} is not in search space {pset.name!r}")
+    return tree
+
+
+def _checked_params(params: Iterable[int], tree: gp.PrimitiveTree) -> tuple:
+    """The sorted distinct node positions carrying learnable scalars, all inside ``tree``."""
+    params = tuple(sorted({int(p) for p in params}))
+    bad = [p for p in params if not 0 <= p < len(tree)]
+    if bad:
+        raise UserError(f"parameter positions {bad} are outside the tree's nodes "
+                        f"0..{len(tree) - 1} of {str(tree)!r}")
+    return params
+
+
+def _checked_json(data) -> dict:
+    """An activation JSON document (text or decoded) as a dict whose fields have the right
+    types; else one :class:`UserError` line."""
+    if isinstance(data, (str, bytes)):
+        try:
+            data = json.loads(data)
+        except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8/16/32
+            raise UserError(f"activation JSON is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != JSON_FORMAT:
+        raise UserError(f"not an activation JSON document (expected \"format\": \"{JSON_FORMAT}\")")
+    for key, kind in (("expression", str), ("primitives", str), ("params", list)):
+        if not isinstance(data.get(key), kind):
+            raise UserError(f"activation JSON: {key!r} must be a {kind.__name__}")
+    if not all(isinstance(p, int) and not isinstance(p, bool) for p in data["params"]):
+        raise UserError(f"activation JSON: 'params' must be a list of node indices (integers), "
+                        f"got {data['params']!r}")
+    slots = data.get("slots")
+    if slots is not None and not (isinstance(slots, list) and
+                                  all(isinstance(s, dict) and "name" in s for s in slots)):
+        raise UserError("activation JSON: 'slots' must be a list of objects with a 'name'")
+    return data
+
+
+def _normalized_latex(act: "Activation", simplify: bool, values, digits: int) -> str:
+    """\\frac{f(x) - shift}{scale} of a normalised ``act`` (the shift left out where it is an
+    odd function's rounding error)."""
+    norm = act.normalization
+    inner = act.with_normalization(None).latex(simplify, values, digits)
+    scale = sympy.latex(sympy.Float(norm.scale, digits))
+    if abs(norm.shift) < 5e-5 * norm.scale:
+        return rf"\frac{{{inner}}}{{{scale}}}"
+    shift = sympy.latex(sympy.Float(abs(norm.shift), digits))
+    return rf"\frac{{{inner} {'-' if norm.shift >= 0 else '+'} {shift}}}{{{scale}}}"
 
 
 def _slot_symbol(slot: ParamSlot) -> sympy.Symbol:

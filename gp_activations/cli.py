@@ -141,31 +141,37 @@ def _mean_std(values):
     return summary.mean, summary.std
 
 
-def cmd_train(args) -> int:
-    import json
-
+def _train_activation(args):
+    """``train``'s checks before any work, and its activation (normalised with --normalize)."""
     from . import zoo
     from .activation import Activation
-    from .data import dataset_names, get_dataset_info
-    from .train import check_model, default_config, resolve_device, train
+    from .data import check_split_sizes, dataset_names, get_dataset_info
 
     if args.dataset not in dataset_names():
         get_dataset_info(args.dataset)  # raises the one-line error naming the known datasets
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
-    from .data import check_split_sizes
-
     try:
         check_split_sizes(args.dataset, args.val_size, args.test_size)
     except UserError as exc:
-        raise UserError(str(exc).replace("val_size", "--val-size").replace("test_size",
-                                                                           "--test-size")) from None
-    device = resolve_device(args.device)
+        raise UserError(str(exc).replace("val_size", "--val-size")
+                        .replace("test_size", "--test-size")) from None
     act = zoo.resolve(args.act, args.primitives, _parse_int_list(args.params, "--params"))
     if args.normalize:
         if not isinstance(act, Activation):
             raise UserError(f"--normalize needs an expression or a zoo function, not {args.act!r}")
         act = act.normalized()
+    return act
+
+
+def cmd_train(args) -> int:
+    import json
+
+    from .data import get_dataset_info
+    from .train import check_model, default_config, resolve_device, train
+
+    act = _train_activation(args)
+    device = resolve_device(args.device)
     overrides = {"epochs": args.epochs, "per_channel": args.per_channel or None,
                  "fused": args.fused, "threads": args.threads, "lr": args.lr,
                  "batch_size": args.batch_size, "time_limit": args.time_limit}

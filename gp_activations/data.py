@@ -805,12 +805,26 @@ def as_dataset(source, name: str = "custom", num_classes: Optional[int] = None,
     if callable(source) and not isinstance(source, torch.utils.data.Dataset):
         return as_dataset(source(), name, num_classes, val_fraction, seed)
     if isinstance(source, dict):
+        num_classes = source.get("num_classes", num_classes)
+        name = source.get("name", name)
+    xs, ys = _xy_pairs(source)
+    test_source = "given"
+    if len(xs) < 3:  # no test data: carve it from the training samples, fixed seed
+        xs, ys, test_source = _carved_splits(xs, ys, val_fraction, seed)
+    if num_classes is None:
+        num_classes = int(max(int(y.max()) for y in ys)) + 1
+    return Dataset(name=name, num_classes=int(num_classes), x_train=xs[0], y_train=ys[0],
+                   x_val=xs[1], y_val=ys[1], x_test=xs[2], y_test=ys[2], test_source=test_source)
+
+
+def _xy_pairs(source) -> tuple:
+    """A user's data (tensors, a dict of them, torch datasets) as ([inputs], [labels]): 1-3
+    float input tensors and their int64 labels, matching in length."""
+    if isinstance(source, dict):
         keys = ("x_train", "y_train", "x_val", "y_val", "x_test", "y_test")
         unknown = set(source) - set(keys) - {"num_classes", "name"}
         if unknown:
             raise UserError(f"custom data: unknown keys {sorted(unknown)}; expected {', '.join(keys)}")
-        num_classes = source.get("num_classes", num_classes)
-        name = source.get("name", name)
         source = tuple(source[k] for k in keys if source.get(k) is not None)
     if isinstance(source, torch.utils.data.Dataset):
         source = (source,)
@@ -831,25 +845,24 @@ def as_dataset(source, name: str = "custom", num_classes: Optional[int] = None,
     for x, y in zip(xs, ys):
         if len(x) != len(y):
             raise UserError(f"custom data: {len(x)} inputs but {len(y)} labels")
-    xs = [x.float() for x in xs]
-    test_source = "given"
-    if len(xs) < 3:  # no test data: carve it from the training samples, fixed seed
-        n = len(ys[0])
-        n_test = int(round(n * CUSTOM_TEST_FRACTION))
-        if n_test < 1 or n - n_test < 2:
-            raise UserError(f"custom data: {n} training samples are too few to carve a test split "
-                            f"({CUSTOM_TEST_FRACTION:.0%}) from; give (x_test, y_test) as well")
-        rest, te = (torch.from_numpy(i) for i in _split_indices(n, n_test, CUSTOM_TEST_SEED))
-        test = (xs[0][te], ys[0][te])
-        xs, ys = [xs[0][rest]] + xs[1:], [ys[0][rest]] + ys[1:]
-        test_source = (f"carved: {len(te)} samples ({CUSTOM_TEST_FRACTION:.0%}) of the given "
-                       f"training data, fixed seed {CUSTOM_TEST_SEED}; never seen by the search")
-        if len(xs) == 1:
-            n_val = max(1, int(round(len(ys[0]) * val_fraction)))
-            tr, va = (torch.from_numpy(i) for i in _split_indices(len(ys[0]), n_val, seed))
-            xs, ys = [xs[0][tr], xs[0][va]], [ys[0][tr], ys[0][va]]
-        xs, ys = xs + [test[0]], ys + [test[1]]
-    if num_classes is None:
-        num_classes = int(max(int(y.max()) for y in ys)) + 1
-    return Dataset(name=name, num_classes=int(num_classes), x_train=xs[0], y_train=ys[0],
-                   x_val=xs[1], y_val=ys[1], x_test=xs[2], y_test=ys[2], test_source=test_source)
+    return [x.float() for x in xs], ys
+
+
+def _carved_splits(xs: list, ys: list, val_fraction: float, seed: int) -> tuple:
+    """(xs, ys, test_source) with the test split carved from the training samples (fixed seed)
+    and, without validation data, a validation split too (drawn with ``seed``)."""
+    n = len(ys[0])
+    n_test = int(round(n * CUSTOM_TEST_FRACTION))
+    if n_test < 1 or n - n_test < 2:
+        raise UserError(f"custom data: {n} training samples are too few to carve a test split "
+                        f"({CUSTOM_TEST_FRACTION:.0%}) from; give (x_test, y_test) as well")
+    rest, te = (torch.from_numpy(i) for i in _split_indices(n, n_test, CUSTOM_TEST_SEED))
+    test = (xs[0][te], ys[0][te])
+    xs, ys = [xs[0][rest]] + xs[1:], [ys[0][rest]] + ys[1:]
+    test_source = (f"carved: {len(te)} samples ({CUSTOM_TEST_FRACTION:.0%}) of the given "
+                   f"training data, fixed seed {CUSTOM_TEST_SEED}; never seen by the search")
+    if len(xs) == 1:
+        n_val = max(1, int(round(len(ys[0]) * val_fraction)))
+        tr, va = (torch.from_numpy(i) for i in _split_indices(len(ys[0]), n_val, seed))
+        xs, ys = [xs[0][tr], xs[0][va]], [ys[0][tr], ys[0][va]]
+    return xs + [test[0]], ys + [test[1]], test_source
