@@ -86,3 +86,17 @@ def test_monitor_samples_must_be_a_positive_integer():
 
     with pytest.raises(UserError, match="monitor_samples must be a positive integer"):
         TrainConfig(monitor_samples=0)
+
+
+def test_the_split_cost_benchmark_runs():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "split_cost.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [r["val_size"] for r in rows] == [1000, 1500, 1500]
+    assert rows[1]["accuracy"] == rows[2]["accuracy"]  # the same network, scored in full at the end
