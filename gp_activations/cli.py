@@ -144,7 +144,6 @@ def _mean_std(values):
 def _train_activation(args):
     """``train``'s checks before any work, and its activation (normalised with --normalize)."""
     from . import zoo
-    from .activation import Activation
     from .data import check_split_sizes, dataset_names, get_dataset_info
 
     if args.dataset not in dataset_names():
@@ -157,11 +156,7 @@ def _train_activation(args):
         raise UserError(str(exc).replace("val_size", "--val-size")
                         .replace("test_size", "--test-size")) from None
     act = zoo.resolve(args.act, args.primitives, _parse_int_list(args.params, "--params"))
-    if args.normalize:
-        if not isinstance(act, Activation):
-            raise UserError(f"--normalize needs an expression or a zoo function, not {args.act!r}")
-        act = act.normalized()
-    return act
+    return act.normalized() if args.normalize else act
 
 
 def cmd_train(args) -> int:

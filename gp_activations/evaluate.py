@@ -198,8 +198,8 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     dataset, model, own = _resolve_target(cfg, dataset, model, custom)
     train_cfg = _train_config(cfg, ev, dataset, model, epochs, own, custom)
     # the run's larger test split, where it is evaluated on its own dataset
-    test_size = cfg.test_size if not custom and dataset == get_dataset_info(cfg.dataset).name \
-        else None
+    test_size = (cfg.test_size if cfg.test_size is not None and not cfg.data and not custom
+                 and dataset == get_dataset_info(cfg.dataset).name else None)
     if model_obj is None or isinstance(model_obj, str):
         model_obj = model
     if data is None and custom:
@@ -278,12 +278,12 @@ def _entries(found: list, baselines: list, normalize: bool = False) -> tuple[lis
         label = f"found #{rank}"
         entries.append((label, "found", cand.expression, cand.primitives, list(cand.params),
                         cand.id))
-        if item["equals"] or item["linear"]:
-            aliases[label] = {"equals": item["equals"], "linear": item["linear"],
+        equals = None if normalize else item["equals"]  # normalised, it is not that baseline
+        if equals or item["linear"]:
+            aliases[label] = {"equals": equals, "linear": item["linear"],
                               "expression": cand.expression, "primitives": cand.primitives,
                               "params": list(cand.params),
-                              "trained_as": (item["equals"] if item["equals"] in baselines
-                                             and not normalize else None)}
+                              "trained_as": equals if equals in baselines else None}
     for name in baselines:
         act = zoo.get(name)
         entries.append((name, "baseline", act.expression, "pangaea", list(act.params), None))

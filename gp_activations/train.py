@@ -95,10 +95,13 @@ class TrainConfig:
             raise UserError(f"fused must be true, false or \"auto\", got {self.fused!r}")
         if self.threads is not None and int(self.threads) < 1:
             raise UserError(f"threads must be >= 1, got {self.threads!r}")
-        if self.monitor_samples is not None and (isinstance(self.monitor_samples, bool) or
-                                                 int(self.monitor_samples) < 1):
-            raise UserError(f"monitor_samples must be a positive integer (or unset), got "
-                            f"{self.monitor_samples!r}")
+        if self.monitor_samples is not None:
+            n = self.monitor_samples
+            if isinstance(n, float) and n.is_integer():  # TOML's 1000.0
+                self.monitor_samples = n = int(n)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise UserError(f"monitor_samples must be a positive integer (or unset), got "
+                                f"{n!r}")
 
     def replace(self, **changes) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(self)}
@@ -734,7 +737,7 @@ def _after_epoch(record: TrainResult, run: _Run, config: TrainConfig, done: _Pro
     if progress is not None:
         progress(len(record.loss_curve), mean_loss, acc)
     ended = _early_end(record, run, config, done, mean_loss, acc, started)
-    if partial and ended is not None and ended.status == "timeout":  # its last epoch: all
+    if partial and ended is not None:  # its last epoch (timeout, chance): the whole split
         record.accuracy = record.accuracy_curve[-1] = _score(run, config, None)
         record.best_accuracy = max(record.accuracy_curve)
     return ended

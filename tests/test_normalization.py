@@ -158,3 +158,27 @@ def test_normalising_a_lookup_search_is_refused():
         SearchConfig(dataset="mnist1d", model="cnn1d", lookup="benchmarks/tabular/mnist1d_cnn1d.csv",
                      primitives="benchmarks/tabular/primitives.py", param_variants=0,
                      normalize=True, train={"epochs": 12})
+
+
+@pytest.mark.parametrize("expr, words", [
+    ("div(x, x)", "constant"),                      # 1 except the protected 0/0
+    ("div(one, x)", "shifted by half a step"),      # the protected pole dominates the grid
+    ("cosh(cosh(x))", "within ±6"),                 # a variance from far tails only
+])
+def test_functions_whose_moments_are_artefacts_are_refused(expr, words):
+    with pytest.raises(UserError, match=words):
+        Activation.from_string(expr).normalized()
+
+
+def test_the_constants_do_not_depend_on_the_thread_count():
+    act = Activation.from_string("mul(x, sigmoid(x))")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = Normalization.of(act)
+        torch.set_num_threads(2)
+        two = Normalization.of(act)
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two  # bit for bit: the same function in a worker and in an export
+    assert str(Normalization(-0.5, 2.0)) == "(f(x) + 0.5) / 2"

@@ -81,11 +81,6 @@ def test_bad_split_sizes_are_one_line_before_any_work(argv, words, tmp_path, cap
     assert not (tmp_path / "r").exists()  # nothing written
 
 
-def test_monitor_samples_must_be_a_positive_integer():
-    from gp_activations.errors import UserError
-
-    with pytest.raises(UserError, match="monitor_samples must be a positive integer"):
-        TrainConfig(monitor_samples=0)
 
 
 def test_the_split_cost_benchmark_runs():
@@ -100,3 +95,26 @@ def test_the_split_cost_benchmark_runs():
     rows = [json.loads(line) for line in out.stdout.splitlines()]
     assert [r["val_size"] for r in rows] == [1000, 1500, 1500]
     assert rows[1]["accuracy"] == rows[2]["accuracy"]  # the same network, scored in full at the end
+
+
+def test_a_training_that_stops_at_chance_is_scored_on_the_whole_split():
+    cfg = default_config("mnist1d_hard", "fitness", "cnn1d").replace(
+        epochs=3, max_steps_per_epoch=3, chance_check=True)
+    full = train("mul(x, zero)", "mnist1d_hard", "cnn1d", cfg, seed=0, device="cpu",
+                 val_size=3000)
+    watched = train("mul(x, zero)", "mnist1d_hard", "cnn1d", cfg.replace(monitor_samples=7),
+                    seed=0, device="cpu", val_size=3000)
+    assert full.status == watched.status == "chance"
+    assert watched.accuracy == full.accuracy  # not the 7 samples' score
+
+
+@pytest.mark.parametrize("value, ok", [(100.0, 100), (100, 100), (100.5, None), ("abc", None),
+                                       (True, None), (0, None)])
+def test_monitor_samples_takes_whole_numbers_only(value, ok):
+    from gp_activations.errors import UserError
+
+    if ok is None:
+        with pytest.raises(UserError, match="monitor_samples must be a positive integer"):
+            TrainConfig(monitor_samples=value)
+    else:
+        assert TrainConfig(monitor_samples=value).monitor_samples == ok

@@ -39,9 +39,10 @@ class _ConfigChecks:
     def _check_split_sizes(self) -> None:
         if self.val_size is None and self.test_size is None:
             return
-        if self.tasks is not None or self.data is not None:
+        if self.tasks is not None or self.data is not None or self.fitness is not None:
             raise UserError("config: val_size / test_size size a built-in dataset's splits "
-                            "(mnist1d_hard); they do not combine with 'tasks' or 'data'")
+                            "(mnist1d_hard); they do not combine with 'tasks', 'data' or "
+                            "'fitness'")
         from ..data import check_split_sizes
 
         try:

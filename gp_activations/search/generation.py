@@ -99,7 +99,8 @@ class Breeder:
                 continue
             placements.add(edges)
             variant = act.with_params(edges)
-            vres = screen(variant, max_forward_cost=cfg.max_forward_cost)
+            with untouched():
+                vres = screen(variant, max_forward_cost=cfg.max_forward_cost)
             if vres.dedup_key in self.dedup:
                 hits += 1
                 continue

@@ -10,6 +10,7 @@ back into the config, the zoo or data loading; nothing before it writes to the r
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -75,8 +76,11 @@ def stored_or_new_config(config: SearchConfig, out, resume: bool, overrides: Opt
     stored = store.config()
     # None leaves a key as stored -- except generations, where None means "no limit (until
     # the budget is spent)"
+    defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)
+                if f.default is not dataclasses.MISSING}
+    # (a key a run made before it existed does not store: its value is the field's default)
     changed = {k: v for k, v in (overrides or {}).items()
-               if (v is not None or k == "generations") and stored.get(k) != v}
+               if (v is not None or k == "generations") and stored.get(k, defaults.get(k)) != v}
     fixed = sorted(set(changed) - RESUME_OVERRIDABLE)
     if fixed:
         store.unlock()
