@@ -182,3 +182,22 @@ def test_the_constants_do_not_depend_on_the_thread_count():
         torch.set_num_threads(threads)
     assert one == two  # bit for bit: the same function in a worker and in an export
     assert str(Normalization(-0.5, 2.0)) == "(f(x) + 0.5) / 2"
+
+
+def test_the_normalisation_benchmark_runs():
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, str(root / "benchmarks" / "normalization.py"), "--quick",
+                        "--out", f"{tmp}/n.json"], capture_output=True, text=True, check=True,
+                       timeout=300, cwd=root)
+        rows = json.loads(Path(f"{tmp}/n.json").read_text())
+    assert [r["function"] for r in rows] == ["relu", "silu"]
+    for r in rows:  # the stored constants are the function's moments (textbook for ReLU)
+        assert len(r["plain"]) == len(r["normalised"]) == 2
+    assert rows[0]["normalization"]["shift"] == pytest.approx(1 / math.sqrt(2 * math.pi), abs=1e-6)
