@@ -34,6 +34,11 @@ def did_you_mean(word, choices) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
+def unknown_keys(given, known) -> list:
+    """The keys of ``given`` not in ``known``, sorted (the first one is the one to name)."""
+    return sorted(set(given) - set(known))
+
+
 # ---------------------------------------------------------------------------------------------
 # Files and directories: what went wrong with a path, in one line, with what to do about it
 # ---------------------------------------------------------------------------------------------

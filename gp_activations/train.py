@@ -36,7 +36,7 @@ from . import models as models_mod
 from . import zoo
 from .activation import Activation, ActivationModule
 from .compiled import COMPILED, CompileClock
-from .errors import UserError, did_you_mean
+from .errors import UserError, did_you_mean, unknown_keys
 
 # ---------------------------------------------------------------------------------------------
 # Configuration and presets
@@ -105,11 +105,10 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(self)}
-        unknown = set(changes) - known
+        unknown = unknown_keys(changes, known)
         if unknown:
-            first = sorted(unknown)[0]
-            raise UserError(f"unknown training option(s): {', '.join(sorted(unknown))}"
-                            f"{did_you_mean(first, known)}")
+            raise UserError(f"unknown training option(s): {', '.join(unknown)}"
+                            f"{did_you_mean(unknown[0], known)}")
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..errors import UserError, did_you_mean
+from ..errors import UserError, did_you_mean, unknown_keys
 from ..train import TrainConfig
 from .evolution import MUTATIONS, SHAPES
 
@@ -437,11 +437,10 @@ class SearchConfig(_ConfigChecks):
     def _train_overrides(self, where: str, table: dict) -> dict:
         overrides = dict(table)
         known = {f.name for f in dataclasses.fields(TrainConfig)}
-        unknown = set(overrides) - known
+        unknown = unknown_keys(overrides, known)
         if unknown:
-            key = sorted(unknown)[0]
-            raise UserError(f"config: unknown key {key!r} in {where}{did_you_mean(key, known)} "
-                            f"(known: {', '.join(sorted(known))})")
+            raise UserError(f"config: unknown key {unknown[0]!r} in {where}"
+                            f"{did_you_mean(unknown[0], known)} (known: {', '.join(sorted(known))})")
         if self.epochs is not None:
             overrides["epochs"] = self.epochs
         overrides.setdefault("per_channel", self.per_channel)
