@@ -118,3 +118,19 @@ def test_monitor_samples_takes_whole_numbers_only(value, ok):
             TrainConfig(monitor_samples=value)
     else:
         assert TrainConfig(monitor_samples=value).monitor_samples == ok
+
+
+def test_the_recheck_script_runs_paired_seeds():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "benchmarks" / "recheck.py"), "--quick"],
+                         capture_output=True, text=True, check=True, timeout=300)
+    runs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [(r["function"], r["seed"]) for r in runs] == [
+        ("mul(x, sigmoid(x))", 0), ("relu(x)", 0), ("mul(x, sigmoid(x))", 1), ("relu(x)", 1)]
+    for r in runs:  # scored on the 1,500-sample validation split
+        assert round(r["accuracy"] * 1500) == pytest.approx(r["accuracy"] * 1500, abs=1e-9)
