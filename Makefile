@@ -31,7 +31,7 @@ run: $(STAMP)
 		$(if $(wildcard $(RUN_DIR)/run.sqlite),--resume,--config experiments/mnist1d.toml)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 
 # The documentation (docs/, mkdocs.yml) into site/; strict: a warning is an error.
 docs: $(STAMP)
