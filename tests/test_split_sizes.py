@@ -134,3 +134,16 @@ def test_the_recheck_script_runs_paired_seeds():
         ("mul(x, sigmoid(x))", 0), ("relu(x)", 0), ("mul(x, sigmoid(x))", 1), ("relu(x)", 1)]
     for r in runs:  # scored on the 1,500-sample validation split
         assert round(r["accuracy"] * 1500) == pytest.approx(r["accuracy"] * 1500, abs=1e-9)
+
+
+def test_a_job_with_fields_this_worker_does_not_know_fails_instead_of_half_running():
+    """A Ray worker of an older version would otherwise drop ``normalize`` / ``val_size`` and
+    train another experiment than the driver asked for."""
+    from gp_activations.search.jobs import Job, JobKey, JobKind, JobResult, JobStatus
+    from gp_activations.search.worker import evaluate_task
+
+    wire = Job(JobKey(JobKind.CANDIDATE, 7), "relu(x)", "pangaea", dataset="mnist1d").to_wire()
+    assert Job.from_wire(wire).key == JobKey(JobKind.CANDIDATE, 7)
+    result = JobResult.from_wire(evaluate_task({**wire, "added_in_a_later_version": 1}))
+    assert result.status is JobStatus.FAILED and "added_in_a_later_version" in result.error
+    assert "install the driver's version" in result.error

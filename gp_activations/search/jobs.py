@@ -18,6 +18,8 @@ import enum
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, Optional
 
+from .. import __version__
+
 
 class JobKind(str, enum.Enum):
     """Whose training a job is (a ``str``, so it travels and compares as its text)."""
@@ -107,7 +109,11 @@ class Job:
     @classmethod
     def from_wire(cls, wire: dict) -> "Job":
         known = {f.name for f in fields(cls)}
-        values = {k: v for k, v in wire.items() if k in known}
+        unknown = sorted(set(wire) - known)
+        if unknown:  # a newer driver's job (a Ray worker of an older version): never half-run it
+            raise ValueError(f"job fields {unknown} are unknown to this worker's gp-activations "
+                             f"{__version__}: install the driver's version on every worker")
+        values = dict(wire)
         values["key"] = JobKey.from_wire(wire["key"])
         values["params"] = tuple(wire.get("params") or ())
         return cls(**values)
