@@ -60,8 +60,9 @@ class TrainConfig:
     eval_batch_size: int = 1000
     # After every epoch but the last, score only the split's first monitor_samples samples (the
     # progress and the first epoch's chance check read them): a 20,000-sample split then costs
-    # one full pass per training.  The last epoch -- and a time limit's end -- score it all.
-    # None: the whole split every epoch.
+    # one full pass per training.  The last epoch -- and any early end -- score it all (so
+    # ``accuracy`` is the whole split's; ``accuracy_curve`` and ``best_accuracy`` mix the
+    # subset's earlier scores with it).  None: the whole split every epoch.
     monitor_samples: Optional[int] = None
     time_limit: Optional[float] = None  # seconds; the run stops as "timeout"
     threads: Optional[int] = None  # CPU threads (None: leave torch's setting)
