@@ -194,7 +194,7 @@ class Activation:
         if self.normalization is not None:
             return self
         plain = Activation(self.tree, self.pset, self.params)
-        return plain.with_normalization(Normalization.of(plain, f"activation {plain}"))
+        return plain.with_normalization(_normalization_of(plain, id(plain.pset)))
 
     def with_normalization(self, normalization: Optional[Normalization]) -> "Activation":
         """This function with the given output normalisation (None: the plain function)."""
@@ -386,6 +386,13 @@ class Activation:
 
     def __reduce__(self):
         return (Activation.from_json, (self.to_json(indent=None),))
+
+
+@functools.lru_cache(maxsize=1024)
+def _normalization_of(plain: "Activation", pset_id: int) -> Normalization:
+    """The constants of ``plain`` (three grids, ~0.2 s), once per function and loaded search
+    space in a process: halving's rungs, a race's seeds and a report's tables reuse them."""
+    return Normalization.of(plain, f"activation {plain}")
 
 
 def _checked_tree(tree: gp.PrimitiveTree, pset: ActivationPrimitiveSet) -> gp.PrimitiveTree:

@@ -163,9 +163,16 @@ def _canonical_name(name) -> str:
     return key
 
 
-def describe_test_split(source) -> str:
+def describe_test_split(source, test_size=None) -> str:
     """Where the test split of ``source`` (a dataset name, a Dataset, or a user's data as
-    :func:`as_dataset` takes it) comes from -- what reports print next to test accuracy."""
+    :func:`as_dataset` takes it) comes from -- what reports print next to test accuracy;
+    ``test_size``: ``mnist1d_hard``'s test split cut or grown to that size."""
+    if test_size is not None:
+        if test_size <= MNIST1D_HARD_TEST:
+            return f"the first {test_size:,} samples of the generator's test part (mnist1d_hard)"
+        return (f"{test_size:,} samples: the generator's {MNIST1D_HARD_TEST:,}-sample test part "
+                f"+ {test_size - MNIST1D_HARD_TEST:,} generated with the same settings (seed "
+                f"{MNIST1D_HARD_EXTRA_SEEDS['test']}; mnist1d_hard)")
     if isinstance(source, str) and ":" not in source:
         key = _canonical_name(source)
         if key == "mnist1d":

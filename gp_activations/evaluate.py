@@ -292,18 +292,12 @@ def _entries(found: list, baselines: list, normalize: bool = False) -> tuple[lis
 
 def _test_split(source, test_size=None) -> str:
     """Where the test split of ``source`` (a dataset name, a user's data) comes from."""
-    from .data import MNIST1D_HARD_EXTRA_SEEDS, MNIST1D_HARD_TEST, describe_test_split
+    from .data import describe_test_split
     from .references import resolve_reference
 
-    if test_size is not None:
-        if test_size <= MNIST1D_HARD_TEST:
-            return f"the first {test_size:,} samples of the generator's test part (mnist1d_hard)"
-        return (f"{test_size:,} samples: the generator's {MNIST1D_HARD_TEST:,}-sample test part "
-                f"+ {test_size - MNIST1D_HARD_TEST:,} generated with the same settings (seed "
-                f"{MNIST1D_HARD_EXTRA_SEEDS['test']}; mnist1d_hard)")
     if isinstance(source, str) and ":" in source:
         source = resolve_reference(source)
-    return describe_test_split(source)
+    return describe_test_split(source, test_size)
 
 
 def _sequential_design(seeds: int, max_seeds, alpha) -> Optional[SequentialTest]:
