@@ -425,7 +425,8 @@ def cmd_evaluate(args) -> int:
     common = dict(top=args.top, seeds=args.seeds, epochs=args.epochs, baselines=args.baselines,
                   executor=args.executor, workers=args.workers, device=args.device,
                   data_dir=args.data_dir, task_timeout=args.task_timeout,
-                  progress=not args.no_progress, max_seeds=args.max_seeds, alpha=args.alpha)
+                  progress=not args.no_progress, max_seeds=args.max_seeds, alpha=args.alpha,
+                  reference=args.reference)
     if args.model or args.dataset:
         results = [(None, evaluate_run(args.run, model=args.model, dataset=args.dataset,
                                        **common))]
@@ -663,9 +664,13 @@ def _evaluate_parser(sub, datasets: str) -> None:
                    "with --max-seeds the minimum")
     p.add_argument("--max-seeds", type=int, metavar="N", help="evaluations that decide: add seeds "
                    "to each comparison with relu until a sequential t-test (alpha spending) finds "
-                   "it different or it has N seeds")
+                   "it different or it has N seeds (default: [evaluate] max_seeds, else a "
+                   "fixed number of seeds)")
+    p.add_argument("--reference", metavar="NAME", help="the baseline every p-value and "
+                   "--max-seeds comparison is against (default: [evaluate] reference, else relu; "
+                   "e.g. silu: does a found function beat SiLU?)")
     p.add_argument("--alpha", type=float, help="false-positive rate of each --max-seeds "
-                   "comparison over all its looks (default 0.05)")
+                   "comparison over all its looks (default: [evaluate] alpha, else 0.05)")
     p.add_argument("--epochs", type=float, help="epochs (default: [evaluate] epochs, else the "
                    "dataset's full schedule)")
     p.add_argument("--baselines", help="comma-separated zoo names (default: [evaluate] baselines, "

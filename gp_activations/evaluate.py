@@ -9,15 +9,16 @@ redoing any (rows are keyed by label, seed and protocol -- the training schedule
 dataset -- so a different ``--epochs`` adds rows instead of mixing results).
 
 Statistics: mean ± sample std per activation, and Welch's t-test (unequal variances) of each
-against ReLU.  Written to ``RUN/results.csv`` and ``RUN/results.tex`` (booktabs).
+against the reference -- ReLU, or the baseline ``reference`` (``--reference silu``) names.
+Written to ``RUN/results.csv`` and ``RUN/results.tex`` (booktabs).
 
 Evaluations that decide (``max_seeds``, ``--max-seeds N``): ``seeds`` is then the minimum.
-After the minimum seeds of every activation, each comparison with ReLU (each found function,
+After the minimum seeds of every activation, each comparison with the reference (each found function,
 each baseline) gets more seeds, one look at a time, until
 :class:`~gp_activations.statistics.SequentialTest` (a group-sequential Welch t-test with
 O'Brien-Fleming-type alpha spending: the false-positive rate over all looks stays at ``alpha``)
 calls it *different* or ``max_seeds`` is reached (*undecided at max*).  Each round trains the
-next look's seeds of every undecided comparison together (ReLU's seeds are shared: it gets as
+next look's seeds of every undecided comparison together (the reference's seeds are shared: it gets as
 many as the longest-running comparison needs).  Nothing but the ``final`` rows is stored: the
 decisions, and the seeds each activation needs, are replayed from the stored accuracies
 (:func:`_replay`), so an interrupted evaluation resumes without retraining, and ``report``
@@ -60,18 +61,19 @@ class ResultRow:
     accuracies: list
     mean: float
     std: float
-    p_vs_relu: Optional[float]
+    p_vs_ref: Optional[float]  # vs the reference (ReLU unless ``reference`` says otherwise)
     primitives: str = "pangaea"
     failed: int = 0  # seeds whose training diverged, timed out or crashed
     best: bool = False
     equals: Optional[str] = None  # a found function equal to this baseline (trained once, as it)
     linear: bool = False  # an affine function (only ranked with allow_linear)
-    # a sequential evaluation (max_seeds): the comparison with ReLU (None for ReLU itself and
-    # for fixed-seed evaluations); p_vs_relu is then the p-value of the look that decided
+    # a sequential evaluation (max_seeds): the comparison with the reference (None for the
+    # reference itself and for fixed-seed evaluations); p_vs_ref is then the deciding look's
     decision: Optional[str] = None  # "different", "undecided at max", "more seeds" (unfinished)
     decided_at: Optional[int] = None  # seeds per arm at that look
     level: Optional[float] = None  # that look's nominal significance level
     min_detectable: Optional[float] = None  # difference detected with 80 % power at that look
+    reference: str = "relu"  # the baseline of every p-value
 
     @property
     def display_label(self) -> str:
@@ -83,14 +85,23 @@ class ResultRow:
         return len(self.accuracies)
 
 
-def parse_baselines(text) -> list[str]:
+def parse_baselines(text, reference: str = "relu") -> list[str]:
+    """The baselines' zoo names, the ``reference`` (of every p-value) among them."""
     names = [n.strip() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     unknown = [n for n in names if n not in zoo.names()]
     if unknown:
         raise UserError(f"unknown baseline {unknown[0]!r}; zoo activations: {', '.join(zoo.names())}")
-    if "relu" not in names:
-        names.insert(0, "relu")  # the reference of every p-value
+    if reference not in names:
+        names.insert(0, reference)
     return names
+
+
+def check_reference(name) -> str:
+    """``--reference``: a zoo name (the baseline every p-value compares with)."""
+    if not isinstance(name, str) or name not in zoo.names():
+        raise UserError(f"--reference {name!r} is not a zoo activation; give one of "
+                        f"{', '.join(zoo.names())} (e.g. --reference silu)")
+    return name
 
 
 def protocol_key(train_config: dict, dataset: str, model, test_size=None) -> str:
@@ -112,12 +123,15 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
                  executor: Optional[str] = None, workers: Optional[int] = None,
                  device: Optional[str] = None, data_dir: Optional[str] = None,
                  task_timeout: Optional[float] = None, progress: bool = True,
-                 max_seeds: Optional[int] = None, alpha: Optional[float] = None) -> list[ResultRow]:
+                 max_seeds: Optional[int] = None, alpha: Optional[float] = None,
+                 reference: Optional[str] = None) -> list[ResultRow]:
     """Retrain the top found functions and the baselines for several seeds; return the table.
 
-    ``max_seeds``: a sequential evaluation (see the module docstring): ``seeds`` is the minimum,
-    each comparison with ReLU gets more seeds until it is decided at level ``alpha`` (default
-    0.05) or has ``max_seeds``.
+    ``reference``: the zoo baseline every p-value compares with (default: the run's
+    ``[evaluate]`` reference, else ``"relu"``; ``"silu"`` asks whether a found function beats
+    SiLU).  ``max_seeds``: a sequential evaluation (see the module docstring): ``seeds`` is the
+    minimum, each comparison with the reference gets more seeds until it is decided at level
+    ``alpha`` (default 0.05) or has ``max_seeds``.
 
     Defaults come from the run's ``[evaluate]`` table, then: top 3, 5 seeds, the eight
     :data:`DEFAULT_BASELINES`, the dataset's full schedule.  ``model``/``dataset`` other than
@@ -133,11 +147,11 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
     store = RunStore.open(run_dir)
     try:
         plan = _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data,
-                     max_seeds, alpha)
+                     max_seeds, alpha, reference)
         protocol, entries, seeds = plan["protocol"], plan["entries"], plan["seeds"]
         test = plan["sequential"]
         _record_protocol(store, protocol, seeds, plan["own"], plan["test_split"], plan["flags"],
-                         [e[0] for e in entries], test)
+                         [e[0] for e in entries], test, plan["reference"])
         trained = [e for e in entries if e[0] not in plan["aliases"]]
         labels = [e[0] for e in trained]
 
@@ -153,7 +167,7 @@ def evaluate_run(run_dir, *, top: Optional[int] = None, seeds: Optional[int] = N
             if pending:
                 run(pending, len(labels) * seeds - len(pending))
         else:
-            _run_sequential(store, protocol, trained, test, run)
+            _run_sequential(store, protocol, trained, test, run, plan["reference"])
         rows = summarize(store, protocol, [e[0] for e in entries], seeds)
         stem = "results" if plan["own"] else f"results_{plan['dataset']}_{plan['model']}"
         write_results(Path(run_dir), rows, plan["train_cfg"].epochs, plan["dataset"],
@@ -179,7 +193,7 @@ def evaluate_tasks(run_dir, **kwargs) -> list[tuple[str, list[ResultRow]]]:
 
 
 def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=None,
-          max_seeds=None, alpha=None) -> dict:
+          max_seeds=None, alpha=None, reference=None) -> dict:
     """Validate everything and decide the schedule before any row is stored."""
     cfg = SearchConfig.from_dict(store.config(), where=f"{run_dir} config")
     ev = cfg.evaluate or {}
@@ -187,8 +201,11 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     seeds = ev.get("seeds", 5) if seeds is None else seeds
     if top < 0 or seeds < 1:
         raise UserError(f"--top must be >= 0 and --seeds >= 1 (got {top}, {seeds})")
+    max_seeds = ev.get("max_seeds") if max_seeds is None else max_seeds
+    alpha = ev.get("alpha") if alpha is None else alpha
     sequential = _sequential_design(seeds, max_seeds, alpha)
-    baselines = parse_baselines(baselines or ev.get("baselines") or DEFAULT_BASELINES)
+    reference = check_reference(reference or ev.get("reference") or "relu")
+    baselines = parse_baselines(baselines or ev.get("baselines") or DEFAULT_BASELINES, reference)
     model_obj, model = _check_target(cfg, run_dir, model, dataset, data)
     found = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)[0] if top else []
     if top and not found:
@@ -205,7 +222,8 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     if data is None and custom:
         data = cfg.data
     entries, aliases = _entries(found, baselines, cfg.normalize)
-    return {"cfg": cfg, "seeds": seeds, "sequential": sequential, "dataset": dataset, "model": model, "own": own,
+    return {"cfg": cfg, "seeds": seeds, "sequential": sequential, "reference": reference,
+            "dataset": dataset, "model": model, "own": own,
             "test_split": _test_split(data if custom else dataset, test_size), "flags": aliases,
             "test_size": test_size,
             "aliases": {k for k, v in aliases.items() if v["trained_as"]},
@@ -322,14 +340,16 @@ def _sequential_design(seeds: int, max_seeds, alpha) -> Optional[SequentialTest]
 
 
 def _record_protocol(store, protocol: str, seeds: int, own: bool, test_split: str,
-                     flags: dict, labels: list, test: Optional[SequentialTest] = None) -> None:
+                     flags: dict, labels: list, test: Optional[SequentialTest] = None,
+                     reference: str = "relu") -> None:
     """Remember, per protocol, how many seeds were asked for, where its test split comes from,
-    the labels in table order and the flagged found functions (``found #1 = silu``: trained
-    once, as the baseline) -- :func:`summarize` and the report read them back.  A sequential
-    evaluation also records its design (``sequential``: alpha, min_seeds, max_seeds)."""
+    the labels in table order, the flagged found functions (``found #1 = silu``: trained
+    once, as the baseline) and the reference of the p-values -- :func:`summarize` and the
+    report read them back.  A sequential evaluation also records its design (``sequential``:
+    alpha, min_seeds, max_seeds)."""
     protocols = store.get_meta("final_protocols", {})
     protocols[protocol] = {"seeds": seeds, "own": own, "test_split": test_split,
-                           "flags": flags, "labels": labels}
+                           "flags": flags, "labels": labels, "reference": reference}
     if test is not None:
         protocols[protocol]["sequential"] = {"alpha": test.alpha, "min_seeds": test.min_seeds,
                                              "max_seeds": test.max_seeds}
@@ -350,12 +370,13 @@ class _Replay:
     complete: bool  # every needed seed has finished and no comparison can get another look
 
 
-def _replay(records: dict, labels: Sequence[str], test: SequentialTest) -> _Replay:
+def _replay(records: dict, labels: Sequence[str], test: SequentialTest,
+            ref: str = "relu") -> _Replay:
     """The seeds each trained label needs, from the stored trainings ``{label: [rows]}``.
 
     Starts from ``test.min_seeds`` for every label and replays the rounds: while all the seeds
-    needed so far have finished, every undecided comparison (label vs ReLU) asks for its next
-    look -- its own seeds and ReLU's (a failed seed has no accuracy and is made up by another,
+    needed so far have finished, every undecided comparison (label vs the reference ``ref``)
+    asks for its next look -- its own seeds and the reference's (a failed seed has no accuracy and is made up by another,
     within ``max_seeds``).  Stops at the first round whose seeds are not all finished
     (``complete=False``: train them) or when nothing asks for more (``complete=True``)."""
     finished = {label: {} for label in labels}  # label -> {seed: accuracy or None (failed)}
@@ -373,20 +394,21 @@ def _replay(records: dict, labels: Sequence[str], test: SequentialTest) -> _Repl
                         if finished[label][s] is not None] for label in labels}
         want = dict(targets)
         for label in labels:
-            if label == "relu":
+            if label == ref:
                 continue
-            d = test.decide(accs[label], accs["relu"])
+            d = test.decide(accs[label], accs[ref])
             if d.status is Status.MORE_SEEDS:
                 want[label] = min(test.max_seeds,
                                   targets[label] + max(0, d.next_n - len(accs[label])))
-                want["relu"] = max(want["relu"], min(
-                    test.max_seeds, targets["relu"] + max(0, d.next_n - len(accs["relu"]))))
+                want[ref] = max(want[ref], min(
+                    test.max_seeds, targets[ref] + max(0, d.next_n - len(accs[ref]))))
         if want == targets:
             return _Replay(targets, True)
         targets = want
 
 
-def _run_sequential(store, protocol: str, trained: list, test: SequentialTest, run) -> None:
+def _run_sequential(store, protocol: str, trained: list, test: SequentialTest, run,
+                    ref: str = "relu") -> None:
     """Rounds: schedule the seeds :func:`_replay` asks for, train those not finished (all
     labels of a round together, through ``run``), until every comparison is decided or at
     ``max_seeds``.  Finished rows are never retrained, so a resumed evaluation replays the
@@ -396,7 +418,7 @@ def _run_sequential(store, protocol: str, trained: list, test: SequentialTest, r
         records = {}
         for r in store.final_trainings(protocol, seeds=test.max_seeds, labels=labels):
             records.setdefault(r.label, []).append(r)
-        state = _replay(records, labels, test)
+        state = _replay(records, labels, test, ref)
         if state.complete:
             return
         for label, kind, expr, prims, params, cid in trained:
@@ -410,20 +432,20 @@ def _run_sequential(store, protocol: str, trained: list, test: SequentialTest, r
         run(pending, sum(state.targets.values()) - len(pending))
 
 
-def _decision_fields(test: SequentialTest, accs: list, relu: list, complete: bool) -> dict:
-    """The row fields of one comparison with ReLU, from its seeds and ReLU's."""
-    d = test.decide(accs, relu)
+def _decision_fields(test: SequentialTest, accs: list, ref: list, complete: bool) -> dict:
+    """The row fields of one comparison with the reference, from its seeds and the reference's."""
+    d = test.decide(accs, ref)
     status = d.status
     if status is Status.MORE_SEEDS and complete:  # max_seeds trained, too many failed
         status = Status.UNDECIDED_AT_MAX
-    n = d.n if d.look else min(len(accs), len(relu))
+    n = d.n if d.look else min(len(accs), len(ref))
     level = d.boundary if d.boundary is not None else test.boundaries[-1]
     mdd = None
     if n >= 2:
-        std = math.sqrt((summarize_values(accs[:n]).std ** 2 + summarize_values(relu[:n]).std ** 2)
+        std = math.sqrt((summarize_values(accs[:n]).std ** 2 + summarize_values(ref[:n]).std ** 2)
                         / 2.0)
         mdd = min_detectable_difference(std, n, level)
-    return {"p_vs_relu": d.p, "decision": status.value, "decided_at": n, "level": level,
+    return {"p_vs_ref": d.p, "decision": status.value, "decided_at": n, "level": level,
             "min_detectable": mdd}
 
 
@@ -471,17 +493,18 @@ def summarize(store: RunStore, protocol: str, labels: Sequence[str],
     by_label = {}
     recorded = store.get_meta("final_protocols", {}).get(protocol, {})
     flags = recorded.get("flags", {})
+    ref = recorded.get("reference", "relu")  # (earlier evaluations: always ReLU)
     design = recorded.get("sequential")
     test = _sequential_test(design) if design else None
     for r in store.final_trainings(protocol, seeds=test.max_seeds if test else seeds):
         by_label.setdefault(r.label, []).append(r)
     if test is not None:  # the seeds each label needed, replayed from the stored accuracies
         trained = [lb for lb in labels if not flags.get(lb, {}).get("trained_as")]
-        state = _replay(by_label, trained, test)
+        state = _replay(by_label, trained, test, ref)
         by_label = {lb: [r for r in recs if r.seed < state.targets.get(lb, 0)]
                     for lb, recs in by_label.items()}
-    relu = [r.accuracy for r in by_label.get("relu", [])
-            if r.status == "done" and r.accuracy is not None]
+    ref_accs = [r.accuracy for r in by_label.get(ref, [])
+                if r.status == "done" and r.accuracy is not None]
     for label in labels:
         flag = flags.get(label, {})
         recs = by_label.get(flag.get("trained_as") or label, [])
@@ -489,16 +512,17 @@ def summarize(store: RunStore, protocol: str, labels: Sequence[str],
             continue
         accs = [r.accuracy for r in recs if r.status == "done" and r.accuracy is not None]
         summary = summarize_values(accs)
-        extra = {"p_vs_relu": None if label == "relu" else welch_p(accs, relu)}
-        if test is not None and (flag.get("trained_as") or label) != "relu":
-            extra = _decision_fields(test, accs, relu, state.complete)
+        is_ref = (flag.get("trained_as") or label) == ref  # (a found function equal to it too)
+        extra = {"p_vs_ref": None if is_ref else welch_p(accs, ref_accs)}
+        if test is not None and not is_ref:
+            extra = _decision_fields(test, accs, ref_accs, state.complete)
         rows.append(ResultRow(label, "found" if flag else recs[0].kind,
                               flag.get("expression", recs[0].expression),
                               flag.get("params", list(recs[0].params)), accs, summary.mean,
                               summary.std, primitives=flag.get("primitives", recs[0].primitives),
                               failed=sum(r.status == "failed" for r in recs),
                               equals=flag.get("equals"), linear=bool(flag.get("linear")),
-                              **extra))
+                              reference=ref, **extra))
     finite = [r for r in rows if not math.isnan(r.mean)]
     if finite:
         max(finite, key=lambda r: r.mean).best = True
@@ -520,21 +544,32 @@ def write_results(run_dir: Path, rows: Sequence[ResultRow], epochs, dataset, mod
 
 
 _CSV_COLUMNS = ("label", "kind", "expression", "params", "n", "mean", "std", "p_vs_relu", "best",
-                "accuracies", "failed")
+                "accuracies", "failed")  # p_vs_<reference>: p_vs_silu with --reference silu
 _SEQUENTIAL_CSV_COLUMNS = ("decision", "seeds_needed", "level", "min_detectable")
 
 
 def csv_table(rows: Sequence[ResultRow]) -> Table:
     """``results.csv``: every row's numbers in full (accuracies as fractions)."""
     sequential = _sequential(rows)
-    table = Table(*_CSV_COLUMNS, *(_SEQUENTIAL_CSV_COLUMNS if sequential else ()))
+    columns = [f"p_vs_{_reference(rows)}" if c == "p_vs_relu" else c for c in _CSV_COLUMNS]
+    table = Table(*columns, *(_SEQUENTIAL_CSV_COLUMNS if sequential else ()))
     for r in rows:
         seq = ([r.decision or "", number(r.decided_at, "d", ""), number(r.level, ".6g", ""),
                 number(r.min_detectable, ".6f", "")] if sequential else [])
         table.add(r.display_label, r.kind, r.expression, json.dumps(r.params), r.n,
-                  f"{r.mean:.6f}", f"{r.std:.6f}", number(r.p_vs_relu, ".6g", ""), int(r.best),
+                  f"{r.mean:.6f}", f"{r.std:.6f}", number(r.p_vs_ref, ".6g", ""), int(r.best),
                   " ".join(f"{a:.6f}" for a in r.accuracies), r.failed, *seq)
     return table
+
+
+def _reference(rows: Sequence[ResultRow]) -> str:
+    """The reference of a table's p-values (``relu`` unless the evaluation chose another)."""
+    return rows[0].reference if rows else "relu"
+
+
+def _reference_title(rows: Sequence[ResultRow]) -> str:
+    name = _reference(rows)
+    return "ReLU" if name == "relu" else name
 
 
 def _points(fraction: Optional[float]) -> Optional[float]:
@@ -553,34 +588,35 @@ def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
     sequential = _sequential(rows)
     caption = (rf"Test accuracy (\%) on {tex_escape(dataset)} / {tex_escape(model)}, "
                rf"{epochs:g} epochs, mean $\pm$ std over seeds; $p$: Welch's $t$-test against "
-               r"ReLU. Best mean in bold.")
+               rf"{tex_escape(_reference_title(rows))}. Best mean in bold.")
     if sequential:
         caption += (r" Seeds were added until a group-sequential test (alpha spending) decided"
                     r" or the maximum was reached; $p$ is that of the deciding look, MDD the"
                     r" smallest difference (points) it detects with 80\% power.")
     table = Table(Column("Activation"), Column("Function"), Column("Accuracy", ">"),
-                  Column("$n$", ">"), Column(r"$p$ vs.\ ReLU", ">"),
+                  Column("$n$", ">"),
+                  Column(rf"$p$ vs.\ {tex_escape(_reference_title(rows))}", ">"),
                   *((Column("Decision"), Column("MDD")) if sequential else ()))
     for r in rows:
         seq = (["--" if r.decision is None else f"{r.decision} ({r.decided_at})",
                 number(_points(r.min_detectable), ".2f", "--")] if sequential else [])
         table.add(tex_escape(r.display_label), _function_tex(r),
                   percent_pm(r.mean, r.std, pm=r" $\pm$ ", bold="latex" if r.best else ""),
-                  r.n, p_value(r.p_vs_relu, "--"), *seq)
+                  r.n, p_value(r.p_vs_ref, "--"), *seq)
     return table.latex(caption)
 
 
 def markdown_table(rows: Sequence[ResultRow]) -> str:
     """The report's table: test accuracy (%) mean ± std, the best mean in bold."""
     table = Table(Column("activation"), Column("test accuracy (%)", ">"), Column("n", ">"),
-                  Column("p vs ReLU", ">"), Column("function"))
+                  Column(f"p vs {_reference_title(rows)}", ">"), Column("function"))
     for r in rows:
         table.add(r.display_label, percent_pm(r.mean, r.std, bold="markdown" if r.best else ""),
-                  r.n, p_value(r.p_vs_relu), with_params(code(r.expression), r.params, " @ "))
+                  r.n, p_value(r.p_vs_ref), with_params(code(r.expression), r.params, " @ "))
     return table.markdown()
 
 
-_SEQUENTIAL_NOTE = ("(sequential: seeds added until Welch's t-test vs relu, with alpha spending "
+_SEQUENTIAL_NOTE = ("(sequential: seeds added until Welch's t-test vs {ref}, with alpha spending "
                     "over the looks, is below the look's level -- different -- or the maximum is "
                     "reached; p, seeds and level are those of the deciding look; min. diff: the "
                     "smallest difference, in points, that look detects with 80 % power)")
@@ -588,11 +624,11 @@ _SEQUENTIAL_NOTE = ("(sequential: seeds added until Welch's t-test vs relu, with
 
 def format_table(rows: Sequence[ResultRow]) -> str:
     """The console's table: test accuracy (%) mean ± std (* the best mean), seeds, failed
-    seeds, p vs ReLU (and a sequential evaluation's decision), the function."""
+    seeds, p vs the reference (and a sequential evaluation's decision), the function."""
     sequential = _sequential(rows)
     table = Table(Column("activation", width=12, fit=True),
                   Column("test accuracy", ">", 17, sep=" "), Column("n", ">", 3, sep=" "),
-                  Column("p vs relu", ">", 10, sep=" "),
+                  Column(f"p vs {_reference(rows)}", ">", 10, sep=" "),
                   *((Column("level", ">", 8, sep=" "), Column("decision", width=16),
                      Column("seeds", ">", 5, sep=" "), Column("min. diff", ">", 9, sep=" "))
                     if sequential else ()),
@@ -604,5 +640,5 @@ def format_table(rows: Sequence[ResultRow]) -> str:
         table.add(r.display_label,
                   percent_pm(r.mean, r.std, "7.2f", "5.2f") + (" *" if r.best else "  "),
                   f"{r.n:3d}" + (f" ({r.failed} failed)" if r.failed else ""),
-                  p_value(r.p_vs_relu), *seq, with_params(r.expression, r.params))
-    return "\n".join([table.text(), "(* best mean)"] + ([_SEQUENTIAL_NOTE] if sequential else []))
+                  p_value(r.p_vs_ref), *seq, with_params(r.expression, r.params))
+    return "\n".join([table.text(), "(* best mean)"] + ([_SEQUENTIAL_NOTE.format(ref=_reference(rows))] if sequential else []))

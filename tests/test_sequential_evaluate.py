@@ -42,9 +42,10 @@ ARGV = ["--top", "2", "--seeds", "3", "--max-seeds", "5", "--epochs", "1",
         "--baselines", "relu,tanh", "--executor", "serial", "--no-progress"]
 
 
-def _make_run(path):
+def _make_run(path, evaluate=None):
     """A finished digits 'search' whose ranking is BAD, then tanh (fitness set by hand)."""
-    store = RunStore.create(path, SearchConfig(dataset="digits", threads=1).to_dict())
+    config = SearchConfig(dataset="digits", threads=1, evaluate=evaluate or {})
+    store = RunStore.create(path, config.to_dict())
     with store.transaction():
         for expr, fitness in ((BAD, 0.9), ("tanh(x)", 0.8)):
             cid = store.add_candidate(expression=expr, primitives="pangaea", status="done",
@@ -105,17 +106,17 @@ def test_a_clear_difference_stops_early_and_a_close_one_runs_to_the_maximum(run)
     assert bad.mean < 0.2 < 0.7 < relu.mean  # at chance vs learning
     assert (bad.decision, bad.decided_at, bad.n) == ("different", 3, 3)
     assert (tanh.decision, tanh.decided_at, tanh.n) == ("undecided at max", 5, 5)
-    assert relu.decision is None and relu.n == 5 and relu.p_vs_relu is None
+    assert relu.decision is None and relu.n == 5 and relu.p_vs_ref is None
     # the alias is the baseline's comparison, value for value
     alias = rows["found #2"]
-    assert (alias.accuracies, alias.decision, alias.p_vs_relu, alias.min_detectable) == \
-        (tanh.accuracies, tanh.decision, tanh.p_vs_relu, tanh.min_detectable)
+    assert (alias.accuracies, alias.decision, alias.p_vs_ref, alias.min_detectable) == \
+        (tanh.accuracies, tanh.decision, tanh.p_vs_ref, tanh.min_detectable)
     # the p-values and levels are those of the deciding look, checked against the design
     test = SequentialTest(0.05, 3, 5)
-    assert bad.p_vs_relu == pytest.approx(welch_p(bad.accuracies, relu.accuracies[:3]))
-    assert bad.p_vs_relu <= bad.level == test.boundaries[0]
-    assert tanh.p_vs_relu == pytest.approx(welch_p(tanh.accuracies, relu.accuracies))
-    assert tanh.level == test.boundaries[-1] < tanh.p_vs_relu
+    assert bad.p_vs_ref == pytest.approx(welch_p(bad.accuracies, relu.accuracies[:3]))
+    assert bad.p_vs_ref <= bad.level == test.boundaries[0]
+    assert tanh.p_vs_ref == pytest.approx(welch_p(tanh.accuracies, relu.accuracies))
+    assert tanh.level == test.boundaries[-1] < tanh.p_vs_ref
     for look in (3, 4):  # tanh crossed no earlier boundary either
         assert welch_p(tanh.accuracies[:look], relu.accuracies[:look]) > \
             test.boundaries[test.looks.index(look)]
@@ -217,8 +218,59 @@ def test_a_fixed_seed_evaluation_of_the_same_run_keeps_the_old_table(run, tmp_pa
                               "p_vs_relu", "best", "accuracies", "failed"]
     relu = [r for r in rows if r.label == "relu"][0].accuracies
     tanh = [r for r in rows if r.label == "tanh"][0]
-    assert tanh.p_vs_relu == pytest.approx(welch_p(tanh.accuracies, relu))
+    assert tanh.p_vs_ref == pytest.approx(welch_p(tanh.accuracies, relu))
     assert statistics.fmean(tanh.accuracies) == pytest.approx(tanh.mean)
+
+
+@pytest.mark.filterwarnings("ignore:Precision loss")  # scipy, on the bad function's equal seeds
+def test_another_reference_decides_every_comparison_against_it(run, tmp_path, capsys,
+                                                             count_trainings):
+    """``--reference tanh``: the same stored seeds, every p-value and decision against tanh."""
+    from scipy.stats import ttest_ind
+
+    copy = tmp_path / "copy"
+    shutil.copytree(run.dir, copy)
+    rows = {r.label: r for r in evaluate_run(copy, **SEQ, reference="tanh")}
+    assert count_trainings == []  # relu and tanh have their 5 seeds, the bad function its 3
+    tanh = rows["tanh"].accuracies
+    assert rows["tanh"].p_vs_ref is None and rows["tanh"].decision is None
+    assert rows["found #2"].p_vs_ref is None  # found #2 is tanh itself
+    bad, relu = rows["found #1"], rows["relu"]
+    assert (bad.decision, bad.decided_at) == ("different", 3)  # chance vs 0.89-0.92
+    assert bad.p_vs_ref == pytest.approx(ttest_ind(bad.accuracies, tanh[:3],
+                                                   equal_var=False).pvalue, rel=1e-6)
+    # relu vs tanh is the comparison tanh vs relu was: undecided at 5 seeds, the same p
+    assert (relu.decision, relu.decided_at) == ("undecided at max", 5)
+    assert relu.p_vs_ref == pytest.approx(ttest_ind(relu.accuracies, tanh,
+                                                    equal_var=False).pvalue, rel=1e-6)
+    assert relu.p_vs_ref == pytest.approx(run.rows["tanh"].p_vs_ref, rel=1e-9)
+    table = _csv(copy / "results.csv")
+    assert "p_vs_tanh" in table[0] and "p_vs_relu" not in table[0]
+    assert "p vs tanh" in format_table(list(rows.values())).splitlines()[0]
+    assert r"$p$ vs.\ tanh" in (copy / "results.tex").read_text()
+    # the report reads the reference back from the stored protocol
+    final = write_report(copy, k=1).read_text()
+    assert "| p vs tanh |" in final
+    # a fixed-seed evaluation with the same reference: Welch against tanh's 3 seeds
+    rows3 = {r.label: r for r in evaluate_run(copy, **{**SEQ, "max_seeds": None},
+                                              reference="tanh")}
+    assert rows3["relu"].p_vs_ref == pytest.approx(
+        ttest_ind(rows3["relu"].accuracies, tanh[:3], equal_var=False).pvalue, rel=1e-6)
+    assert count_trainings == []
+
+
+def test_the_runs_evaluate_table_sets_the_design_and_the_reference(tmp_path):
+    """``[evaluate]`` max_seeds, alpha and reference are the defaults of an evaluation."""
+    with pytest.raises(UserError, match="reference 'swish2' is not a zoo activation"):
+        SearchConfig.from_dict({"dataset": "digits", "evaluate": {"reference": "swish2"}})
+    out = tmp_path / "run"
+    _make_run(out, evaluate={"seeds": 3, "max_seeds": 4, "alpha": 0.1, "reference": "tanh"})
+    rows = {r.label: r for r in evaluate_run(out, top=1, epochs=1, baselines=["relu"],
+                                             executor="serial", progress=False)}
+    assert list(rows) == ["found #1", "tanh", "relu"]  # the reference joins the baselines
+    assert rows["tanh"].p_vs_ref is None and rows["relu"].reference == "tanh"
+    assert rows["found #1"].level == pytest.approx(SequentialTest(0.1, 3, 4).boundaries[0])
+    assert rows["found #1"].decision == "different" and rows["relu"].decided_at in (3, 4)
 
 
 @pytest.mark.parametrize("args, words", [
@@ -229,6 +281,7 @@ def test_a_fixed_seed_evaluation_of_the_same_run_keeps_the_old_table(run, tmp_pa
     (["--seeds", "3", "--max-seeds", "5", "--alpha", "nan"], "--alpha must be between 0 and 1"),
     (["--seeds", "3", "--alpha", "0.01"], "give --max-seeds too"),
     (["--max-seeds", "five"], "invalid int value"),
+    (["--reference", "swish2"], "--reference 'swish2' is not a zoo activation"),
 ])
 def test_bad_input_is_one_line_before_any_work(tmp_path, capsys, count_trainings, args, words):
     out = tmp_path / "run"

@@ -236,11 +236,16 @@ class _ConfigChecks:
     def _validate_evaluate(self) -> None:
         ev = self.evaluate
         known = {"top": int, "seeds": int, "epochs": (int, float), "baselines": (list, str),
-                 "train": dict}
+                 "train": dict, "max_seeds": int, "alpha": float, "reference": str}
         _check_table(ev, known, "config:", "config: [evaluate] {key!r}", " in [evaluate]")
         if ev.get("top", 0) < 0 or ev.get("seeds", 1) < 1 or not (
                 math.isfinite(ev.get("epochs", 1)) and ev.get("epochs", 1) > 0):
             raise UserError("config: [evaluate] needs top >= 0, seeds >= 1 and a finite epochs > 0")
+        from .. import zoo
+
+        if "reference" in ev and ev["reference"] not in zoo.names():
+            raise UserError(f"config: [evaluate] reference {ev['reference']!r} is not a zoo "
+                            f"activation{did_you_mean(ev['reference'], zoo.names())}")
         fields = {f.name for f in dataclasses.fields(TrainConfig)}
         unknown = set(ev.get("train", {})) - fields
         if unknown:

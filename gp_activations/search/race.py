@@ -44,13 +44,15 @@ class Entrant:
 
 def race_train(plan: SearchPlan) -> dict:
     """The race's schedule: the dataset's full ("train") preset for the model, the search's
-    per-channel and fusion settings, ``race_epochs`` if given; a user's own data or model
+    per-channel, fusion, threads and ``monitor_samples`` settings, ``race_epochs`` if given; a user's own data or model
     without a preset keeps the search's own schedule (with ``race_epochs``)."""
     from ..train import default_config
 
     cfg, base = plan.config, plan.base_job
     if base.data is None and (base.model is None or isinstance(base.model, str)):
-        overrides = {k: base.train[k] for k in ("per_channel", "fused", "threads")}
+        # monitor_samples too: a large validation split is scored whole once, at the end
+        overrides = {k: base.train[k] for k in ("per_channel", "fused", "threads", "monitor_samples")
+                     if k in base.train}
         if cfg.race_epochs is not None:
             overrides["epochs"] = cfg.race_epochs
         return default_config(cfg.dataset, "train", base.model, **overrides).to_dict()
