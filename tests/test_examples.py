@@ -112,8 +112,19 @@ def _drop(argv: list[str], flag: str) -> list[str]:
     return out
 
 
-def tiny(argv: list[str], data_dir: Path, keep_executor: bool = False) -> list[str]:
-    """The same command on a tiny budget (and on the fake CIFAR where it names a data dir)."""
+def _config(argv: list[str]):
+    """The SearchConfig of ``--config FILE`` in argv (None without one)."""
+    if "--config" not in argv:
+        return None
+    from gp_activations.search import SearchConfig
+
+    return SearchConfig.from_toml(argv[argv.index("--config") + 1])
+
+
+def tiny(argv: list[str], data_dir: Path, keep_executor: bool = False,
+         sequential: bool = False) -> list[str]:
+    """The same command on a tiny budget (and on the fake CIFAR where it names a data dir);
+    ``sequential``: the run's ``[evaluate]`` asks for seeds until decided (``max_seeds``)."""
     argv = [str(data_dir) if a == "DIR" else a for a in argv]
     command = argv[0] if argv else ""
     uses_cifar = "--data-dir" in argv
@@ -124,13 +135,19 @@ def tiny(argv: list[str], data_dir: Path, keep_executor: bool = False) -> list[s
             argv += ["--epochs", "0.05"]
         if not keep_executor:
             argv += ["--executor", "serial", "--workers", "1"]
-        if "--race" in argv:  # the race's full schedule, cut like the fitness's
-            argv += ["--race-epochs", "0.05", "--race-max-seeds", "3"]
+        cfg = _config(argv)
+        if "--race" in argv or (cfg and cfg.race_top):  # the race's full schedule, cut like the fitness's
+            argv += ["--race-epochs", "0.05", "--race-min-seeds", "2", "--race-max-seeds", "3"]
+        if cfg and cfg.val_size:  # larger generated splits: 200 samples more, not 19,000
+            argv += ["--val-size", "1200"]
+        if cfg and cfg.test_size:
+            argv += ["--test-size", "4200"]
         if uses_cifar:
             argv += ["--no-verify", "--device", "cpu"]
     elif command == "evaluate":
         # a sequential evaluation needs two seeds at least (and its maximum cut to match)
-        seeds = ["--seeds", "2", "--max-seeds", "3"] if "--max-seeds" in argv else ["--seeds", "1"]
+        seeds = (["--seeds", "2", "--max-seeds", "3"] if "--max-seeds" in argv or sequential
+                 else ["--seeds", "1"])
         argv += ["--top", "1", *seeds, "--epochs", "0.05", "--baselines", "relu",
                  "--executor", "serial", "--workers", "1", "--no-progress"]
     elif command == "transfer":
@@ -188,10 +205,12 @@ def test_experiment_config_searches_evaluates_and_reports(name, scratch, capsys)
     # the default search (`make run`) keeps its own executor: 2 worker processes
     out = run_cli(tiny(search, scratch / "cifar-data", keep_executor=name == "mnist1d.toml"), capsys)
     assert "Top functions of runs/x" in out and "(ReLU under the same budget)" in out
-    run_cli(tiny(["evaluate", "runs/x"], scratch / "cifar-data"), capsys)
     from gp_activations.search import SearchConfig
 
-    tasks = SearchConfig.from_toml(EXPERIMENTS / name).tasks
+    cfg = SearchConfig.from_toml(EXPERIMENTS / name)
+    run_cli(tiny(["evaluate", "runs/x"], scratch / "cifar-data",
+                 sequential="max_seeds" in (cfg.evaluate or {})), capsys)
+    tasks = cfg.tasks
     results = (["results.csv"] if tasks is None else
                [f"results_{t['dataset']}_{t['model']}.csv" for t in tasks])  # one per task
     for stem in results:
