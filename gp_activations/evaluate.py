@@ -221,7 +221,7 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
         model_obj = model
     if data is None and custom:
         data = cfg.data
-    entries, aliases = _entries(found, baselines, cfg.normalize)
+    entries, aliases = _entries(found, baselines, cfg)
     return {"cfg": cfg, "seeds": seeds, "sequential": sequential, "reference": reference,
             "dataset": dataset, "model": model, "own": own,
             "test_split": _test_split(data if custom else dataset, test_size), "flags": aliases,
@@ -285,7 +285,7 @@ def _train_config(cfg: SearchConfig, ev: dict, dataset, model, epochs, own: bool
     return default_config(dataset, "train", model, **overrides)
 
 
-def _entries(found: list, baselines: list, normalize: bool = False) -> tuple[list, dict]:
+def _entries(found: list, baselines: list, cfg: SearchConfig) -> tuple[list, dict]:
     """The table's entries ``(label, kind, expression, primitives, params, candidate_id)``:
     the found functions, then the baselines; and the flagged found functions (equal to a
     baseline, or affine) -- one equal to a baseline that is trained anyway is trained once
@@ -296,7 +296,7 @@ def _entries(found: list, baselines: list, normalize: bool = False) -> tuple[lis
         label = f"found #{rank}"
         entries.append((label, "found", cand.expression, cand.primitives, list(cand.params),
                         cand.id))
-        equals = None if normalize else item["equals"]  # normalised, it is not that baseline
+        equals = cfg.baseline_equal(item["equals"])
         if equals or item["linear"]:
             aliases[label] = {"equals": equals, "linear": item["linear"],
                               "expression": cand.expression, "primitives": cand.primitives,
@@ -465,7 +465,7 @@ def _run_trainings(store, cfg, pending, train_cfg, dataset, model, data, executo
                 dataset=dataset, model=model, data=data, train=train_cfg.to_dict(),
                 seed=row.seed, device=device, threads=cfg.threads, split="test",
                 data_dir=data_dir or cfg.data_dir, verify=cfg.verify, download=cfg.download,
-                normalize=cfg.normalize and row.kind == "found",  # as the search trained it
+                normalize=cfg.trains_normalized(row.kind == "found"),  # as the search trained it
                 test_size=test_size)
             for row in pending]
 

@@ -46,8 +46,8 @@ def _ranked(store: RunStore, k: Optional[int] = None) -> list[dict]:
 
 def _activation(store: RunStore, cand) -> Activation:
     """A run's candidate as the search trained it (normalised where the run normalises)."""
-    act = Activation.from_string(cand.expression, cand.primitives, cand.params)
-    return act.normalized() if store.config().get("normalize") else act
+    cfg = SearchConfig.from_dict(store.config(), where="stored config")
+    return cfg.as_trained(Activation.from_string(cand.expression, cand.primitives, cand.params))
 
 
 def learned_trajectory(store: RunStore, rank: int, cand) -> tuple[list, str]:

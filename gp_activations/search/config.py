@@ -380,6 +380,24 @@ class SearchConfig(_ConfigChecks):
             raise UserError("config: halving needs at least two rungs")
         return out
 
+    # Output normalisation (normalize) applies to the search's own functions; the baselines of
+    # the race and of evaluate are the known functions and train plain.  The three rules, here
+    # once for the search, the race, the results, evaluate and the report.
+    def trains_normalized(self, found: bool) -> bool:
+        """Whether a function trains as (f - shift) / scale: a found one where the run
+        normalises, a baseline never."""
+        return bool(self.normalize) and found
+
+    def baseline_equal(self, equals: Optional[str]) -> Optional[str]:
+        """The zoo baseline a found function equals, as this run sees it: none where the run
+        normalises (normalised, it is not that baseline any more)."""
+        return None if self.normalize else equals
+
+    def as_trained(self, activation):
+        """A found function's :class:`~gp_activations.activation.Activation` as the search
+        trained it (normalised where the run normalises)."""
+        return activation.normalized() if self.normalize else activation
+
     def task_list(self) -> list:
         """The tasks of a multi-task search as dicts: name ("dataset/model"), dataset, model,
         weight and train (its TrainConfig as a dict: the dataset's fitness preset for that

@@ -82,9 +82,8 @@ class FinalRace:
         entrants, taken = [], set()
         for rank, item in enumerate(ranked, 1):
             cand = item["candidate"]
-            # normalised, a found function equal to a baseline is not that baseline any more
-            equals = (item["equals"] if item["equals"] in cfg.race_baselines
-                      and not cfg.normalize else None)
+            equals = cfg.baseline_equal(item["equals"])
+            equals = equals if equals in cfg.race_baselines else None
             entrants.append(Entrant(f"found #{rank}" + (f" = {equals}" if equals else ""),
                                     cand.expression, cand.primitives, tuple(cand.params),
                                     cand.id))
@@ -143,9 +142,8 @@ class FinalRace:
                                         primitives=entrant.primitives, params=entrant.params,
                                         train=self.train, split="val",
                                         seed=self.plan.config.fitness_seed + seed,
-                                        # the baselines race as they are known, unnormalised
-                                        normalize=(self.plan.config.normalize
-                                                   and entrant.candidate_id is not None))
+                                        normalize=self.plan.config.trains_normalized(
+                                            entrant.candidate_id is not None))
 
     def record(self, entrants, result: JobResult) -> None:
         key = result.key

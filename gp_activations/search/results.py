@@ -102,8 +102,8 @@ def search_result(store: RunStore, plan, interrupted: bool = False, wall_time: f
     for rank, item in enumerate(ranked, 1):
         cand = item["candidate"]
         act = Activation.from_string(cand.expression, plan.pset, cand.params)
-        if config.normalize:  # normalised, a function equal to a baseline is not that baseline
-            act, item = act.normalized(), {**item, "equals": None}
+        act = config.as_trained(act)
+        item = {**item, "equals": config.baseline_equal(item["equals"])}
         metrics = cand.metrics or {}
         top.append({"rank": rank, "fitness": item["fitness"], "expression": cand.expression,
                     "tasks": metrics.get("tasks", []) if plan.multi_task else [],
