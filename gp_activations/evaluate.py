@@ -207,7 +207,8 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     reference = check_reference(reference or ev.get("reference") or "relu")
     baselines = parse_baselines(baselines or ev.get("baselines") or DEFAULT_BASELINES, reference)
     model_obj, model = _check_target(cfg, run_dir, model, dataset, data)
-    found = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)[0] if top else []
+    found = (ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear, race=True)[0]
+             if top else [])
     if top and not found:
         raise UserError(f"{run_dir} has no finished candidates to evaluate yet; run or resume the "
                         f"search first (gp-activations search --out {run_dir} --resume)")

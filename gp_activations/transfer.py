@@ -167,7 +167,8 @@ def _found_functions(runs: Sequence, top: int) -> list[Function]:
         store = RunStore.open(run, readonly=True)
         try:
             cfg = SearchConfig.from_dict(store.config(), where=f"{run} config")
-            ranked, _ = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear)
+            ranked, _ = ranked_functions(store, top, cfg.variant_fitness, cfg.allow_linear,
+                                         race=True)
         finally:
             store.close()
         if not ranked:

@@ -107,3 +107,66 @@ def test_a_finished_search_is_raced_later_by_resuming_it(raced, tmp_path):
                        race_min_seeds=3, race_max_seeds=6)
     assert later.race == result.race  # the same search, the same race
     assert _race_rows(tmp_path / "run") == _race_rows(straight)
+
+
+def test_evaluate_and_transfer_retrain_the_found_functions_in_the_races_order(raced):
+    """After a race, rank 1 of what is retrained is the race's best found function: those
+    still in the race before those it dropped, each by its mean over its race seeds (worked out
+    here from the stored race trainings), not the best fitness."""
+    from statistics import fmean
+
+    from gp_activations.search.ranking import ranked_functions
+
+    run, result = raced
+    store = RunStore.open(run, readonly=True)
+    try:
+        by_fitness = [i["candidate"].id for i in ranked_functions(store, 3)[0]]
+        by_race = [i["candidate"].id for i in ranked_functions(store, 3, race=True)[0]]
+        entrants = store.get_meta("race_entrants")
+        accs = {}
+        for r in store.race_runs():
+            accs.setdefault(r.entrant, []).append(0.0 if r.accuracy is None else r.accuracy)
+        top1 = [i["candidate"].id for i in ranked_functions(store, 1, race=True)[0]]
+        everything = ranked_functions(store, None, race=True)[0]
+    finally:
+        store.close()
+    dropped = result.race["eliminated"]
+    found = [(i, e) for i, e in enumerate(entrants) if e["candidate_id"] is not None]
+    expected = sorted(found, key=lambda ie: (ie[1]["label"] in dropped, -fmean(accs[ie[0]])))
+    assert by_race == [e["candidate_id"] for _, e in expected]
+    assert sorted(by_race) == sorted(by_fitness)  # the same three raced, in another order
+    assert top1 == by_race[:1]
+    assert [i["candidate"].id for i in everything][:3] == by_race
+
+
+def test_the_races_order_overrides_the_fitness_order(tmp_path):
+    """A hand-made finished race: fitness ranks A > B > C > D; the race kept C and A (C's mean
+    higher) and dropped B (whose mean, over its fewer seeds, was the highest); D did not race.
+    Retrained in the order C, A, B, then D."""
+    from gp_activations.search.ranking import ranked_functions
+
+    store = RunStore.create(tmp_path / "run", SearchConfig(dataset="digits").to_dict())
+    ids = {}
+    with store.transaction():
+        for name, expr, fitness in (("A", "tanh(x)", 0.9), ("B", "relu(x)", 0.8),
+                                    ("C", "mul(x, sigmoid(x))", 0.7), ("D", "sigmoid(x)", 0.6)):
+            ids[name] = store.add_candidate(expression=expr, primitives="pangaea",
+                                            status="done", generation=0, fitness=fitness)
+            store.update_candidate(ids[name], function_id=ids[name])
+    entrants = [{"label": f"found #{i}", "expression": "", "primitives": "pangaea",
+                 "params": [], "candidate_id": ids[n]} for i, n in enumerate("ABC", 1)]
+    store.set_meta("race_entrants", entrants + [{"label": "silu", "expression": "",
+                                                 "primitives": "pangaea", "params": [],
+                                                 "candidate_id": None}])
+    store.set_meta("race", {"winner": "found #3", "survivors": ["found #3", "found #1"],
+                            "eliminated": {"found #2": 3, "silu": 4},
+                            "means": {"found #1": 0.85, "found #2": 0.95, "found #3": 0.88,
+                                      "silu": 0.99}})
+    order = {v: k for k, v in ids.items()}
+    assert [order[i["candidate"].id] for i in ranked_functions(store, None)[0]] == list("ABCD")
+    assert [order[i["candidate"].id] for i in ranked_functions(store, None, race=True)[0]] == \
+        list("CABD")
+    assert [order[i["candidate"].id] for i in ranked_functions(store, 1, race=True)[0]] == ["C"]
+    assert [order[i["candidate"].id] for i in ranked_functions(store, 4, race=True)[0]] == \
+        list("CABD")
+    store.close()

@@ -30,10 +30,22 @@ def describe(item: dict) -> dict:
 
 
 def ranked_functions(store: RunStore, k: Optional[int] = None, mode: str = "best",
-                     allow_linear: bool = False) -> tuple[list[dict], list[dict]]:
+                     allow_linear: bool = False,
+                     race: bool = False) -> tuple[list[dict], list[dict]]:
     """``(ranked, skipped)``: the top ``k`` functions (all when ``k`` is None), each described,
     and the affine functions that were better than the last one ranked but left out (empty
-    when ``allow_linear``)."""
+    when ``allow_linear``).
+
+    ``race``: after a finished final race, the found functions that raced come first, in the
+    race's order (those still in it, then those it dropped; each by its mean over the race's
+    seeds), the rest by fitness -- what ``evaluate`` and ``transfer`` retrain: the search's
+    winner is the race's, not the best of many noisy fitness values."""
+    order = race_order(store) if race else {}
+    if order:
+        limit = None if k is None else max(k, len(order))
+        ranked, skipped = ranked_functions(store, limit, mode, allow_linear)
+        ranked = sorted(ranked, key=lambda item: order.get(item["candidate"].id, (2, 0.0)))
+        return ranked[:k] if k is not None else ranked, skipped
     ranked, skipped = [], []
     for item in store.top_functions(None, mode):
         if k is not None and len(ranked) >= k:
@@ -44,6 +56,18 @@ def ranked_functions(store: RunStore, k: Optional[int] = None, mode: str = "best
             continue
         ranked.append(item)
     return ranked, skipped
+
+
+def race_order(store: RunStore) -> dict:
+    """``{candidate id: sort key}`` of the found functions of a finished final race (empty
+    without one): still in the race before dropped, then the higher mean first."""
+    race, entrants = store.get_meta("race"), store.get_meta("race_entrants")
+    if not race or not entrants:
+        return {}
+    survivors = set(race["survivors"])
+    return {e["candidate_id"]: (0 if e["label"] in survivors else 1,
+                                -race["means"].get(e["label"], 0.0))
+            for e in entrants if e.get("candidate_id") is not None}
 
 
 def flag_text(item: dict) -> str:
