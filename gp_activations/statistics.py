@@ -484,7 +484,11 @@ def _noncentrality(df: int, alpha: float, power: float) -> float:
     crit = float(t_dist.isf(alpha / 2.0, df))
 
     def short(lam):
-        return float(nct.sf(crit, df, lam) + nct.cdf(-crit, df, lam)) - power
+        # the lower tail P(T < -crit) is below P(T < 0) = Phi(-lam); scipy's nct.cdf returns
+        # NaN where it underflows (lam about 8 at df 8 and a level of 2e-4: the first looks of
+        # a sequential design) -- it is then below 1e-15: zero
+        lower = float(nct.cdf(-crit, df, lam))
+        return float(nct.sf(crit, df, lam)) + (lower if math.isfinite(lower) else 0.0) - power
 
     hi = 1.0
     while short(hi) < 0:
