@@ -31,10 +31,11 @@ run: $(STAMP)
 		$(if $(wildcard $(RUN_DIR)/run.sqlite),--resume,--config experiments/mnist1d.toml)
 
 # The suite on TEST_WORKERS processes (pytest-xdist; 2 = the two cores of our CI machines,
-# 6.6 min there instead of 13; TEST_WORKERS=0 runs it in this process).
+# 6.6 min there instead of 13; TEST_WORKERS=0 runs it in this process).  loadgroup: tests
+# marked xdist_group("NAME") share one worker (the wheel builds, the Ray clusters).
 TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) tests
+	$(PY) -m pytest -q --durations=20 -n $(TEST_WORKERS) --dist loadgroup tests
 
 # The documentation (docs/, mkdocs.yml) into site/; strict: a warning is an error.
 docs: $(STAMP)

@@ -568,9 +568,14 @@ def _reference(rows: Sequence[ResultRow]) -> str:
     return rows[0].reference if rows else "relu"
 
 
-def _reference_title(rows: Sequence[ResultRow]) -> str:
+_TITLES = {"relu": "ReLU", "silu": "SiLU", "gelu": "GELU", "elu": "ELU", "selu": "SELU",
+           "mish": "Mish", "softplus": "softplus", "tanh": "tanh"}
+
+
+def reference_title(rows: Sequence[ResultRow]) -> str:
+    """The reference of a table's p-values as a title ("ReLU", "SiLU", ...)."""
     name = _reference(rows)
-    return "ReLU" if name == "relu" else name
+    return _TITLES.get(name, name)
 
 
 def _points(fraction: Optional[float]) -> Optional[float]:
@@ -589,14 +594,14 @@ def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
     sequential = _sequential(rows)
     caption = (rf"Test accuracy (\%) on {tex_escape(dataset)} / {tex_escape(model)}, "
                rf"{epochs:g} epochs, mean $\pm$ std over seeds; $p$: Welch's $t$-test against "
-               rf"{tex_escape(_reference_title(rows))}. Best mean in bold.")
+               rf"{tex_escape(reference_title(rows))}. Best mean in bold.")
     if sequential:
         caption += (r" Seeds were added until a group-sequential test (alpha spending) decided"
                     r" or the maximum was reached; $p$ is that of the deciding look, MDD the"
                     r" smallest difference (points) it detects with 80\% power.")
     table = Table(Column("Activation"), Column("Function"), Column("Accuracy", ">"),
                   Column("$n$", ">"),
-                  Column(rf"$p$ vs.\ {tex_escape(_reference_title(rows))}", ">"),
+                  Column(rf"$p$ vs.\ {tex_escape(reference_title(rows))}", ">"),
                   *((Column("Decision"), Column("MDD")) if sequential else ()))
     for r in rows:
         seq = (["--" if r.decision is None else f"{r.decision} ({r.decided_at})",
@@ -610,7 +615,7 @@ def latex_table(rows: Sequence[ResultRow], epochs, dataset, model) -> str:
 def markdown_table(rows: Sequence[ResultRow]) -> str:
     """The report's table: test accuracy (%) mean ± std, the best mean in bold."""
     table = Table(Column("activation"), Column("test accuracy (%)", ">"), Column("n", ">"),
-                  Column(f"p vs {_reference_title(rows)}", ">"), Column("function"))
+                  Column(f"p vs {reference_title(rows)}", ">"), Column("function"))
     for r in rows:
         table.add(r.display_label, percent_pm(r.mean, r.std, bold="markdown" if r.best else ""),
                   r.n, p_value(r.p_vs_ref), with_params(code(r.expression), r.params, " @ "))

@@ -37,7 +37,7 @@ from .statistics import summarize
 def _ranked(store: RunStore, k: Optional[int] = None) -> list[dict]:
     cfg = store.config()
     top, _ = ranked_functions(store, k, cfg.get("variant_fitness", "best"),
-                              cfg.get("allow_linear", False))
+                              cfg.get("allow_linear", False), race=True)
     if not top:
         raise UserError(f"{store.run_dir} has no finished candidates yet; run or resume the search "
                         f"first (gp-activations search --out {store.run_dir} --resume)")
@@ -85,7 +85,8 @@ def mean_values(sites: list[dict]) -> dict:
 # Export
 # ---------------------------------------------------------------------------------------------
 def ranked_item(store: RunStore, rank: int) -> dict:
-    """The run's rank-``rank`` function as ranked by the search table (a
+    """The run's rank-``rank`` function as ranked by the search table -- after a final race,
+    the race's order -- (a
     :func:`ranked_functions` item: its best placement of learnable scalars is ``candidate``)."""
     if rank < 1:
         raise UserError(f"--rank must be >= 1, got {rank}")
@@ -495,7 +496,7 @@ def _params_section(caption: Optional[str]) -> list:
 
 def _final_sections(store: RunStore, cfg: SearchConfig, run_dir) -> list:
     """The final evaluation's table (a multi-task run: one per task), or how to run it."""
-    from .evaluate import markdown_table
+    from .evaluate import markdown_table, reference_title
 
     tables = _results_tables(store, cfg)
     if not tables:
@@ -509,7 +510,7 @@ def _final_sections(store: RunStore, cfg: SearchConfig, run_dir) -> list:
         lines += [title, "",
                   f"{protocol['dataset']} / {protocol['model'] or 'default model'}, "
                   f"{protocol['epochs']:g} epochs; mean ± std over seeds; p: Welch's t-test vs "
-                  f"ReLU.  Measured on the test split ({test_split}), which the search never "
+                  f"{reference_title(rows)}.  Measured on the test split ({test_split}), which the search never "
                   f"used: its fitness is validation accuracy.", "", markdown_table(rows), ""]
     return lines
 

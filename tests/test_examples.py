@@ -215,7 +215,9 @@ def test_experiment_config_searches_evaluates_and_reports(name, scratch, capsys)
                [f"results_{t['dataset']}_{t['model']}.csv" for t in tasks])  # one per task
     for stem in results:
         csv = (scratch / "runs/x" / stem).read_text().splitlines()
-        assert csv[0].startswith("label,kind,expression") and len(csv) == 3  # found #1 + relu
+        # found #1 + relu (+ the run's [evaluate] reference, which joins the baselines)
+        extra = (cfg.evaluate or {}).get("reference", "relu") != "relu"
+        assert csv[0].startswith("label,kind,expression") and len(csv) == 3 + extra
     run_cli(["report", "runs/x"], capsys)
     report = (scratch / "runs/x/report/report.md").read_text()
     assert "Measured on the test split" in report

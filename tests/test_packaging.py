@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+# one xdist worker runs this module: its builds write the checkout's gp_activations.egg-info
+pytestmark = pytest.mark.xdist_group("packaging")
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -109,7 +109,7 @@ def test_a_finished_search_is_raced_later_by_resuming_it(raced, tmp_path):
     assert _race_rows(tmp_path / "run") == _race_rows(straight)
 
 
-def test_evaluate_and_transfer_retrain_the_found_functions_in_the_races_order(raced):
+def test_the_race_order_is_worked_out_from_the_stored_race_trainings(raced):
     """After a race, rank 1 of what is retrained is the race's best found function: those
     still in the race before those it dropped, each by its mean over its race seeds (worked out
     here from the stored race trainings), not the best fitness."""
@@ -169,4 +169,20 @@ def test_the_races_order_overrides_the_fitness_order(tmp_path):
     assert [order[i["candidate"].id] for i in ranked_functions(store, 1, race=True)[0]] == ["C"]
     assert [order[i["candidate"].id] for i in ranked_functions(store, 4, race=True)[0]] == \
         list("CABD")
+    store.close()
+    # evaluate retrains the race's order: its found #1 is C
+    from gp_activations.evaluate import evaluate_run
+
+    rows = evaluate_run(tmp_path / "run", top=1, seeds=1, epochs=0.05, baselines=["relu"],
+                        executor="serial", progress=False)
+    assert [(r.label, r.expression) for r in rows][0] == ("found #1", "mul(x, sigmoid(x))")
+    # the search went on after its race and found E above the raced ones: fitness order again
+    store = RunStore.open(tmp_path / "run")
+    with store.transaction():
+        ids["E"] = store.add_candidate(expression="softplus(x)", primitives="pangaea",
+                                       status="done", generation=1, fitness=0.95)
+        store.update_candidate(ids["E"], function_id=ids["E"])
+    order = {v: k for k, v in ids.items()}
+    assert [order[i["candidate"].id] for i in ranked_functions(store, None, race=True)[0]] == \
+        list("EABCD")
     store.close()

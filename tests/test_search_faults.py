@@ -149,6 +149,7 @@ def test_process_executor_matches_serial(tmp_path, serial_run):
     assert result.counts["done"] == len(rows(run))
 
 
+@pytest.mark.xdist_group("ray")  # one local Ray cluster at a time on a 2-core machine
 def test_ray_executor_matches_serial(tmp_path, serial_run):
     ray = pytest.importorskip("ray")
     run = tmp_path / "run"

@@ -488,6 +488,7 @@ def test_a_search_without_a_generation_limit_stops_when_nothing_new_can_be_train
     assert again.counts == result.counts
 
 
+@pytest.mark.xdist_group("ray")  # one local Ray cluster at a time on a 2-core machine
 def test_halving_with_the_surrogate_on_ray_matches_serial(tmp_path):
     pytest.importorskip("ray")
     cfg = SearchConfig(**{**LOOKUP, "fidelity": "halving", "surrogate": "forest",

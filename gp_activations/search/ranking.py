@@ -38,14 +38,19 @@ def ranked_functions(store: RunStore, k: Optional[int] = None, mode: str = "best
 
     ``race``: after a finished final race, the found functions that raced come first, in the
     race's order (those still in it, then those it dropped; each by its mean over the race's
-    seeds), the rest by fitness -- what ``evaluate`` and ``transfer`` retrain: the search's
-    winner is the race's, not the best of many noisy fitness values."""
+    seeds), the rest by fitness -- what the search's table, ``evaluate``, ``transfer``,
+    ``report`` and ``export`` rank: the search's winner is the race's, not the best of many
+    noisy fitness values.  A race whose entrants are no longer the top by fitness (the search
+    went on after it) is ignored."""
     order = race_order(store) if race else {}
     if order:
         limit = None if k is None else max(k, len(order))
         ranked, skipped = ranked_functions(store, limit, mode, allow_linear)
-        ranked = sorted(ranked, key=lambda item: order.get(item["candidate"].id, (2, 0.0)))
-        return ranked[:k] if k is not None else ranked, skipped
+        if {item["candidate"].id for item in ranked[:len(order)]} == set(order):
+            ranked = sorted(ranked, key=lambda item: order.get(item["candidate"].id, (2, 0.0)))
+            return ranked[:k] if k is not None else ranked, skipped
+        # the search went on after its race (--resume --generations): the raced functions
+        # are no longer its top; the fitness order stands until it is raced again
     ranked, skipped = [], []
     for item in store.top_functions(None, mode):
         if k is not None and len(ranked) >= k:

@@ -48,7 +48,8 @@ class SearchResult:
         for label, mean in sorted(race["means"].items(), key=lambda kv: -kv[1]):
             table.add(number(mean), label, _race_outcome(race, label))
         return "\n".join([f"final race (full schedule, validation accuracy; winner: "
-                          f"{race['winner']}):", table.text(header=False, indent="  ")])
+                          f"{race['winner']}; entrants named by their fitness rank):",
+                          table.text(header=False, indent="  ")])
 
     def task_table(self) -> str:
         """A multi-task search's top functions, one column per task (validation accuracy)."""
@@ -78,7 +79,10 @@ class SearchResult:
             table.add(row["rank"], number(row["fitness"]), row["label"] + row.get("flags", ""),
                       below=[" " * 15 + row["latex"]])
         table.add("", number(self.relu_fitness), "relu(x)  (ReLU under the same budget)")
-        return table.text() + (f"\nnote: {self.skipped_note}" if self.skipped_note else "")
+        notes = ([self.skipped_note] if self.skipped_note else []) + (
+            ["ranked by the final race (the functions it raced first, in its order), then by "
+             "fitness"] if self.race else [])
+        return table.text() + "".join(f"\nnote: {n}" for n in notes)
 
 
 def _race_outcome(race: dict, label: str) -> str:
@@ -98,7 +102,8 @@ def search_result(store: RunStore, plan, interrupted: bool = False, wall_time: f
     """The :class:`SearchResult` of the run in ``store`` (searched with ``plan``)."""
     config = plan.config
     top = []
-    ranked, skipped = ranked_functions(store, k, config.variant_fitness, config.allow_linear)
+    ranked, skipped = ranked_functions(store, k, config.variant_fitness, config.allow_linear,
+                                       race=True)
     for rank, item in enumerate(ranked, 1):
         cand = item["candidate"]
         act = Activation.from_string(cand.expression, plan.pset, cand.params)
