@@ -665,7 +665,8 @@ def _evaluate_parser(sub, datasets: str) -> None:
     p.add_argument("--max-seeds", type=int, metavar="N", help="evaluations that decide: add seeds "
                    "to each comparison with the reference (--reference, default relu) until a "
                    "sequential t-test (alpha spending) finds it different or it has N seeds "
-                   "(default: [evaluate] max_seeds, else a fixed number of seeds)")
+                   "(default: [evaluate] max_seeds, else a fixed number of seeds; 0: a fixed "
+                   "number of seeds)")
     p.add_argument("--reference", metavar="NAME", help="the baseline every p-value and "
                    "--max-seeds comparison is against (default: [evaluate] reference, else relu; "
                    "e.g. silu: does a found function beat SiLU?)")

@@ -201,8 +201,11 @@ def _plan(store, run_dir, top, seeds, epochs, baselines, model, dataset, data=No
     seeds = ev.get("seeds", 5) if seeds is None else seeds
     if top < 0 or seeds < 1:
         raise UserError(f"--top must be >= 0 and --seeds >= 1 (got {top}, {seeds})")
-    max_seeds = ev.get("max_seeds") if max_seeds is None else max_seeds
-    alpha = ev.get("alpha") if alpha is None else alpha
+    if max_seeds == 0:  # --max-seeds 0: a fixed number of seeds, whatever [evaluate] says
+        max_seeds, alpha = None, alpha
+    else:
+        max_seeds = ev.get("max_seeds") if max_seeds is None else max_seeds
+        alpha = ev.get("alpha") if alpha is None and max_seeds is not None else alpha
     sequential = _sequential_design(seeds, max_seeds, alpha)
     reference = check_reference(reference or ev.get("reference") or "relu")
     baselines = parse_baselines(baselines or ev.get("baselines") or DEFAULT_BASELINES, reference)

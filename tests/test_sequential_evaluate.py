@@ -271,6 +271,16 @@ def test_the_runs_evaluate_table_sets_the_design_and_the_reference(tmp_path):
     assert rows["tanh"].p_vs_ref is None and rows["relu"].reference == "tanh"
     assert rows["found #1"].level == pytest.approx(SequentialTest(0.1, 3, 4).boundaries[0])
     assert rows["found #1"].decision == "different" and rows["relu"].decided_at in (3, 4)
+    # --max-seeds 0: a fixed number of seeds whatever [evaluate] says (here all stored)
+    fixed = evaluate_run(out, top=1, epochs=1, baselines=["relu"], max_seeds=0,
+                         executor="serial", progress=False)
+    assert all(r.decision is None and r.n == 3 for r in fixed)
+    for bad, words in (({"seeds": 4, "max_seeds": 3}, "must hold the minimum"),
+                       ({"seeds": 1, "max_seeds": 3}, "seeds must be at least 2"),
+                       ({"alpha": 0.1}, "set max_seeds too"),
+                       ({"max_seeds": 9, "alpha": 1.5}, "0 < alpha < 1")):
+        with pytest.raises(UserError, match=words):
+            SearchConfig.from_dict({"dataset": "digits", "evaluate": bad})
 
 
 @pytest.mark.parametrize("args, words", [

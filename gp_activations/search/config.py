@@ -243,6 +243,12 @@ class _ConfigChecks:
             raise UserError("config: [evaluate] needs top >= 0, seeds >= 1 and a finite epochs > 0")
         from .. import zoo
 
+        if "max_seeds" in ev and not 2 <= ev.get("seeds", 5) <= ev["max_seeds"]:
+            raise UserError(f"config: [evaluate] max_seeds {ev['max_seeds']} must hold the minimum "
+                            f"seeds {ev.get('seeds', 5)}, and seeds must be at least 2")
+        if "alpha" in ev and ("max_seeds" not in ev or not 0 < ev["alpha"] < 1):
+            raise UserError(f"config: [evaluate] alpha {ev['alpha']!r} is the level of an "
+                            f"evaluation that decides: set max_seeds too, and 0 < alpha < 1")
         if "reference" in ev and ev["reference"] not in zoo.names():
             raise UserError(f"config: [evaluate] reference {ev['reference']!r} is not a zoo "
                             f"activation{did_you_mean(ev['reference'], zoo.names())}")
