@@ -487,3 +487,31 @@ def test_p_values_never_print_as_zero_when_tiny(p, text):
     from gp_activations.evaluate import format_p
 
     assert format_p(p) == text
+
+
+def test_a_reranked_function_keeps_its_finished_trainings(tmp_path):
+    """found #1 and #2 swap (a longer search, a final race): each function's finished seeds
+    follow it to its new label; a function that leaves the ranking keeps its rows aside."""
+    from gp_activations.search import RunStore, SearchConfig
+
+    store = RunStore.create(tmp_path / "run", SearchConfig(dataset="digits").to_dict())
+    P = "protocol"
+    store.schedule_final("found #1", "found", "tanh(x)", "pangaea", [], 1, 2, P)
+    store.schedule_final("found #2", "found", "relu(x)", "pangaea", [], 2, 2, P)
+    acc = {"tanh(x)": 0.7, "relu(x)": 0.8}
+    for r in store.final_trainings(P):
+        store.finish_final(r.id, "done", acc[r.expression] + r.seed / 100, {})
+    store.schedule_final("found #1", "found", "relu(x)", "pangaea", [], 2, 2, P)
+    store.schedule_final("found #2", "found", "tanh(x)", "pangaea", [], 1, 3, P)
+    rows = {(r.label, r.seed): (r.expression, r.status, r.accuracy) for r in store.final_trainings(P)}
+    assert rows == {("found #1", 0): ("relu(x)", "done", 0.8), ("found #1", 1): ("relu(x)", "done", 0.81),
+                    ("found #2", 0): ("tanh(x)", "done", 0.7), ("found #2", 1): ("tanh(x)", "done", 0.71),
+                    ("found #2", 2): ("tanh(x)", "pending", None)}
+    # a third function takes rank 2: tanh's rows move aside, and come back with it
+    store.schedule_final("found #2", "found", "sigmoid(x)", "pangaea", [], 3, 1, P)
+    assert {r.label for r in store.final_trainings(P) if r.expression == "tanh(x)"} == \
+        {"unranked: tanh(x) @ []"}
+    store.schedule_final("found #3", "found", "tanh(x)", "pangaea", [], 1, 2, P)
+    assert sorted((r.seed, r.status) for r in store.final_trainings(P, labels=["found #3"])) == \
+        [(0, "done"), (1, "done"), (2, "pending")]
+    store.close()

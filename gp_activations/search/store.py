@@ -647,13 +647,19 @@ class _FinalTrainings:
     def schedule_final(self, label: str, kind: str, expression: str, primitives: str,
                        params, candidate_id, seeds: int, protocol: str) -> None:
         """Make ``seeds`` trainings of ``label`` pending under ``protocol`` (one transaction);
-        those that finished before for the same function are kept, never redone.  Rows of
-        another function under the same label (``found #k`` moved on) are dropped, every seed."""
+        those that finished before for the same function are kept, never redone -- also where
+        the function had another label (the ranking moved: a longer search, a final race).
+        Rows of another function under this label move aside (labelled ``unranked:
+        EXPRESSION @ PARAMS``), kept for the day it is ranked again."""
         params_text = json.dumps(list(params))
         with self.db:
-            self.db.execute("DELETE FROM final WHERE label = ? AND protocol = ? AND "
-                            "(expression != ? OR params != ?)",
+            self.db.execute("UPDATE final SET label = 'unranked: ' || expression || ' @ ' || params "
+                            "WHERE label = ? AND protocol = ? AND (expression != ? OR params != ?)",
                             (label, protocol, expression, params_text))
+            if kind == "found":  # this function's rows under another label come along
+                self.db.execute("UPDATE final SET label = ? WHERE protocol = ? AND kind = 'found' "
+                                "AND expression = ? AND params = ? AND label != ?",
+                                (label, protocol, expression, params_text, label))
             for seed in range(seeds):
                 row = self.final_training(label, seed, protocol)
                 if row is not None and row.status in ("done", "failed"):
