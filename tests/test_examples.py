@@ -121,6 +121,19 @@ def _config(argv: list[str]):
     return SearchConfig.from_toml(argv[argv.index("--config") + 1])
 
 
+def _run_decides(run_dir: str) -> bool:
+    """Whether the run's stored ``[evaluate]`` asks for seeds until decided (``max_seeds``)."""
+    from gp_activations.search import RunStore
+
+    if not (Path(run_dir) / "run.sqlite").is_file():
+        return False
+    store = RunStore.open(run_dir, readonly=True)
+    try:
+        return "max_seeds" in (store.config().get("evaluate") or {})
+    finally:
+        store.close()
+
+
 def tiny(argv: list[str], data_dir: Path, keep_executor: bool = False,
          sequential: bool = False) -> list[str]:
     """The same command on a tiny budget (and on the fake CIFAR where it names a data dir);
@@ -146,8 +159,8 @@ def tiny(argv: list[str], data_dir: Path, keep_executor: bool = False,
             argv += ["--no-verify", "--device", "cpu"]
     elif command == "evaluate":
         # a sequential evaluation needs two seeds at least (and its maximum cut to match)
-        seeds = (["--seeds", "2", "--max-seeds", "3"] if "--max-seeds" in argv or sequential
-                 else ["--seeds", "1"])
+        sequential = sequential or "--max-seeds" in argv or _run_decides(argv[1])
+        seeds = ["--seeds", "2", "--max-seeds", "3"] if sequential else ["--seeds", "1"]
         argv += ["--top", "1", *seeds, "--epochs", "0.05", "--baselines", "relu",
                  "--executor", "serial", "--workers", "1", "--no-progress"]
     elif command == "transfer":
