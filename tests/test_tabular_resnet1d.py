@@ -118,7 +118,9 @@ def test_the_shipped_partial_table_is_its_journal(build, tmp_path):
     counts are the CSV's, and ``lookup`` reads it."""
     cfg = build.load_config(RESNET)
     meta = json.loads(SHIPPED.with_suffix(".json").read_text())
-    again = build.write_table(cfg, JOURNAL, tmp_path / SHIPPED.name, 240, config_path=RESNET)
+    top = meta.get("top_functions", {}).get("count", 0)
+    again = build.write_table(cfg, JOURNAL, tmp_path / SHIPPED.name, 240, config_path=RESNET,
+                              top=top)
     assert (tmp_path / SHIPPED.name).read_text() == SHIPPED.read_text()
     assert {k: v for k, v in again.items() if k != "command"} == \
         {k: v for k, v in meta.items() if k != "command"}
@@ -142,3 +144,32 @@ def test_the_shipped_partial_table_is_its_journal(build, tmp_path):
     for expression, spelling in zip(refs, ("abs(relu(x))", "sigmul(x, x)")):
         value = float(next(r["fitness"] for r in rows if r["expression"] == expression))
         assert table.accuracy(Activation.from_string(spelling, "pangaea"), 8, 0) == value
+
+
+def test_the_top_functions_by_fitness_come_after_the_fitness_column(build, functions):
+    """``--top N``: once every function has its fitness, the best N (a hand-picked table: ties
+    broken in build order, a failed training never among them) get the test split and seeds 1-2
+    before the first rung; the random noise subset keeps the rest."""
+    n = len(functions)
+    specs = build.column_specs(build.load_config(RESNET))
+    perm = build.order(n)
+    names = [e for _, e, _ in functions]
+    done = {(e, "fitness"): {"status": "done", "accuracy": 0.5} for e in names}
+    a, b, c, d = (names[perm[k]] for k in (700, 10, 20, 5))  # build ranks 700, 10, 20, 5
+    done[(a, "fitness")] = {"status": "done", "accuracy": 0.93}
+    done[(b, "fitness")] = {"status": "done", "accuracy": 0.91}
+    done[(c, "fitness")] = {"status": "done", "accuracy": 0.91}  # ties b: later in build order
+    done[(d, "fitness")] = {"status": "failed", "accuracy": None}  # never a candidate
+    partial = dict(done)
+    del partial[(names[perm[900]], "fitness")]
+    assert build.top_functions(functions, partial, 3) == []  # not known before the column is full
+    assert build.plan(functions, specs, 240, top=3, done=partial) == build.plan(functions, specs, 240)
+    assert [names[i] for i in build.top_functions(functions, done, 3)] == [a, b, c]
+    cells = build.plan(functions, specs, 240, top=3, done=done)
+    assert cells[n:n + 9] == [(a, "test"), (b, "test"), (c, "test"),
+                              (a, "fitness_s1"), (b, "fitness_s1"), (c, "fitness_s1"),
+                              (a, "fitness_s2"), (b, "fitness_s2"), (c, "fitness_s2")]
+    assert {col for _, col in cells[n + 9:2 * n + 9]} == {"fitness_e2.667"}
+    assert len(cells) == len(set(cells))  # a top function in the random subset is trained once
+    subset = build.noise_subset(n, 240) | {perm[700], perm[10], perm[20]}
+    assert len(cells) == 2 * n + 3 * len(subset)

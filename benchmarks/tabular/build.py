@@ -23,7 +23,8 @@ budget, so that ``gp-activations train --dataset D --model M --act EXPR --budget
 
 Build order: the functions in a fixed random order (a permutation seeded by ``--order-seed``,
 default 0; the CSV's ``order`` column), the ``fitness`` of every function first, then the
-first rung, then the noise columns -- so the functions with a fitness at any point of an
+first rung, then the noise columns (with ``--top N``: the best N functions' test accuracy and
+seeds 1-2 come before the first rung, once the fitness column is full) -- so the functions with a fitness at any point of an
 interrupted build are a uniform random sample of the space (the same on every machine), plus
 the two references ReLU and SiLU, whose fitness is trained before all others.
 
@@ -38,6 +39,10 @@ of E epochs (cnn1d: 12, resnet1d: 8):
 ``fitness_s2``    functions, sampled with seed 0): the fitness's seed noise;
 ``test``          the full schedule (the dataset's "train" preset), seed 0, test split -- the
                   same subset.
+
+``--top N`` adds the best N functions by fitness (ties broken in build order) to the subset
+with seeds 1-2 and the test split: how far the space's best lie above the references on the
+full schedule, and whether their fitness was luck (the resnet1d table: ``--top 100``).
 """
 
 from __future__ import annotations
@@ -134,18 +139,36 @@ def references(functions) -> list:
     return [index[k] for k in keys if k in index]
 
 
-def plan(functions, columns, noise: int, order_seed: int = 0):
+def top_functions(functions, done: dict, top: int, order_seed: int = 0) -> list:
+    """The indices of the ``top`` functions with the best fitness (ties in build order), once
+    every function has its fitness -- ``[]`` before that, or where ``top`` is 0.  A failed
+    training is no candidate."""
+    entries = [done.get((expression, "fitness")) for _shape, expression, _key in functions]
+    if not top or any(e is None for e in entries):
+        return []
+    rank = {i: r for r, i in enumerate(order(len(functions), order_seed))}
+    scored = [i for i, e in enumerate(entries) if e["status"] == "done" and e["accuracy"] is not None]
+    scored.sort(key=lambda i: (-entries[i]["accuracy"], rank[i]))
+    return scored[:top]
+
+
+def plan(functions, columns, noise: int, order_seed: int = 0, top: int = 0, done=None):
     """[(expression, column)] in build order: each column over the functions in the seeded
-    order -- the fitness of all first (the references ReLU and SiLU before the rest), then the
-    first rung, then the noise subset's columns."""
+    order -- the fitness of all first (the references ReLU and SiLU before the rest); then,
+    with ``top``, the best ``top`` by fitness (known once the fitness column is full; in fitness
+    order): the full schedule's test accuracy, then seeds 1 and 2; then the first rung; then
+    the random noise subset's columns."""
     names = list(columns)
     perm = order(len(functions), order_seed)
     subset = noise_subset(len(functions), noise)
     first = references(functions)
     cells = [(functions[i][1], names[0]) for i in first + [i for i in perm if i not in first]]
+    best = top_functions(functions, done or {}, top, order_seed)
+    for column in (names[4], names[2], names[3]):
+        cells += [(functions[i][1], column) for i in best]
     cells += [(functions[i][1], names[1]) for i in perm]
     for column in names[2:]:
-        cells += [(functions[i][1], column) for i in perm if i in subset]
+        cells += [(functions[i][1], column) for i in perm if i in subset and i not in best]
     return cells
 
 
@@ -171,22 +194,39 @@ def _stop(signum, frame):
 
 
 def build(cfg, journal: Path, workers: int, noise: int, limit=None, order_seed: int = 0,
-          executor: str = "process", threads: int = 1) -> int:
-    """Train the missing cells (at most ``limit``); returns how many were trained."""
+          executor: str = "process", threads: int = 1, top: int = 0) -> int:
+    """Train the missing cells (at most ``limit``); returns how many were trained.  With
+    ``top``, the fitness column is trained first on its own, and the rest is planned once it is
+    full (the best functions are known only then)."""
+    functions = _functions()
+    columns = column_specs(cfg)
+    total = 0
+    while True:
+        done, _ = read_journal(journal)
+        missing = [c for c in plan(functions, columns, noise, order_seed, top, done)
+                   if c not in done]
+        phase = missing
+        if top and not top_functions(functions, done, top, order_seed):
+            phase = [c for c in missing if c[1] == "fitness"]
+        todo = phase if limit is None else phase[:max(limit - total, 0)]
+        print(f"{len(functions)} functions; {len(done)} trainings done, {len(missing)} to go, "
+              f"{len(todo)} in this pass ({table_name(cfg)}, journal {journal})", flush=True)
+        if not todo:
+            return total
+        trained = _train(cfg, journal, todo, columns, workers, executor, threads)
+        total += trained
+        if trained < len(todo) or phase is missing:  # stopped, or nothing left to re-plan
+            return total
+
+
+def _train(cfg, journal: Path, todo: list, columns: dict, workers: int, executor: str,
+           threads: int) -> int:
+    """Train the cells ``todo``, each one journal line the moment it finishes; returns how many
+    finished (fewer than ``todo`` where the build was stopped)."""
     from gp_activations.search.executors import make_executor, run_jobs
     from gp_activations.search.jobs import Job, JobKey, JobKind
 
     journal.parent.mkdir(parents=True, exist_ok=True)
-    functions = _functions()
-    done, _ = read_journal(journal)
-    columns = column_specs(cfg)
-    missing = [c for c in plan(functions, columns, noise, order_seed) if c not in done]
-    todo = missing[:limit]
-    print(f"{len(functions)} functions; {len(done)} trainings done, {len(missing)} to go, "
-          f"{len(todo)} in this session "
-          f"({table_name(cfg)}, journal {journal})", flush=True)
-    if not todo:
-        return 0
     jobs = []
     for i, (expression, column) in enumerate(todo):
         train, seed, split = columns[column]
@@ -241,7 +281,7 @@ def _cell(entry) -> str:
 
 
 def write_table(cfg, journal: Path, path: Path, noise: int, order_seed: int = 0,
-                config_path=None) -> dict:
+                config_path=None, top: int = 0) -> dict:
     """The table as CSV (one row per function of the space, in the space's order; empty cells
     where nothing was trained yet) and its sidecar ``<table>.json``: what each column is (read by
     the ``lookup`` fitness), how it was built, and -- for an unfinished build -- ``partial`` with
@@ -258,7 +298,9 @@ def write_table(cfg, journal: Path, path: Path, noise: int, order_seed: int = 0,
             fit = done.get((expression, "fitness"))
             writer.writerow([expression, shape, *(_cell(done.get((expression, c))) for c in names),
                              "" if fit is None else f"{fit['seconds']:.2f}", rank[expression]])
-    subset = len(noise_subset(len(functions), noise))
+    random_subset = noise_subset(len(functions), noise)
+    best = top_functions(functions, done, top, order_seed)
+    subset = len(random_subset | set(best))
     expected = {c: (len(functions) if i < 2 else subset) for i, c in enumerate(names)}
     filled = {c: sum((e, c) in done for e in (f[1] for f in functions)) for c in names}
     try:
@@ -273,7 +315,8 @@ def write_table(cfg, journal: Path, path: Path, noise: int, order_seed: int = 0,
         rel_path = path.resolve().relative_to(ROOT)
     except ValueError:
         rel_path = path
-    flags = (f" --config {rel_config}" if rel_config else "") + f" --journal {rel_journal}"
+    flags = (f" --config {rel_config}" if rel_config else "") + f" --journal {rel_journal}" \
+        + (f" --top {top}" if top else "")
     wall = 0.0
     times = sorted(e.get("finished_at", 0) for e in done.values() if e.get("finished_at"))
     starts = sorted(s["started_at"] for s in sessions)
@@ -294,7 +337,11 @@ def write_table(cfg, journal: Path, path: Path, noise: int, order_seed: int = 0,
                       "random order (the CSV's 'order' column): the functions with a fitness "
                       "in a partial table are a uniform random sample of the space (a prefix "
                       "of that order) plus the references"},
-            "noise_functions": subset,
+            "noise_functions": len(random_subset),
+            **({"top_functions": {"count": top, "trained": len(best), "note": "the best "
+                "functions by fitness (ties in build order), with seeds 1-2 and the test "
+                "accuracy besides the random noise subset; 'trained' is 0 until the fitness "
+                "column is full"}} if top else {}),
             "command": f"python benchmarks/tabular/build.py{flags} --workers 1 && python "
                        f"benchmarks/tabular/build.py{flags} --csv {rel_path}",
             "machine": last.get("machine"), "processor": last.get("processor"),
@@ -325,6 +372,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--executor", default="process", choices=("process", "serial"))
     parser.add_argument("--noise", type=int, default=240, help="functions with seeds 1-2 and test")
+    parser.add_argument("--top", type=int, default=0,
+                        help="also the best N functions by fitness with seeds 1-2 and test "
+                             "(planned once every function has its fitness)")
     parser.add_argument("--order-seed", type=int, default=0, help="the build order's seed")
     parser.add_argument("--limit", type=int, default=None, help="train at most this many cells")
     parser.add_argument("--csv", type=Path, nargs="?", const=True, default=None,
@@ -335,14 +385,14 @@ def main(argv=None) -> int:
     journal = args.journal or args.out / "journal.jsonl"
     if args.csv:
         path = HERE / f"{table_name(cfg)}.csv" if args.csv is True else args.csv
-        meta = write_table(cfg, journal, path, args.noise, args.order_seed, args.config)
+        meta = write_table(cfg, journal, path, args.noise, args.order_seed, args.config, args.top)
         part = meta.get("partial")
         print(f"wrote {meta['space']['functions']} rows to {path}"
               + (f" (partial: {part['functions_with_fitness']} of {part['of']} functions "
                  f"with a fitness)" if part else ""))
         return 0
     build(cfg, journal, args.workers, args.noise, args.limit, args.order_seed, args.executor,
-          args.threads)
+          args.threads, args.top)
     return 0
 
 
