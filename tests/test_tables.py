@@ -179,14 +179,17 @@ def test_search_result_tables():
                               "   2   0.8000  x\n"
                               "               x\n"
                               "          n/a  relu(x)  (ReLU under the same budget)\n"
-                              "note: 1 affine function(s) not ranked")
+                              "note: 1 affine function(s) not ranked\n"
+                              "note: ranked by the final race (the functions it raced first, in "
+                              "its order), then by fitness")
     assert result.task_table() == ("per task (validation accuracy; ReLU's below):\n"
                                    "rank       digits  mnist1d/mlp\n"
                                    "   1       0.9000          n/a\n"
                                    "   2          n/a          n/a\n"
                                    "relu       0.7500          n/a")
     assert result.race_table() == (
-        "final race (full schedule, validation accuracy; winner: found #1):\n"
+        "final race (full schedule, validation accuracy; winner: found #1; entrants named by "
+        "their fitness rank):\n"
         "  0.8286  found #1                 winner\n"
         "  0.5842  relu                     dropped at 4 seeds (p = 0.000977 vs the leader)")
 
