@@ -151,8 +151,17 @@ class FinalTraining:
                       "status": Status(row["status"]), "metrics": _loads(row["metrics"], None)})
 
 
+@dataclass(frozen=True, kw_only=True)
 class _TrainingRecord:
-    """A stored training below a candidate: its status typed, its metrics decoded."""
+    """A stored training below a candidate: its status typed, its metrics decoded (the fields
+    every kind of training has; each kind adds its keys)."""
+
+    status: JobStatus
+    accuracy: Optional[float]
+    error: Optional[str]
+    metrics: Optional[dict]
+    started_at: Optional[float]
+    finished_at: Optional[float]
 
     @classmethod
     def from_row(cls, row: sqlite3.Row):
@@ -160,50 +169,32 @@ class _TrainingRecord:
                       "metrics": _loads(row["metrics"], None)})
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TaskRun(_TrainingRecord):
     """One task's training of a multi-task candidate (``candidate_id`` 0: ReLU's reference)."""
 
     candidate_id: int
     task: int
     name: str
-    status: JobStatus
-    accuracy: Optional[float]
-    error: Optional[str]
-    metrics: Optional[dict]
-    started_at: Optional[float]
-    finished_at: Optional[float]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RungRun(_TrainingRecord):
     """One training of successive halving: a candidate's ``seed``-th seed on ``rung``."""
 
     candidate_id: int
     rung: int
     seed: int
-    status: JobStatus
-    accuracy: Optional[float]
     epochs: Optional[float]
-    error: Optional[str]
-    metrics: Optional[dict]
-    started_at: Optional[float]
-    finished_at: Optional[float]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RaceRun(_TrainingRecord):
     """One training of the final race: entrant ``entrant`` (its index) on its ``seed``-th seed."""
 
     entrant: int
     seed: int
     label: str
-    status: JobStatus
-    accuracy: Optional[float]
-    error: Optional[str]
-    metrics: Optional[dict]
-    started_at: Optional[float]
-    finished_at: Optional[float]
 
 
 @dataclass(frozen=True)
