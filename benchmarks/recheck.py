@@ -61,11 +61,22 @@ def summary(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse: anything else is one line and exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--functions", nargs="+", default=["mul(x, sigmoid(x))", "relu(x)"])
     ap.add_argument("--seeds", type=int, default=2)
-    ap.add_argument("--first-seed", type=int, default=0,
+    ap.add_argument("--first-seed", type=_count, default=0,
                     help="seeds FIRST_SEED.. (fresh seeds for a confirmation: a function picked "
                          "on seed 0 is confirmed on seeds it was not picked on)")
     ap.add_argument("--budget", choices=["fitness", "train"], default="fitness")

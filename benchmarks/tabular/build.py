@@ -360,6 +360,17 @@ def write_table(cfg, journal: Path, path: Path, noise: int, order_seed: int = 0,
     return meta
 
 
+def _count(text: str) -> int:
+    """A whole number >= 0 (argparse: anything else is one line and exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return value
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=CONFIG,
@@ -372,7 +383,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--executor", default="process", choices=("process", "serial"))
     parser.add_argument("--noise", type=int, default=240, help="functions with seeds 1-2 and test")
-    parser.add_argument("--top", type=int, default=0,
+    parser.add_argument("--top", type=_count, default=0,
                         help="also the best N functions by fitness with seeds 1-2 and test "
                              "(planned once every function has its fitness)")
     parser.add_argument("--order-seed", type=int, default=0, help="the build order's seed")
