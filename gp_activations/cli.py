@@ -231,7 +231,8 @@ _SEARCH_FLAGS = ("dataset", "model", "primitives", "population", "generations", 
                  "epochs", "strategy", "executor", "workers", "threads", "device", "seed",
                  "data_dir", "ray_address", "per_channel", "fused", "task_timeout", "download",
                  "param_variants", "allow_linear", "task_aggregate", "fidelity", "eta",
-                 "surrogate", "lookup", "normalize", "val_size", "test_size", "race_top", "race_min_seeds", "race_max_seeds", "race_epochs")
+                 "surrogate", "lookup", "normalize", "val_size", "test_size", "race_top", "race_min_seeds", "race_max_seeds", "race_epochs",
+                 "race_screen")
 
 
 def cmd_search(args) -> int:
@@ -625,6 +626,9 @@ def _search_method_args(p) -> None:
                    "(default 10)")
     p.add_argument("--race-epochs", type=float, help="race: epochs per training (default: the "
                    "dataset's full schedule)")
+    p.add_argument("--race-screen", type=int, metavar="N", help="race: first train the top N "
+                   "functions one seed of the race's schedule, and race the best K of them by "
+                   "that (default 0: race the top K by fitness)")
 
 
 def _search_run_args(p) -> None:

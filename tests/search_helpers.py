@@ -234,6 +234,18 @@ def noisy_fitness(act, seed):
     return score(act) + rng.gauss(0.0, 0.002)
 
 
+def budget_fitness(act, seed, epochs=None):
+    """:func:`noisy_fitness` on a short budget; trained for 50 epochs or more, the reverse
+    (late bloomers: the further from x*sigmoid(x), the better) -- a function's rank on the
+    full schedule is not its rank on the short one."""
+    import random as _random
+
+    if epochs is None or epochs < 50:
+        return noisy_fitness(act, seed)
+    rng = _random.Random(f"{act.expression}|{list(act.params)}|{seed}|long")
+    return 1.0 - score(act) + rng.gauss(0.0, 0.002)
+
+
 def output_moments_fitness(act, seed):
     """The function's output mean and standard deviation under N(0, 1) inputs by scipy's
     adaptive quadrature (not the normalisation's grid); fitness = -|std - 1| - |mean|: 0 for

@@ -186,3 +186,93 @@ def test_the_races_order_overrides_the_fitness_order(tmp_path):
     assert [order[i["candidate"].id] for i in ranked_functions(store, None, race=True)[0]] == \
         list("EABCD")
     store.close()
+
+
+# -- the screen: a wider field trains one seed of the race's schedule, the best race_top race --
+
+SCREEN = dict(RACE, race_screen=6, race_epochs=60, fitness=f"{HELPERS}:budget_fitness")
+
+
+@pytest.fixture(scope="module")
+def screened(tmp_path_factory):
+    out = tmp_path_factory.mktemp("screen") / "run"
+    return out, run_search(SearchConfig(**SCREEN), out=out, progress=False)
+
+
+def test_a_screen_races_the_best_of_a_wider_field_on_fresh_seeds(screened):
+    """budget_fitness ranks functions by closeness to x*sigmoid(x) on the search's budget and
+    to softplus on the race's (60 epochs): the race's found entrants are the best 3 of the top
+    6 by their screen accuracy -- sorted here from the stored trainings -- not the fitness's
+    top 3, and the race counts only their fresh seeds."""
+    from statistics import fmean
+
+    from search_helpers import budget_fitness
+
+    from gp_activations import Activation
+    from gp_activations.search.ranking import ranked_functions
+
+    run, result = screened
+    store = RunStore.open(run, readonly=True)
+    try:
+        by_fitness = [i["candidate"].id for i in ranked_functions(store, 6)[0]]
+        entrants = store.get_meta("race_entrants")
+    finally:
+        store.close()
+    rows = _race_rows(run)
+    found = [i for i, e in enumerate(entrants) if e["candidate_id"] is not None]
+    assert [entrants[i]["candidate_id"] for i in found] == by_fitness  # the top 6 screened
+    screen = {entrant: acc for entrant, seed, _, _, acc in rows if seed == 0}
+    assert set(screen) == set(range(len(entrants)))  # every entrant, baselines too, screened
+    # the screen trained the race's schedule: the hook was given the race's 60 epochs
+    for i in found:
+        e = entrants[i]
+        act = Activation.from_string(e["expression"], e["primitives"], e["params"])
+        assert screen[i] == pytest.approx(budget_fitness(act, 0, epochs=60), abs=1e-12)
+        assert screen[i] != pytest.approx(budget_fitness(act, 0), abs=1e-6)
+    best3 = sorted(found, key=lambda i: -screen[i])[:3]
+    raced = {entrant for entrant, seed, *_ in rows if seed >= 1}
+    baselines = {i for i, e in enumerate(entrants) if e["candidate_id"] is None}
+    assert raced == set(best3) | baselines
+    assert set(best3) != set(found[:3])  # the screen changed the field (the scenario's point)
+    per = {}
+    for entrant, seed, label, _, acc in rows:
+        if seed >= 1:
+            per.setdefault(label, []).append(acc)
+    assert result.race["means"] == pytest.approx({k: fmean(v) for k, v in per.items()})
+    assert result.race["screen"] == pytest.approx({entrants[i]["label"]: a
+                                                   for i, a in screen.items()})
+    assert "its screen" in result.race_table()
+
+
+def test_a_screen_interrupted_mid_way_resumes_and_every_executor_agrees(screened, tmp_path,
+                                                                        monkeypatch):
+    straight, result = screened
+    real, armed = executors_mod.evaluate_task, [0]
+
+    def interrupted(wire):
+        if JobKey.from_wire(wire["key"]).kind is JobKind.RACE:
+            armed[0] += 1
+            if armed[0] == 4:
+                raise KeyboardInterrupt  # Ctrl-C while the screen's 4th training runs
+        return real(wire)
+
+    monkeypatch.setattr(executors_mod, "evaluate_task", interrupted)
+    first = run_search(SearchConfig(**SCREEN), out=tmp_path / "run", progress=False)
+    assert first.interrupted and len(_race_rows(tmp_path / "run")) == 3
+    resumed = run_search(out=tmp_path / "run", resume=True, progress=False)
+    assert resumed.race == result.race and _race_rows(tmp_path / "run") == _race_rows(straight)
+    monkeypatch.undo()
+    other = run_search(SearchConfig(**{**SCREEN, "executor": "process", "workers": 2}),
+                       out=tmp_path / "process", progress=False)
+    assert other.race == result.race and _race_rows(tmp_path / "process") == _race_rows(straight)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--race", "3", "--race-screen", "3"], "race_screen must be 0 (no screen) or more than"),
+    (["--race-screen", "10"], "set race_top too"),
+])
+def test_bad_screen_settings_are_one_line_before_any_work(tmp_path, capsys, flags, message):
+    code = main(["search", "--out", str(tmp_path / "run"), "--dataset", "digits", *flags])
+    out, err = capsys.readouterr()
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

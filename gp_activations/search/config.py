@@ -208,6 +208,9 @@ class _ConfigChecks:
         self.task_list()  # validates each task's [train] table
 
     def _validate_race(self) -> None:
+        if self.race_screen and not self.race_top:
+            raise UserError(f"config: race_screen ({self.race_screen}) screens the entrants of "
+                            f"a final race: set race_top too (how many of them race)")
         if not self.race_top:
             return
         if self.race_top < 2:
@@ -217,6 +220,10 @@ class _ConfigChecks:
             raise UserError(f"config: a race needs race_min_seeds >= 2 and race_max_seeds >= "
                             f"race_min_seeds (its budget must hold the minimum seeds), got "
                             f"{self.race_min_seeds} and {self.race_max_seeds}")
+        if self.race_screen and self.race_screen <= self.race_top:
+            raise UserError(f"config: race_screen must be 0 (no screen) or more than race_top "
+                            f"({self.race_top}: the screen picks the race's entrants among "
+                            f"more functions), got {self.race_screen}")
         if not (0 < self.race_alpha < 1):
             raise UserError(f"config: race_alpha must be in (0, 1), got {self.race_alpha!r}")
         if self.race_epochs is not None and not (math.isfinite(self.race_epochs)
@@ -339,6 +346,9 @@ class SearchConfig(_ConfigChecks):
     race_alpha: float = 0.05
     race_baselines: list = field(default_factory=lambda: ["silu", "gelu", "relu"])
     race_epochs: Optional[float] = None  # default: the dataset's full schedule
+    # screen a wider field first: the top race_screen functions train one seed of the race's
+    # schedule, and the best race_top of them by that accuracy race (0: no screen)
+    race_screen: int = 0
     executor: str = "serial"  # serial, process or ray
     workers: int = 1
     threads: int = 1  # CPU threads per evaluation (fixed so that executors agree exactly)

@@ -31,7 +31,7 @@ from .strategies import Strategy, make_strategy
 #: Config keys that may change when a run is resumed (everything else defines the run).
 RESUME_OVERRIDABLE = {"generations", "budget", "executor", "workers", "ray_address", "task_timeout",
                       "race_top", "race_min_seeds", "race_max_seeds", "race_alpha",
-                      "race_baselines", "race_epochs"}
+                      "race_baselines", "race_epochs", "race_screen"}
 
 
 @dataclass(frozen=True, eq=False)

@@ -15,6 +15,14 @@ Every training is a row of the run's ``race_runs`` table, committed as it finish
 state is recomputed from those rows, so an interrupted race resumes without redoing any, and
 every executor gives the same winner.  A failed training counts as accuracy 0 (a function that
 cannot train is not a winner).
+
+With ``race_screen = N`` (> ``race_top``) the race first **screens** a wider field: the top N
+functions by fitness and the baselines train one seed (seed index 0) of the full schedule, and
+the best ``race_top`` found functions by that accuracy race the baselines -- on fresh seeds
+(indices 1, 2, ...), so that the seed they were picked on does not count in the race.  The
+8-epoch fitness can rank a function that wins on the full schedule far down (on resnet1d the
+functions that beat SiLU there have ReLU's fitness, 50th of 1,009): the screen lets such a
+function into the race at the cost of one full-schedule training per screened function.
 """
 
 from __future__ import annotations
@@ -70,6 +78,12 @@ class FinalRace:
         self.plan, self.store = plan, store
         self.race = Race(cfg.race_alpha, cfg.race_min_seeds, cfg.race_max_seeds)
         self.train = race_train(plan)
+        #: the race's first seed index: 1 after a screen (whose trainings are seed index 0)
+        self.first = 1 if self.screening else 0
+
+    @property
+    def screening(self) -> bool:
+        return self.plan.config.race_screen > self.plan.config.race_top
 
     def entrants(self) -> list[Entrant]:
         """Fixed when the race starts (stored), so that a resumed race races the same ones."""
@@ -77,8 +91,8 @@ class FinalRace:
         if stored:
             return [Entrant(**{**e, "params": tuple(e["params"])}) for e in stored]
         cfg = self.plan.config
-        ranked, _ = ranked_functions(self.store, cfg.race_top, cfg.variant_fitness,
-                                     cfg.allow_linear)
+        ranked, _ = ranked_functions(self.store, max(cfg.race_top, cfg.race_screen),
+                                     cfg.variant_fitness, cfg.allow_linear)
         entrants, taken = [], set()
         for rank, item in enumerate(ranked, 1):
             cand = item["candidate"]
@@ -96,29 +110,59 @@ class FinalRace:
                                               for e in entrants])
         return entrants
 
-    def results(self, entrants) -> dict:
-        """{label: [accuracy per seed, in seed order]} -- as far as the seeds are contiguous."""
+    def _runs(self) -> dict:
+        """{entrant index: {seed index: accuracy}} of the stored trainings (failed: 0)."""
         runs: dict = {}
         for r in self.store.race_runs():
             runs.setdefault(r.entrant, {})[r.seed] = 0.0 if r.accuracy is None else r.accuracy
+        return runs
+
+    def screen(self, entrants, runs=None) -> dict:
+        """{label: the screen's accuracy (seed index 0), or None while not trained} -- empty
+        without a screen."""
+        runs = self._runs() if runs is None else runs
+        return {e.label: runs.get(i, {}).get(0) for i, e in enumerate(entrants)} \
+            if self.screening else {}
+
+    def contenders(self, entrants, runs=None) -> list:
+        """The indices of the entrants that race: all of them; after a screen, the baselines and
+        the best ``race_top`` found functions by their screen accuracy (ties: fitness rank)."""
+        if not self.screening:
+            return list(range(len(entrants)))
+        screen = self.screen(entrants, runs)
+        found = [i for i, e in enumerate(entrants) if e.candidate_id is not None]
+        best = sorted(found, key=lambda i: -screen[entrants[i].label])[:self.plan.config.race_top]
+        return sorted(set(best) | {i for i, e in enumerate(entrants) if e.candidate_id is None})
+
+    def results(self, entrants, runs=None) -> dict:
+        """{label: [accuracy per race seed, in seed order]} of the contenders -- as far as the
+        seeds are contiguous (a screen's seed is not a race seed)."""
+        runs = self._runs() if runs is None else runs
         out = {}
-        for i, e in enumerate(entrants):
-            seeds = runs.get(i, {})
-            values = []
-            while len(values) in seeds:
-                values.append(seeds[len(values)])
-            out[e.label] = values
+        for i in self.contenders(entrants, runs):
+            seeds, values = runs.get(i, {}), []
+            while len(values) + self.first in seeds:
+                values.append(seeds[len(values) + self.first])
+            out[entrants[i].label] = values
         return out
 
     def state(self) -> Optional[RaceState]:
         entrants = self.entrants()
-        return self.race.state(self.results(entrants)) if len(entrants) >= 2 else None
+        if len(entrants) < 2 or None in self.screen(entrants).values():
+            return None
+        return self.race.state(self.results(entrants))
 
     def run(self, run_jobs: Callable[[list, Callable[[JobResult], None]], None]) -> None:
         entrants = self.entrants()
         if len(entrants) < 2:
             log.warning("race: fewer than two entrants; no race")
             return
+        if self.screening:
+            jobs = [self.job(i, e, 0) for i, e in enumerate(entrants)
+                    if self.screen(entrants)[e.label] is None]
+            log.info("race: screening %d functions and baselines (one seed, full schedule), "
+                     "%d trainings next", len(entrants), len(jobs))
+            run_jobs(jobs, lambda result: self.record(entrants, result))
         by_label = {e.label: i for i, e in enumerate(entrants)}
         while True:
             results = self.results(entrants)
@@ -127,12 +171,12 @@ class FinalRace:
             target = state.next_n if state.look else self.race.looks[0]
             if state.finished:
                 break
-            jobs = [self.job(by_label[label], entrants[by_label[label]], seed)
+            jobs = [self.job(by_label[label], entrants[by_label[label]], self.first + seed)
                     for label in alive for seed in range(len(results[label]), target)]
             log.info("race: %d entrants at %d seeds, %d trainings next", len(alive), target,
                      len(jobs))
             run_jobs(jobs, lambda result: self.record(entrants, result))
-        self.store.set_meta("race", self.summary(entrants, state))
+        self.store.set_meta("race", self.summary(entrants, state, self.screen(entrants)))
         log.info("race finished after %d seeds: winner %s (%d still in the race)", state.n,
                  state.leader, len(state.survivors))
 
@@ -156,9 +200,10 @@ class FinalRace:
                  f" error: {result.error}" if result.error else "")
 
     @staticmethod
-    def summary(entrants, state: RaceState) -> dict:
+    def summary(entrants, state: RaceState, screen: Optional[dict] = None) -> dict:
         found = {e.label: e for e in entrants}
         return {"winner": state.leader, "survivors": list(state.survivors), "seeds": state.n,
+                **({"screen": screen} if screen else {}),
                 "means": state.means, "eliminated": state.eliminated,
                 "p_vs_leader": state.p_values,
                 "winner_expression": found[state.leader].expression,

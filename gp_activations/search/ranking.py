@@ -65,13 +65,19 @@ def ranked_functions(store: RunStore, k: Optional[int] = None, mode: str = "best
 
 def race_order(store: RunStore) -> dict:
     """``{candidate id: sort key}`` of the found functions of a finished final race (empty
-    without one): still in the race before dropped, then the higher mean first."""
+    without one): still in the race before dropped, then the higher mean first; those its
+    screen left out after all that raced, by their screen accuracy."""
     race, entrants = store.get_meta("race"), store.get_meta("race_entrants")
     if not race or not entrants:
         return {}
-    survivors = set(race["survivors"])
-    return {e["candidate_id"]: (0 if e["label"] in survivors else 1,
-                                -race["means"].get(e["label"], 0.0))
+    survivors, screen = set(race["survivors"]), race.get("screen", {})
+
+    def key(label):
+        if label not in race["means"]:  # screened out
+            return (2, -(screen.get(label) or 0.0))
+        return (0 if label in survivors else 1, -race["means"][label])
+
+    return {e["candidate_id"]: key(e["label"])
             for e in entrants if e.get("candidate_id") is not None}
 
 

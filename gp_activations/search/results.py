@@ -47,9 +47,16 @@ class SearchResult:
         table = Table(Column(), Column(width=24), Column(sep=" "))
         for label, mean in sorted(race["means"].items(), key=lambda kv: -kv[1]):
             table.add(number(mean), label, _race_outcome(race, label))
-        return "\n".join([f"final race (full schedule, validation accuracy; winner: "
-                          f"{race['winner']}; entrants named by their fitness rank):",
-                          table.text(header=False, indent="  ")])
+        lines = [f"final race (full schedule, validation accuracy; winner: {race['winner']}; "
+                 f"entrants named by their fitness rank):", table.text(header=False, indent="  ")]
+        if race.get("screen"):
+            screen = Table(Column(), Column(width=24), Column(sep=" "))
+            for label, acc in sorted(race["screen"].items(), key=lambda kv: -(kv[1] or 0.0)):
+                screen.add(number(acc), label, "raced" if label in race["means"] else "")
+            lines += [f"its screen (one seed of the same schedule; the race's own seeds are "
+                      f"fresh): {len(race['screen'])} trained", screen.text(header=False,
+                                                                             indent="  ")]
+        return "\n".join(lines)
 
     def task_table(self) -> str:
         """A multi-task search's top functions, one column per task (validation accuracy)."""

@@ -98,6 +98,17 @@ def evaluate_task(wire: dict) -> dict:
                      outcome["error"] or "", started, time.time(), os.getpid()).to_wire()
 
 
+def _takes(fn, name: str) -> bool:
+    """Whether ``fn`` accepts the keyword ``name`` (by name or through ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin or C callable: called with seed only
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
 def _evaluate(job: Job) -> dict:
     import torch
 
@@ -114,7 +125,9 @@ def _evaluate(job: Job) -> dict:
 
         return lookup_task(job)
     if job.fitness:
-        value = _resolve(job.fitness)(act, seed=job.seed)
+        fn = _resolve(job.fitness)
+        budget = {"epochs": (job.train or {}).get("epochs")} if _takes(fn, "epochs") else {}
+        value = fn(act, seed=job.seed, **budget)
         # numpy / torch scalars are common return values: stored as plain JSON numbers
         metrics = _plain_json(value if isinstance(value, dict) else {"fitness": value})
         fitness = float(metrics.get("fitness", metrics.get("accuracy", float("nan"))))
