@@ -78,7 +78,9 @@ def test_the_build_order_is_a_seeded_permutation_with_the_references_first(build
     rest = [functions[i][1] for i in perm if functions[i][1] not in fitness[:2]]
     assert fitness[2:] == rest  # then the permutation: any prefix a uniform random sample
     assert [c for _, c in cells[:n]] == ["fitness"] * n
-    assert {c for _, c in cells[n:2 * n]} == {"fitness_e2.667"}
+    assert [c for _, c in cells[n:n + 720]] == ["fitness_s1"] * 240 + ["fitness_s2"] * 240 \
+        + ["test"] * 240  # the random subset before the rung column, the least needed
+    assert {c for _, c in cells[n + 720:]} == {"fitness_e2.667"}
     # the noise subset is the cnn1d table's: its rows with seeds 1 and 2
     subset = {functions[i][1] for i in build.noise_subset(n, 240)}
     assert subset == {r["expression"] for r in _rows(HERE / "mnist1d_cnn1d.csv") if r["fitness_s1"]}
@@ -119,8 +121,8 @@ def test_the_shipped_partial_table_is_its_journal(build, tmp_path):
     cfg = build.load_config(RESNET)
     meta = json.loads(SHIPPED.with_suffix(".json").read_text())
     top = meta.get("top_functions", {}).get("count", 0)
-    again = build.write_table(cfg, JOURNAL, tmp_path / SHIPPED.name, 240, config_path=RESNET,
-                              top=top)
+    again = build.write_table(cfg, JOURNAL, tmp_path / SHIPPED.name, meta["noise_functions"],
+                              config_path=RESNET, top=top)
     assert (tmp_path / SHIPPED.name).read_text() == SHIPPED.read_text()
     assert {k: v for k, v in again.items() if k != "command"} == \
         {k: v for k, v in meta.items() if k != "command"}
@@ -169,7 +171,8 @@ def test_the_top_functions_by_fitness_come_after_the_fitness_column(build, funct
     assert cells[n:n + 9] == [(a, "test"), (b, "test"), (c, "test"),
                               (a, "fitness_s1"), (b, "fitness_s1"), (c, "fitness_s1"),
                               (a, "fitness_s2"), (b, "fitness_s2"), (c, "fitness_s2")]
-    assert {col for _, col in cells[n + 9:2 * n + 9]} == {"fitness_e2.667"}
     assert len(cells) == len(set(cells))  # a top function in the random subset is trained once
     subset = build.noise_subset(n, 240) | {perm[700], perm[10], perm[20]}
     assert len(cells) == 2 * n + 3 * len(subset)
+    assert {col for _, col in cells[n + 9:-n]} == {"fitness_s1", "fitness_s2", "test"}
+    assert {col for _, col in cells[-n:]} == {"fitness_e2.667"}  # the rung column last

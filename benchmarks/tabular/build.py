@@ -23,9 +23,9 @@ budget, so that ``gp-activations train --dataset D --model M --act EXPR --budget
 
 Build order: the functions in a fixed random order (a permutation seeded by ``--order-seed``,
 default 0; the CSV's ``order`` column), the ``fitness`` of every function first, then the
-first rung, then the noise columns (with ``--top N``: the best N functions' test accuracy and
-seeds 1-2 come before the first rung, once the fitness column is full) -- so the functions with a fitness at any point of an
-interrupted build are a uniform random sample of the space (the same on every machine), plus
+noise columns, then the first rung (with ``--top N``: the best N functions' test accuracy and
+seeds 1-2 come first, once the fitness column is full) -- so the functions with a fitness at
+any point of an interrupted build are a uniform random sample of the space (the same on every machine), plus
 the two references ReLU and SiLU, whose fitness is trained before all others.
 
 Columns (accuracies; empty = not trained, ``nan`` = the training failed), for a fitness budget
@@ -36,7 +36,8 @@ of E epochs (cnn1d: 12, resnet1d: 8):
                   config's first rung), seed 0 -- every function (cnn1d: ``fitness_e4``,
                   resnet1d: ``fitness_e2.667``);
 ``fitness_s1``,   E epochs with seeds 1 and 2 -- a fixed random subset (``--noise``
-``fitness_s2``    functions, sampled with seed 0): the fitness's seed noise;
+``fitness_s2``    functions, sampled with seed 0; cnn1d 240, resnet1d 50): the fitness's seed
+                  noise;
 ``test``          the full schedule (the dataset's "train" preset), seed 0, test split -- the
                   same subset.
 
@@ -66,6 +67,8 @@ sys.path.insert(0, str(HERE))
 import space  # noqa: E402
 
 CONFIG = ROOT / "experiments" / "mnist1d.toml"
+#: The random subset with seeds 1-2 and the test split (the cnn1d table's 240).
+NOISE = 240
 #: Trained first (their fitness), so that even a partial table compares against them.
 REFERENCES = ("relu(x)", "mul(x, sigmoid(x))")  # ReLU, SiLU
 
@@ -156,8 +159,8 @@ def plan(functions, columns, noise: int, order_seed: int = 0, top: int = 0, done
     """[(expression, column)] in build order: each column over the functions in the seeded
     order -- the fitness of all first (the references ReLU and SiLU before the rest); then,
     with ``top``, the best ``top`` by fitness (known once the fitness column is full; in fitness
-    order): the full schedule's test accuracy, then seeds 1 and 2; then the first rung; then
-    the random noise subset's columns."""
+    order): the full schedule's test accuracy, then seeds 1 and 2; then the random noise
+    subset's columns; last the first rung (every function again, the column least needed)."""
     names = list(columns)
     perm = order(len(functions), order_seed)
     subset = noise_subset(len(functions), noise)
@@ -166,9 +169,9 @@ def plan(functions, columns, noise: int, order_seed: int = 0, top: int = 0, done
     best = top_functions(functions, done or {}, top, order_seed)
     for column in (names[4], names[2], names[3]):
         cells += [(functions[i][1], column) for i in best]
-    cells += [(functions[i][1], names[1]) for i in perm]
     for column in names[2:]:
         cells += [(functions[i][1], column) for i in perm if i in subset and i not in best]
+    cells += [(functions[i][1], names[1]) for i in perm]
     return cells
 
 
@@ -316,7 +319,7 @@ def write_table(cfg, journal: Path, path: Path, noise: int, order_seed: int = 0,
     except ValueError:
         rel_path = path
     flags = (f" --config {rel_config}" if rel_config else "") + f" --journal {rel_journal}" \
-        + (f" --top {top}" if top else "")
+        + (f" --top {top}" if top else "") + (f" --noise {noise}" if noise != NOISE else "")
     wall = 0.0
     times = sorted(e.get("finished_at", 0) for e in done.values() if e.get("finished_at"))
     starts = sorted(s["started_at"] for s in sessions)
@@ -382,7 +385,9 @@ def main(argv=None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--executor", default="process", choices=("process", "serial"))
-    parser.add_argument("--noise", type=int, default=240, help="functions with seeds 1-2 and test")
+    parser.add_argument("--noise", type=_count, default=NOISE,
+                        help="a random subset of this many functions with seeds 1-2 and test "
+                             f"(default {NOISE})")
     parser.add_argument("--top", type=_count, default=0,
                         help="also the best N functions by fitness with seeds 1-2 and test "
                              "(planned once every function has its fitness)")
