@@ -1,17 +1,22 @@
-"""Does the search beat random search, and what do halving and the surrogate buy?
+"""Does the search beat random search, and what do halving, the surrogate and a screen buy?
 
     python benchmarks/search_efficiency.py                       # 20 seeds per strategy
     python benchmarks/search_efficiency.py --seeds 3 --budget 48 # a quick look
+    python benchmarks/search_efficiency.py --table benchmarks/tabular/mnist1d_hard_resnet1d.csv \
+        --budget 120 --plot benchmarks/search_efficiency_resnet1d.png
 
 Every strategy runs the real search -- strategy, screening, dedup, store, halving, surrogate
--- on the tabular benchmark (``benchmarks/tabular/mnist1d_cnn1d.csv``, ``lookup``): each
-"training" is read from the table, which real trainings filled (cnn1d on MNIST-1D, the fitness
-budget of ``make run``).  Cost is counted in full fitness trainings: a halving rung of 4 of the
-12 epochs costs 1/3.  Printed: for each strategy the best full-budget fitness found, mean ±
-std over search seeds, at several costs; Mann-Whitney p-values against random and against
-plain evolution at the full budget; the cost at which each strategy's mean best reaches plain
-evolution's final mean; the surrogate's Spearman on held-out functions of the table.  Writes
-``--plot`` (best so far vs cost, mean ± std band).
+-- on a tabular benchmark (default ``benchmarks/tabular/mnist1d_cnn1d.csv``, ``lookup``): each
+"training" is read from the table, which real trainings filled (its sidecar names the dataset,
+model and fitness budget).  Cost is counted in full fitness trainings: a halving rung of 4 of
+the 12 epochs costs 1/3 (the halving strategies run only on a table whose rung column is
+full).  Printed: for each strategy the best full-budget fitness found, mean ± std over search
+seeds, at several costs; Mann-Whitney p-values against random and against plain evolution at
+the full budget; the cost at which each strategy's mean best reaches plain evolution's final
+mean; the surrogate's Spearman on held-out functions of the table; and, where the table has a
+``test`` column (the full schedule), what a final race's entrants would be: the fitness's top 3
+or the best 3 of a screen of the top 20 by their full-schedule accuracy.  Writes ``--plot``
+(best so far vs cost, mean ± std band).
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ ROOT = Path(__file__).resolve().parent.parent
 TABLE = ROOT / "benchmarks" / "tabular" / "mnist1d_cnn1d.csv"
 PRIMITIVES = ROOT / "benchmarks" / "tabular" / "primitives.py"
 
+#: Functions confirmed above SiLU on fresh seeds (50,000 test samples), per table.
+WINNERS = {"mnist1d_hard_resnet1d": ["sub(sigmoid(x), softplus(x))", "softplus(relu(x))"]}
+
 STRATEGIES = {
     "random": dict(strategy="random"),
     "evolution": dict(strategy="evolution"),
@@ -41,14 +49,35 @@ STRATEGIES = {
 }
 
 
+def table_meta(table) -> dict:
+    """The table's sidecar: its dataset, model and columns."""
+    import json
+
+    return json.loads(Path(table).with_suffix(".json").read_text())
+
+
+def fitness_epochs(table) -> float:
+    return float(table_meta(table)["columns"]["fitness"]["epochs"])
+
+
+def has_full_rung_column(table) -> bool:
+    """Whether halving's first rung (the second column) is trained for every function."""
+    meta = table_meta(table)
+    rung = list(meta["columns"])[1]
+    cells = meta.get("partial", {}).get("cells")
+    return cells is None or cells.get(rung, 0) >= meta.get("partial", {}).get("of", 0)
+
+
 def _config(table, budget: float, seed: int, extra: dict):
     from gp_activations.search import SearchConfig
 
+    meta = table_meta(table)
     # the search space is the table's: its operators, trees of height <= 2 (see primitives.py)
-    base = dict(dataset="mnist1d", model="cnn1d", primitives=str(PRIMITIVES), lookup=str(table),
-                max_height=2, init_shapes=["u(u(x))", "b(u(x),u(x))"], init_zoo=False,
-                population=16, generations=None, param_variants=0, executor="serial",
-                seed=seed, train={"epochs": 12}, temperature=0.02, elitism=2)
+    base = dict(dataset=meta["dataset"], model=meta["model"], primitives=str(PRIMITIVES),
+                lookup=str(table), max_height=2, init_shapes=["u(u(x))", "b(u(x),u(x))"],
+                init_zoo=False, population=16, generations=None, param_variants=0,
+                executor="serial", seed=seed, train={"epochs": fitness_epochs(table)},
+                temperature=0.02, elitism=2)
     base.update(extra)
     if base.get("fidelity") == "halving":  # rung 0 costs 1/3, a third of it goes on: 2/3 each
         base["budget"] = int(round(budget * 1.5))
@@ -101,9 +130,66 @@ def run_strategies(table, budget: float, seeds: int, work: Path, names) -> dict:
         for seed in range(seeds):
             run_dir = work / f"{name}-{seed}"
             run_search(_config(table, budget, seed, STRATEGIES[name]), out=run_dir, progress=False)
-            out[name].append(trajectory(run_dir))
+            out[name].append(trajectory(run_dir, fitness_epochs(table)))
         print(f"  {name}: {seeds} searches in {time.time() - started:.1f} s", flush=True)
     return out
+
+
+def race_entrants(run_dir, table, k: int = 3, screen: int = 20) -> tuple[list, list]:
+    """A finished search's final-race entrants (expressions) two ways: its top ``k`` by fitness,
+    and the best ``k`` of its top ``screen`` by the table's ``test`` column (the full schedule,
+    one seed: what a screen trains; a function without one is not picked)."""
+    from gp_activations.search.ranking import ranked_functions
+    from gp_activations.search.screening import function_key
+    from gp_activations.search.store import RunStore
+
+    store = RunStore.open(run_dir, readonly=True)
+    try:
+        ranked = [i["candidate"] for i in ranked_functions(store, screen)[0]]
+    finally:
+        store.close()
+    keys = [function_key(_activation(c.expression)) for c in ranked]
+    tests = [table.rows.get(key, {}).get("test") for key in keys]
+    order = sorted(range(len(ranked)), key=lambda i: -(tests[i] if tests[i] is not None
+                                                         and tests[i] == tests[i] else -1.0))
+    by_fitness = [table.expressions.get(key, c.expression) for key, c in zip(keys, ranked)][:k]
+    by_screen = [table.expressions.get(keys[i], ranked[i].expression) for i in order[:k]]
+    return by_fitness, by_screen
+
+
+def _activation(expression):
+    from gp_activations.activation import Activation
+
+    return Activation.from_string(expression, str(PRIMITIVES))
+
+
+def screen_report(table_path, work: Path, seeds: int, winners, k: int = 3,
+                  screen: int = 20) -> str:
+    """How often a final race's entrants hold a function confirmed above SiLU (``winners``:
+    rechecked on fresh seeds), by fitness or by a screen, over plain evolution's searches."""
+    from gp_activations.search.screening import function_key
+    from gp_activations.tabular import load_table
+
+    table = load_table(table_path)
+    confirmed = {table.expressions[function_key(_activation(w))] for w in winners}
+    silu = table.rows[function_key(_activation("mul(x, sigmoid(x))"))].get("test")
+    lines, hits = [], {"fitness": 0, "screen": 0}
+    best = {"fitness": [], "screen": []}
+    for seed in range(seeds):
+        entrants = dict(zip(("fitness", "screen"),
+                            race_entrants(work / f"evolution-{seed}", table, k, screen)))
+        for how, names in entrants.items():
+            hits[how] += bool(confirmed & set(names))
+            values = [table.rows[function_key(_activation(e))].get("test") for e in names]
+            best[how].append(max((v for v in values if v is not None and v == v),
+                                 default=float("nan")))
+    for how in ("fitness", "screen"):
+        values = [v for v in best[how] if v == v]
+        lines.append(f"  entrants = {'top %d by fitness' % k if how == 'fitness' else 'best %d of a screen of the top %d' % (k, screen):42s}"
+                     f" hold a confirmed winner in {hits[how]:2d} of {seeds} searches; best "
+                     f"entrant's test {statistics.fmean(values):.4f} (SiLU {silu:.4f})"
+                     if values else f"  {how}: no entrant with a test accuracy")
+    return "\n".join(lines)
 
 
 def surrogate_spearman(table_path, splits: int = 5) -> tuple[list, float]:
@@ -116,7 +202,7 @@ def surrogate_spearman(table_path, splits: int = 5) -> tuple[list, float]:
     items = [(key, table.expressions[key], row["fitness"]) for key, row in table.rows.items()
              if row.get("fitness") is not None]
     acts = {key: Activation.from_string(expr, "pangaea") for key, expr, _ in items}
-    surrogate = Surrogate("forest", NetworkProbe("mnist1d", "cnn1d"))
+    surrogate = Surrogate("forest", NetworkProbe(table.dataset, table.model))
     started = time.time()
     for key, _, _ in items:
         surrogate.features(acts[key], key)
@@ -143,7 +229,7 @@ def mannwhitney(a, b) -> float:
     return float(mannwhitneyu(a, b, alternative="greater").pvalue)
 
 
-def plot(results: dict, path: Path, budget: float) -> None:
+def plot(results: dict, path: Path, budget: float, title: str = "MNIST-1D / cnn1d") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,7 +248,7 @@ def plot(results: dict, path: Path, budget: float) -> None:
         ax.fill_between(grid, mean - std, mean + std, alpha=0.15)
     ax.set_xlabel("cost (full fitness trainings)")
     ax.set_ylabel("best fitness so far (validation accuracy)")
-    ax.set_title("Search efficiency on the MNIST-1D / cnn1d tabular benchmark")
+    ax.set_title(f"Search efficiency on the {title} tabular benchmark")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     early = [best_at(t, budget / 4) for ts in results.values() for t in ts]
@@ -186,6 +272,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("gp_activations").setLevel(logging.WARNING)
     names = [n.strip() for n in args.strategies.split(",") if n.strip()]
+    if not has_full_rung_column(args.table):
+        names = [n for n in names if STRATEGIES[n].get("fidelity") != "halving"]
+        print("the table's rung column is not full: the halving strategies are left out")
+    winners = WINNERS.get(args.table.stem, [])
     from gp_activations.tabular import load_table
 
     table = load_table(args.table)
@@ -196,6 +286,11 @@ def main(argv=None) -> int:
           f"{statistics.median(fitness):.4f}")
     with tempfile.TemporaryDirectory() as tmp:
         results = run_strategies(args.table, args.budget, args.seeds, Path(tmp), names)
+        if winners and "evolution" in names:
+            screen = screen_report(args.table, Path(tmp), args.seeds, winners)
+            print(f"\na final race's entrants after plain evolution (the table's test column "
+                  f"as the screen's one full-schedule seed; confirmed winners: "
+                  f"{', '.join(winners)}):\n{screen}")
     costs = [c for c in (args.budget / 8, args.budget / 4, args.budget / 2, args.budget)]
     print(f"\nbest full-budget fitness found, mean ± std over {args.seeds} search seeds, by cost:")
     print(f"{'strategy':28s}" + "".join(f"{c:>16.0f}" for c in costs))
@@ -226,7 +321,8 @@ def main(argv=None) -> int:
                 [best_at(t, c) if math.isfinite(best_at(t, c)) else 0.0 for t in trajs]) >= target), None)
             print(f"  {name:28s} " + ("not reached" if reached is None else
                                        f"{reached:.0f} trainings ({reached / args.budget:.2f} of the budget)"))
-    plot(results, args.plot, args.budget)
+    meta = table_meta(args.table)
+    plot(results, args.plot, args.budget, f"{meta['dataset']} / {meta['model']}")
     print(f"\nplot: {args.plot}")
     if not args.no_surrogate_check:
         values, per_function = surrogate_spearman(args.table)

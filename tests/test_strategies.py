@@ -584,3 +584,38 @@ def test_a_plugin_strategy_drawing_from_numpy_resumes_exactly(tmp_path, monkeypa
     assert mutated
     other = run_search(SearchConfig(**{**cfg, "seed": 1}), out=tmp_path / "other", progress=False)
     assert other.counts["done"] and snapshot(tmp_path / "other")["candidates"] != whole["candidates"]
+
+
+def test_the_search_efficiency_benchmark_reads_the_resnet1d_table_and_screens_entrants(tmp_path):
+    """On the resnet1d table (no rung column yet: halving left out) the benchmark runs lookup
+    searches of the table's own dataset, model and budget, and a screen's entrants are the 3
+    best of the search's top 20 by the table's test column -- checked against the CSV read here
+    by hand (ties in fitness broken by the function's first training, as the ranking does)."""
+    import csv
+    import importlib.util
+
+    from gp_activations.search.screening import function_key
+    from gp_activations.tabular import load_table
+
+    path = ROOT / "benchmarks" / "tabular" / "mnist1d_hard_resnet1d.csv"
+    spec = importlib.util.spec_from_file_location("search_eff", ROOT / "benchmarks" / "search_efficiency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert not bench.has_full_rung_column(path)
+    run_search(bench._config(path, 40, 0, bench.STRATEGIES["evolution"]), out=tmp_path / "r",
+               progress=False)
+    table = load_table(path)
+    by_fitness, by_screen = bench.race_entrants(tmp_path / "r", table, 3, 20)
+    rows = {r["expression"]: r for r in csv.DictReader(open(path, newline=""))}
+    store = RunStore.open(tmp_path / "r", readonly=True)
+    first = {}  # the table's spelling of each trained function -> its first training's id
+    for cand in sorted(store.candidates(status="done"), key=lambda c: c.id):
+        first.setdefault(table.expressions[function_key(bench._activation(cand.expression))],
+                         cand.id)
+    store.close()
+    top20 = sorted(first, key=lambda e: (-float(rows[e]["fitness"]), first[e]))[:20]
+    assert by_fitness == top20[:3]
+    tests = sorted((float(rows[e]["test"]) for e in top20 if rows[e]["test"] not in ("", "nan")),
+                   reverse=True)
+    assert set(by_screen) <= set(top20)
+    assert sorted((float(rows[e]["test"]) for e in by_screen), reverse=True) == tests[:3]
