@@ -276,3 +276,22 @@ def test_bad_screen_settings_are_one_line_before_any_work(tmp_path, capsys, flag
     out, err = capsys.readouterr()
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_a_started_race_keeps_its_entrants_settings_on_resume(screened, tmp_path, capsys):
+    """Once a race's entrants are stored, resuming with another race_top, race_screen, set of
+    baselines or schedule is one line and exit 2 (racing the stored entrants under other
+    settings would mix two races); more seeds may still be asked for."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(screened[0], run)
+    before = _race_rows(run)
+    for flags, key in ((["--race", "4"], "race_top"), (["--race-screen", "9"], "race_screen"),
+                       (["--race-epochs", "70"], "race_epochs")):
+        code = main(["search", "--out", str(run), "--resume", *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and f"'{key}' cannot change now" in err and err.count("\n") == 1
+    assert _race_rows(run) == before
+    more = run_search(out=run, resume=True, progress=False, race_max_seeds=7)
+    assert _race_rows(run)[:len(before)] == before and more.race is not None

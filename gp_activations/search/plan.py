@@ -34,6 +34,11 @@ RESUME_OVERRIDABLE = {"generations", "budget", "executor", "workers", "ray_addre
                       "race_baselines", "race_epochs", "race_screen"}
 
 
+#: Race settings that choose its entrants and their schedule: fixed once a race has started
+#: (more seeds, ``race_max_seeds``, or another ``race_alpha`` may still change).
+RACE_DEFINING = {"race_top", "race_screen", "race_baselines", "race_epochs"}
+
+
 @dataclass(frozen=True, eq=False)
 class SearchPlan:
     """What a search runs with, resolved and checked."""
@@ -86,6 +91,13 @@ def stored_or_new_config(config: SearchConfig, out, resume: bool, overrides: Opt
         store.unlock()
         raise UserError(f"--resume: {fixed[0]!r} defines the run and cannot change "
                         f"(only {', '.join(sorted(RESUME_OVERRIDABLE))} can)")
+    raced = sorted(set(changed) & RACE_DEFINING)
+    if raced and store.get_meta("race_entrants"):
+        store.unlock()
+        raise UserError(f"--resume: this run's final race has started (its entrants are "
+                        f"stored), so {raced[0]!r} cannot change now: resume with the race's "
+                        f"settings ({raced[0]} = {stored.get(raced[0], defaults.get(raced[0]))!r}), "
+                        f"or search again into a new --out")
     return SearchConfig.from_dict({**stored, **changed}, where="stored config"), store, changed
 
 
