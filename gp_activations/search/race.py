@@ -48,6 +48,7 @@ class Entrant:
     primitives: str
     params: tuple
     candidate_id: Optional[int] = None
+    equals: Optional[str] = None  # the race baseline a found function equals (it races for it)
 
 
 def race_train(plan: SearchPlan) -> dict:
@@ -78,12 +79,22 @@ class FinalRace:
         self.plan, self.store = plan, store
         self.race = Race(cfg.race_alpha, cfg.race_min_seeds, cfg.race_max_seeds)
         self.train = race_train(plan)
-        #: the race's first seed index: 1 after a screen (whose trainings are seed index 0)
-        self.first = 1 if self.screening else 0
+        self._screening = None
 
     @property
     def screening(self) -> bool:
-        return self.plan.config.race_screen > self.plan.config.race_top
+        """Whether this race screens: ``race_screen`` asks for it and more functions were found
+        than ``race_top`` (else all of them race anyway) -- decided by the stored entrants."""
+        if self._screening is None:
+            cfg = self.plan.config
+            found = [e for e in self.entrants() if e.candidate_id is not None]
+            self._screening = cfg.race_screen > cfg.race_top and len(found) > cfg.race_top
+        return self._screening
+
+    @property
+    def first(self) -> int:
+        """The race's first seed index: 1 after a screen (whose trainings are seed index 0)."""
+        return 1 if self.screening else 0
 
     def entrants(self) -> list[Entrant]:
         """Fixed when the race starts (stored), so that a resumed race races the same ones."""
@@ -100,7 +111,7 @@ class FinalRace:
             equals = equals if equals in cfg.race_baselines else None
             entrants.append(Entrant(f"found #{rank}" + (f" = {equals}" if equals else ""),
                                     cand.expression, cand.primitives, tuple(cand.params),
-                                    cand.id))
+                                    cand.id, equals))
             taken.add(equals)
         for name in cfg.race_baselines:
             if name not in taken:
@@ -125,14 +136,16 @@ class FinalRace:
             if self.screening else {}
 
     def contenders(self, entrants, runs=None) -> list:
-        """The indices of the entrants that race: all of them; after a screen, the baselines and
-        the best ``race_top`` found functions by their screen accuracy (ties: fitness rank)."""
+        """The indices of the entrants that race: all of them; after a screen, the baselines
+        (a found function equal to one races for it) and the best ``race_top`` other found
+        functions by their screen accuracy (ties: fitness rank; not yet screened: last)."""
         if not self.screening:
             return list(range(len(entrants)))
         screen = self.screen(entrants, runs)
-        found = [i for i, e in enumerate(entrants) if e.candidate_id is not None]
-        best = sorted(found, key=lambda i: -screen[entrants[i].label])[:self.plan.config.race_top]
-        return sorted(set(best) | {i for i, e in enumerate(entrants) if e.candidate_id is None})
+        baselines = {i for i, e in enumerate(entrants) if e.candidate_id is None or e.equals}
+        found = [i for i in range(len(entrants)) if i not in baselines]
+        best = sorted(found, key=lambda i: -(screen[entrants[i].label] or -1.0))
+        return sorted(baselines | set(best[:self.plan.config.race_top]))
 
     def results(self, entrants, runs=None) -> dict:
         """{label: [accuracy per race seed, in seed order]} of the contenders -- as far as the

@@ -38,7 +38,7 @@ def ranked_functions(store: RunStore, k: Optional[int] = None, mode: str = "best
 
     ``race``: after a finished final race, the found functions that raced come first, in the
     race's order (those still in it, then those it dropped; each by its mean over the race's
-    seeds), the rest by fitness -- what the search's table, ``evaluate``, ``transfer``,
+    seeds; then those its screen left out, by their screen accuracy), the rest by fitness -- what the search's table, ``evaluate``, ``transfer``,
     ``report`` and ``export`` rank: the search's winner is the race's, not the best of many
     noisy fitness values.  A race whose entrants are no longer the top by fitness (the search
     went on after it) is ignored."""

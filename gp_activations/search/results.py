@@ -87,8 +87,9 @@ class SearchResult:
                       below=[" " * 15 + row["latex"]])
         table.add("", number(self.relu_fitness), "relu(x)  (ReLU under the same budget)")
         notes = ([self.skipped_note] if self.skipped_note else []) + (
-            ["ranked by the final race (the functions it raced first, in its order), then by "
-             "fitness"] if self.race else [])
+            [f"ranked by the final race (the functions it "
+             f"{'raced or screened' if self.race.get('screen') else 'raced'} first, in its "
+             f"order), then by fitness"] if self.race else [])
         return table.text() + "".join(f"\nnote: {n}" for n in notes)
 
 

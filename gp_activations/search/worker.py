@@ -99,14 +99,17 @@ def evaluate_task(wire: dict) -> dict:
 
 
 def _takes(fn, name: str) -> bool:
-    """Whether ``fn`` accepts the keyword ``name`` (by name or through ``**kwargs``)."""
+    """Whether ``fn`` has a parameter named ``name`` that can be passed by keyword (not
+    through ``**kwargs``: a hook that forwards its keywords is not given what it did not ask
+    for)."""
     import inspect
 
     try:
-        params = inspect.signature(fn).parameters.values()
+        params = inspect.signature(fn).parameters
     except (TypeError, ValueError):  # a builtin or C callable: called with seed only
         return False
-    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+    return name in params and params[name].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                    inspect.Parameter.KEYWORD_ONLY)
 
 
 def _evaluate(job: Job) -> dict:
@@ -126,8 +129,9 @@ def _evaluate(job: Job) -> dict:
         return lookup_task(job)
     if job.fitness:
         fn = _resolve(job.fitness)
-        budget = {"epochs": (job.train or {}).get("epochs")} if _takes(fn, "epochs") else {}
-        value = fn(act, seed=job.seed, **budget)
+        epochs = (job.train or {}).get("epochs")
+        value = fn(act, seed=job.seed, **({"epochs": epochs} if epochs is not None
+                                          and _takes(fn, "epochs") else {}))
         # numpy / torch scalars are common return values: stored as plain JSON numbers
         metrics = _plain_json(value if isinstance(value, dict) else {"fitness": value})
         fitness = float(metrics.get("fitness", metrics.get("accuracy", float("nan"))))
