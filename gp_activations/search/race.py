@@ -171,8 +171,8 @@ class FinalRace:
             log.warning("race: fewer than two entrants; no race")
             return
         if self.screening:
-            jobs = [self.job(i, e, 0) for i, e in enumerate(entrants)
-                    if self.screen(entrants)[e.label] is None]
+            screen = self.screen(entrants)
+            jobs = [self.job(i, e, 0) for i, e in enumerate(entrants) if screen[e.label] is None]
             log.info("race: screening %d functions and baselines (one seed, full schedule), "
                      "%d trainings next", len(entrants), len(jobs))
             run_jobs(jobs, lambda result: self.record(entrants, result))
