@@ -10,6 +10,9 @@ leader hold up?  (issue 19: the headroom above SiLU on resnet1d.)
     # fresh seeds 5-9 (a confirmation of functions picked on seed 0)
     python benchmarks/recheck.py --budget train --seeds 5 --first-seed 5 --test-size 50000 \\
         --functions "mul(x, sigmoid(x))" "sub(sigmoid(x), softplus(x))"
+    # a found function with learnable scalars, as `evaluate` prints it
+    python benchmarks/recheck.py --budget train --seeds 10 --first-seed 15 --test-size 50000 \\
+        --functions silu "add(relu(x), cosh(erfc(0.01))) @ params [0]"
     python benchmarks/recheck.py --quick                                         # seconds
 
 mnist1d_hard / resnet1d (``--model``), one thread, ``monitor_samples = 1000`` (the large split
@@ -42,12 +45,27 @@ def recheck(functions, seeds: int, budget: str, model: str, val_size=None, test_
     results: dict = {f: [] for f in functions}
     for seed in range(first_seed, first_seed + seeds):
         for f in functions:
-            r = train(f, "mnist1d_hard", model, cfg, seed=seed, device="cpu", split=split,
+            r = train(activation(f), "mnist1d_hard", model, cfg, seed=seed, device="cpu", split=split,
                       val_size=val_size, test_size=test_size)
             results[f].append(r.accuracy)
             log(json.dumps({"function": f, "seed": seed, "accuracy": r.accuracy,
                             "status": r.status}))
     return results
+
+
+def activation(text: str):
+    """A zoo name, an expression, or ``EXPR @ params [i, ...]`` (the nodes carrying learnable
+    scalars, as ``evaluate`` and ``report`` print a found function)."""
+    from gp_activations import zoo
+
+    expr, sep, nodes = text.partition(" @ params ")
+    try:
+        params = json.loads(nodes) if sep else []
+    except json.JSONDecodeError:
+        params = None
+    if not (isinstance(params, list) and all(type(i) is int and i >= 0 for i in params)):
+        raise ValueError(f"{text!r}: expected 'EXPR @ params [0, 3]' (node indices)")
+    return zoo.resolve(expr, params=params)
 
 
 def summary(results: dict) -> str:
@@ -85,6 +103,11 @@ def main(argv=None) -> int:
     ap.add_argument("--test-size", type=int)
     ap.add_argument("--quick", action="store_true", help="cnn1d, 1 epoch, 2 seeds, 1,500 samples")
     args = ap.parse_args(argv)
+    for f in args.functions:  # every name parses before any training
+        try:
+            activation(f)
+        except Exception as exc:  # noqa: BLE001 -- one line, exit 2, nothing trained
+            ap.error(f"--functions: {str(exc).splitlines()[0]}")
     torch.set_num_threads(1)
     if args.quick:
         results = recheck(args.functions, 2, "fitness", "cnn1d", val_size=1500, epochs=1)

@@ -136,6 +136,33 @@ def test_the_recheck_script_runs_paired_seeds():
         assert round(r["accuracy"] * 1500) == pytest.approx(r["accuracy"] * 1500, abs=1e-9)
 
 
+def test_the_recheck_script_reads_a_found_function_as_evaluate_prints_it():
+    """``EXPR @ params [0]``: node 0 (the root) carries a learnable scale, initialised to 1."""
+    import importlib.util
+    import math
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "recheck.py"
+    spec = importlib.util.spec_from_file_location("recheck", path)
+    recheck = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recheck)
+    module = recheck.activation("add(relu(x), cosh(erfc(0.01))) @ params [0]").factory()()
+    (scale,) = list(module.parameters())
+    with torch.no_grad():
+        scale.fill_(0.75)
+        y = module(torch.tensor([-2.0, 0.0, 1.5]))
+    c = math.cosh(math.erfc(0.01))  # the hand-worked value: 0.75 * (relu(x) + c)
+    assert y.tolist() == pytest.approx([0.75 * c, 0.75 * c, 0.75 * (1.5 + c)], rel=1e-6)
+    bad = subprocess.run([sys.executable, str(path), "--functions", "relu(x) @ params [x]"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "expected 'EXPR @ params [0, 3]'" in bad.stderr.splitlines()[-1]
+
+
 def test_a_job_with_fields_this_worker_does_not_know_fails_instead_of_half_running():
     """A Ray worker of an older version would otherwise drop ``normalize`` / ``val_size`` and
     train another experiment than the driver asked for."""
