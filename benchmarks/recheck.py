@@ -43,9 +43,10 @@ def recheck(functions, seeds: int, budget: str, model: str, val_size=None, test_
         cfg = cfg.replace(epochs=epochs)
     split = "val" if budget == "fitness" else "test"
     results: dict = {f: [] for f in functions}
+    acts = {f: activation(f) for f in functions}  # parsed once, not once per seed
     for seed in range(first_seed, first_seed + seeds):
         for f in functions:
-            r = train(activation(f), "mnist1d_hard", model, cfg, seed=seed, device="cpu", split=split,
+            r = train(acts[f], "mnist1d_hard", model, cfg, seed=seed, device="cpu", split=split,
                       val_size=val_size, test_size=test_size)
             results[f].append(r.accuracy)
             log(json.dumps({"function": f, "seed": seed, "accuracy": r.accuracy,
